@@ -1,0 +1,295 @@
+//! The order ledger: turns delivered events into counted contributions, once each.
+//!
+//! Events are routed by order id. Each worker keeps, per order seen within the last
+//! `order_horizon_ms` of processing time, what was counted for it: whether its click was, and the
+//! purchase (so a refund can retract exactly what was counted, in the window it was counted in).
+//! That state is bounded by the event rate times the horizon, never by the total number of events;
+//! an order is forgotten `order_horizon_ms` after its first event arrived.
+//!
+//! Events of one tick are applied when the tick is complete, in a canonical order (by order, then
+//! click < purchase < refund, then the whole record), so the result is the same for any number of
+//! workers and any arrival order within and across ticks.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::StreamVec;
+
+use crate::model::{
+    CampaignId, Contribution, Counter, Event, EventTimeMs, OrderId, Slot, Tag, Tick, Totals, UserId,
+};
+use crate::windows::WindowSpec;
+
+/// What one order has contributed so far.
+#[derive(Clone, Debug, Default)]
+struct OrderState {
+    /// The tick its first event arrived; it is forgotten at `first_seen + horizon`.
+    first_seen: Tick,
+    clicked: bool,
+    /// The purchase as counted (or, after a refund arrived first, as ignored).
+    purchase: Option<Counted>,
+    refunded: bool,
+}
+
+/// A counted contribution: where it went and what it added.
+#[derive(Clone, Copy, Debug)]
+struct Counted {
+    user: UserId,
+    campaign: CampaignId,
+    window: EventTimeMs,
+    totals: Totals,
+}
+
+/// What one event did.
+enum Outcome {
+    Counted(Counted),
+    Duplicate,
+    /// A purchase already refunded, or a refund with no purchase to retract.
+    Ignored,
+}
+
+/// The per-worker ledger, applied one complete tick at a time.
+pub struct Ledger {
+    spec: WindowSpec,
+    horizon_ms: u64,
+    orders: FxHashMap<OrderId, OrderState>,
+    /// Orders in the order they were first seen, to forget them when their horizon passes.
+    expiry: VecDeque<(Tick, OrderId)>,
+}
+
+/// What applying a tick produced: contributions (consolidated) and counter increments.
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    /// Consolidated contributions, none zero.
+    pub contributions: Vec<(Contribution, Totals)>,
+    /// Counter increments, none zero.
+    pub counters: Vec<(Counter, i64)>,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new(spec: WindowSpec, horizon_ms: u64) -> Ledger {
+        Ledger { spec, horizon_ms, orders: FxHashMap::default(), expiry: VecDeque::new() }
+    }
+
+    /// The number of orders remembered.
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Whether no order is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+
+    /// Applies all events of a complete tick; `tick` must not decrease between calls.
+    pub fn apply_tick(&mut self, tick: Tick, events: &mut [Event]) -> TickOutput {
+        self.forget_before(tick);
+        events.sort_unstable();
+
+        let mut sums: FxHashMap<Contribution, Totals> = FxHashMap::default();
+        let mut counters = [0i64; Counter::ALL.len()];
+        let mut count = |counter: Counter| counters[counter as usize] += 1;
+
+        for event in events.iter() {
+            count(Counter::EventsIn);
+            let state = match self.orders.entry(event.order_id) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    self.expiry.push_back((tick, event.order_id));
+                    entry.insert(OrderState { first_seen: tick, ..OrderState::default() })
+                }
+            };
+            let window = self.spec.window_of(event.event_time);
+            let own = |totals| Counted { user: event.user_id, campaign: event.campaign_id, window, totals };
+            let outcome = match event.tag {
+                Tag::Click if state.clicked => Outcome::Duplicate,
+                Tag::Click => {
+                    state.clicked = true;
+                    Outcome::Counted(own(Totals::click()))
+                }
+                Tag::Purchased if state.purchase.is_some() => Outcome::Duplicate,
+                Tag::Purchased => {
+                    let purchase = own(Totals::purchase(event.total, event.units));
+                    state.purchase = Some(purchase);
+                    // A refund that came first cancels the purchase before it counts.
+                    if state.refunded { Outcome::Ignored } else { Outcome::Counted(purchase) }
+                }
+                Tag::Refunded if state.refunded => Outcome::Duplicate,
+                Tag::Refunded => {
+                    state.refunded = true;
+                    match state.purchase {
+                        Some(purchase) => {
+                            count(Counter::RefundsApplied);
+                            Outcome::Counted(Counted { totals: purchase.totals.negated(), ..purchase })
+                        }
+                        None => {
+                            count(Counter::RefundsUnmatched);
+                            Outcome::Ignored
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Counted(counted) => {
+                    if self.spec.is_closed(counted.window, tick) {
+                        count(Counter::LateForWindow);
+                    }
+                    sums.entry((counted.user, (counted.campaign, Slot::Window(counted.window))))
+                        .or_default()
+                        .add(&counted.totals);
+                }
+                Outcome::Duplicate => count(Counter::Duplicates),
+                Outcome::Ignored => {}
+            }
+        }
+
+        let mut contributions: Vec<_> = sums.into_iter().filter(|(_, t)| !t.is_empty()).collect();
+        contributions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let counters = Counter::ALL
+            .iter()
+            .map(|&c| (c, counters[c as usize]))
+            .filter(|&(_, n)| n != 0)
+            .collect();
+        TickOutput { contributions, counters }
+    }
+
+    /// Forgets the orders whose horizon has passed at `tick`.
+    fn forget_before(&mut self, tick: Tick) {
+        while let Some(&(first_seen, order)) = self.expiry.front() {
+            if first_seen.saturating_add(self.horizon_ms) > tick {
+                break;
+            }
+            self.expiry.pop_front();
+            if self.orders.get(&order).is_some_and(|s| s.first_seen == first_seen) {
+                self.orders.remove(&order);
+            }
+        }
+    }
+}
+
+/// One update leaving the ledger operator.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum LedgerUpdate {
+    Contribution(Contribution, Totals),
+    Counter(Counter, i64),
+}
+
+/// Routes events by order and applies them to per-worker [`Ledger`]s, one complete tick at a time.
+///
+/// Returns the counted contributions, each carrying its totals in the difference, and the engine's
+/// counters, each carrying its increment in the difference.
+pub fn order_ledger<'scope>(
+    events: StreamVec<'scope, Tick, Event>,
+    spec: WindowSpec,
+    horizon_ms: u64,
+) -> (VecCollection<'scope, Tick, Contribution, Totals>, VecCollection<'scope, Tick, Counter, isize>) {
+    let route = Exchange::new(|event: &Event| event.order_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17);
+    let updates = events.unary_frontier(route, "Ledger: orders", move |_capability, _info| {
+        let mut ledger = Ledger::new(spec, horizon_ms);
+        let mut pending: BTreeMap<Tick, (Capability<Tick>, Vec<Event>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each_stamp(|capability, data| {
+                if let Some(capability) = capability.retain_least(output.output_index()) {
+                    let time = *capability.time();
+                    let entry = pending.entry(time).or_insert_with(|| (capability, Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (tick, (capability, mut events)) = entry.remove_entry();
+                let produced = ledger.apply_tick(tick, &mut events);
+                let mut session = output.session(&capability);
+                for (contribution, totals) in produced.contributions {
+                    session.give((LedgerUpdate::Contribution(contribution, totals), tick, 1isize));
+                }
+                for (counter, n) in produced.counters {
+                    session.give((LedgerUpdate::Counter(counter, n), tick, 1isize));
+                }
+            }
+        }
+    });
+    let contributions = updates
+        .clone()
+        .flat_map(|(update, time, _)| match update {
+            LedgerUpdate::Contribution(c, totals) => Some((c, time, totals)),
+            LedgerUpdate::Counter(..) => None,
+        })
+        .as_collection();
+    let counters = updates
+        .flat_map(|(update, time, _)| match update {
+            LedgerUpdate::Counter(c, n) => Some((c, time, n as isize)),
+            LedgerUpdate::Contribution(..) => None,
+        })
+        .as_collection();
+    (contributions, counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Cents;
+
+    fn event(order: u64, tag: Tag, time: u64) -> Event {
+        Event {
+            order_id: OrderId(order),
+            tag,
+            user_id: UserId(1),
+            campaign_id: CampaignId(2),
+            total: Cents(if tag == Tag::Click { 0 } else { 500 }),
+            units: if tag == Tag::Click { 0 } else { 2 },
+            event_time: EventTimeMs(time),
+        }
+    }
+
+    fn spec() -> WindowSpec {
+        WindowSpec { size_ms: 1_000, allowed_lateness_ms: 1_000 }
+    }
+
+    #[test]
+    fn duplicates_count_once_and_refunds_retract_in_the_purchase_window() {
+        let mut ledger = Ledger::new(spec(), 10_000);
+        let out = ledger.apply_tick(
+            100,
+            &mut [event(7, Tag::Purchased, 50), event(7, Tag::Click, 10), event(7, Tag::Purchased, 50)],
+        );
+        let key = (UserId(1), (CampaignId(2), Slot::Window(EventTimeMs(0))));
+        let mut expected = Totals::click();
+        expected.add(&Totals::purchase(Cents(500), 2));
+        assert_eq!(out.contributions, vec![(key, expected)]);
+        assert_eq!(out.counters, vec![(Counter::EventsIn, 3), (Counter::Duplicates, 1)]);
+
+        // The refund's own time is 3 000; it retracts from the purchase's window 0, now closed.
+        let out = ledger.apply_tick(2_500, &mut [event(7, Tag::Refunded, 3_000), event(7, Tag::Refunded, 3_000)]);
+        assert_eq!(out.contributions, vec![(key, Totals::purchase(Cents(500), 2).negated())]);
+        assert_eq!(
+            out.counters,
+            vec![(Counter::EventsIn, 2), (Counter::Duplicates, 1), (Counter::LateForWindow, 1), (Counter::RefundsApplied, 1)]
+        );
+    }
+
+    #[test]
+    fn refund_before_purchase_cancels_it_and_horizon_forgets() {
+        let mut ledger = Ledger::new(spec(), 1_000);
+        let out = ledger.apply_tick(0, &mut [event(9, Tag::Refunded, 0)]);
+        assert!(out.contributions.is_empty());
+        assert_eq!(out.counters, vec![(Counter::EventsIn, 1), (Counter::RefundsUnmatched, 1)]);
+        let out = ledger.apply_tick(500, &mut [event(9, Tag::Purchased, 0)]);
+        assert!(out.contributions.is_empty());
+        assert_eq!(out.counters, vec![(Counter::EventsIn, 1)]);
+        assert_eq!(ledger.len(), 1);
+        // At 1 000 the order is forgotten: the same purchase counts as new.
+        let out = ledger.apply_tick(1_000, &mut [event(9, Tag::Purchased, 900)]);
+        assert_eq!(out.contributions.len(), 1);
+        assert_eq!(ledger.len(), 1);
+    }
+}

@@ -1,0 +1,3 @@
+//! The integration tests, one binary with a module per area (as in casey/just).
+
+mod dataflows;
