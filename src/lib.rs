@@ -1,14 +1,6 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! shopflow: real-time e-commerce analytics on timely and differential dataflow.
+//!
+//! The graphs live in the `dataflows` crate; this crate holds what runs them: configuration,
+//! generators, sources, sinks, and the runtime that wires them together.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod generators;
