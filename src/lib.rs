@@ -1,6 +1,15 @@
 //! shopflow: real-time e-commerce analytics on timely and differential dataflow.
 //!
-//! The graphs live in the `dataflows` crate; this crate holds what runs them: configuration,
-//! generators, sources, sinks, and the runtime that wires them together.
+//! The graphs live in the `dataflows` crate; this crate holds what runs them. Following a purchase
+//! from the folder names: [`generators`] make events and demographics, [`runtime`] feeds them to
+//! the dataflow on every worker and collects completed batches, [`sinks`] write them
+//! ([`sinks::line_protocol`] encodes a batch as InfluxDB points).
 
+pub mod baseline;
+pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod generators;
+pub mod runtime;
+pub mod sinks;
+pub mod view;

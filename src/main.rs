@@ -1,1 +1,5 @@
-fn main() {}
+//! The `shopflow` binary: everything happens in the library.
+
+fn main() -> std::process::ExitCode {
+    shopflow::cli::main()
+}

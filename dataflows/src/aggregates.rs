@@ -5,8 +5,8 @@ use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::vec::Filter;
 
 use crate::model::{AggregateKey, CampaignId, Counter, Dimension, Segment, Slot, Tick, Totals};
 use crate::segments::{Attribution, SegmentRow};
@@ -20,7 +20,7 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
     [
         Dimension::Campaign(campaign),
         Dimension::AgeGender(age_gender),
-        Dimension::State(segment.map(|s| s.state.clone())),
+        Dimension::State(segment.map(|s| (s.country.clone(), s.state.clone()))),
         Dimension::Country(country.clone()),
         Dimension::CampaignCountry(campaign, country),
         Dimension::CampaignAgeGender(campaign, age_gender),
@@ -41,7 +41,9 @@ pub fn aggregate<'scope>(
         .arrange_by_self_named("Arrange: aggregates")
         .count_total()
         .inner
-        .filter(move |((key, _), time, _)| key.window.is_none_or(|start| !spec.is_closed(start, *time)))
+        .filter(move |((key, _), time, _)| {
+            key.window.is_none_or(|start| !spec.is_closed(start, *time))
+        })
         .as_collection()
 }
 
@@ -49,7 +51,9 @@ pub fn aggregate<'scope>(
 pub fn count_counters<'scope>(
     counters: VecCollection<'scope, Tick, Counter, isize>,
 ) -> VecCollection<'scope, Tick, (Counter, isize), isize> {
-    counters.arrange_by_self_named("Arrange: counters").count_total()
+    counters
+        .arrange_by_self_named("Arrange: counters")
+        .count_total()
 }
 
 /// Expands segment rows into aggregate keys, summing what each worker received in one activation
@@ -63,7 +67,8 @@ fn pre_sum<'scope>(
 ) -> VecCollection<'scope, Tick, AggregateKey, Totals> {
     rows.inner
         .unary(Pipeline, "Aggregate: pre-sum", |_capability, _info| {
-            let mut by_segment: FxHashMap<(Tick, CampaignId, Slot, Option<Segment>), Totals> = FxHashMap::default();
+            let mut by_segment: FxHashMap<(Tick, CampaignId, Slot, Option<Segment>), Totals> =
+                FxHashMap::default();
             let mut by_key: FxHashMap<(Tick, AggregateKey), Totals> = FxHashMap::default();
             move |input, output| {
                 input.for_each_stamp(|capability, data| {
@@ -74,7 +79,10 @@ fn pre_sum<'scope>(
                                 Attribution::Unknown => (None, totals),
                                 Attribution::CancelUnknown => (None, totals.negated()),
                             };
-                            by_segment.entry((time, campaign, slot, segment)).or_default().add(&totals);
+                            by_segment
+                                .entry((time, campaign, slot, segment))
+                                .or_default()
+                                .add(&totals);
                         }
                     }
                     for ((time, campaign, slot, segment), totals) in by_segment.drain() {
@@ -83,10 +91,16 @@ fn pre_sum<'scope>(
                         }
                         for dimension in dimensions(campaign, segment.as_ref()) {
                             if let Slot::Window(start) = slot {
-                                let key = AggregateKey { dimension: dimension.clone(), window: Some(start) };
+                                let key = AggregateKey {
+                                    dimension: dimension.clone(),
+                                    window: Some(start),
+                                };
                                 by_key.entry((time, key)).or_default().add(&totals);
                             }
-                            let key = AggregateKey { dimension, window: None };
+                            let key = AggregateKey {
+                                dimension,
+                                window: None,
+                            };
                             by_key.entry((time, key)).or_default().add(&totals);
                         }
                     }

@@ -43,7 +43,10 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
             let (demographics_in, demographics) = scope.new_collection();
             let rows = analytics(events, demographics, params);
             emit_batches(rows, move |progress| {
-                reports.lock().expect("no reporter panicked while holding the lock").push(progress)
+                reports
+                    .lock()
+                    .expect("no reporter panicked while holding the lock")
+                    .push(progress)
             });
             demographics_in
         });
@@ -52,6 +55,7 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
             if *tick > *events_in.time() {
                 events_in.advance_to(*tick);
                 demographics_in.advance_to(*tick);
+                demographics_in.flush();
                 worker.step();
             }
             match input {
@@ -61,12 +65,17 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
                     }
                     event_index += 1;
                 }
-                Input::Demographic(row, diff) if index == 0 => demographics_in.update(row.clone(), *diff),
+                Input::Demographic(row, diff) if index == 0 => {
+                    demographics_in.update(row.clone(), *diff)
+                }
                 Input::Demographic(..) => {}
             }
         }
     })?;
-    guards.join().into_iter().collect::<Result<Vec<()>, String>>()?;
+    guards
+        .join()
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()?;
 
     let reports = std::mem::take(&mut *reports.lock().map_err(|e| e.to_string())?);
     Ok(merge(reports))

@@ -46,7 +46,8 @@ pub fn analytics<'scope>(
     demographics: VecCollection<'scope, Tick, Demographic>,
     params: Params,
 ) -> VecCollection<'scope, Tick, OutputRow> {
-    let (contributions, counters) = orders::order_ledger(events, params.windows, params.order_horizon_ms);
+    let (contributions, counters) =
+        orders::order_ledger(events, params.windows, params.order_horizon_ms);
     let contributions = windows::retire_windows(contributions, params.windows);
     let rows = segments::attribute(contributions, demographics);
     let aggregates = aggregates::aggregate(rows, params.windows)

@@ -66,7 +66,12 @@ pub enum Gender {
 
 impl Gender {
     /// Every gender, in a fixed order.
-    pub const ALL: [Gender; 4] = [Gender::Female, Gender::Male, Gender::Other, Gender::Undisclosed];
+    pub const ALL: [Gender; 4] = [
+        Gender::Female,
+        Gender::Male,
+        Gender::Other,
+        Gender::Undisclosed,
+    ];
 
     /// The one-letter code used in MySQL, Avro and InfluxDB tags.
     pub fn code(self) -> &'static str {
@@ -221,7 +226,9 @@ pub struct Event {
 
 /// The aggregate carried in the difference of every contribution: adding two contributions adds
 /// their fields, so events are summed by differential's own consolidation instead of being stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Totals {
     /// Clicks counted.
     pub clicks: i64,
@@ -236,12 +243,20 @@ pub struct Totals {
 impl Totals {
     /// One click.
     pub fn click() -> Totals {
-        Totals { clicks: 1, ..Totals::default() }
+        Totals {
+            clicks: 1,
+            ..Totals::default()
+        }
     }
 
     /// One purchase of `units` units for `total`.
     pub fn purchase(total: Cents, units: u32) -> Totals {
-        Totals { clicks: 0, purchases: 1, units: i64::from(units), revenue_cents: total.0 }
+        Totals {
+            clicks: 0,
+            purchases: 1,
+            units: i64::from(units),
+            revenue_cents: total.0,
+        }
     }
 
     /// Purchases per click, when there were clicks.
@@ -340,8 +355,8 @@ pub enum Dimension {
     Campaign(CampaignId),
     /// Per age band and gender.
     AgeGender(Option<(AgeBand, Gender)>),
-    /// Per state.
-    State(Option<Name>),
+    /// Per state, within its country: `(country, state)`.
+    State(Option<(Name, Name)>),
     /// Per country.
     Country(Option<Name>),
     /// Per campaign and country.

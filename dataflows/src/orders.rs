@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
+use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Operator};
-use timely::dataflow::StreamVec;
 
 use crate::model::{
     CampaignId, Contribution, Counter, Event, EventTimeMs, OrderId, Slot, Tag, Tick, Totals, UserId,
@@ -73,7 +73,12 @@ pub struct TickOutput {
 impl Ledger {
     /// An empty ledger.
     pub fn new(spec: WindowSpec, horizon_ms: u64) -> Ledger {
-        Ledger { spec, horizon_ms, orders: FxHashMap::default(), expiry: VecDeque::new() }
+        Ledger {
+            spec,
+            horizon_ms,
+            orders: FxHashMap::default(),
+            expiry: VecDeque::new(),
+        }
     }
 
     /// The number of orders remembered.
@@ -101,11 +106,19 @@ impl Ledger {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     self.expiry.push_back((tick, event.order_id));
-                    entry.insert(OrderState { first_seen: tick, ..OrderState::default() })
+                    entry.insert(OrderState {
+                        first_seen: tick,
+                        ..OrderState::default()
+                    })
                 }
             };
             let window = self.spec.window_of(event.event_time);
-            let own = |totals| Counted { user: event.user_id, campaign: event.campaign_id, window, totals };
+            let own = |totals| Counted {
+                user: event.user_id,
+                campaign: event.campaign_id,
+                window,
+                totals,
+            };
             let outcome = match event.tag {
                 Tag::Click if state.clicked => Outcome::Duplicate,
                 Tag::Click => {
@@ -117,7 +130,11 @@ impl Ledger {
                     let purchase = own(Totals::purchase(event.total, event.units));
                     state.purchase = Some(purchase);
                     // A refund that came first cancels the purchase before it counts.
-                    if state.refunded { Outcome::Ignored } else { Outcome::Counted(purchase) }
+                    if state.refunded {
+                        Outcome::Ignored
+                    } else {
+                        Outcome::Counted(purchase)
+                    }
                 }
                 Tag::Refunded if state.refunded => Outcome::Duplicate,
                 Tag::Refunded => {
@@ -125,7 +142,10 @@ impl Ledger {
                     match state.purchase {
                         Some(purchase) => {
                             count(Counter::RefundsApplied);
-                            Outcome::Counted(Counted { totals: purchase.totals.negated(), ..purchase })
+                            Outcome::Counted(Counted {
+                                totals: purchase.totals.negated(),
+                                ..purchase
+                            })
                         }
                         None => {
                             count(Counter::RefundsUnmatched);
@@ -139,9 +159,12 @@ impl Ledger {
                     if self.spec.is_closed(counted.window, tick) {
                         count(Counter::LateForWindow);
                     }
-                    sums.entry((counted.user, (counted.campaign, Slot::Window(counted.window))))
-                        .or_default()
-                        .add(&counted.totals);
+                    sums.entry((
+                        counted.user,
+                        (counted.campaign, Slot::Window(counted.window)),
+                    ))
+                    .or_default()
+                    .add(&counted.totals);
                 }
                 Outcome::Duplicate => count(Counter::Duplicates),
                 Outcome::Ignored => {}
@@ -155,7 +178,10 @@ impl Ledger {
             .map(|&c| (c, counters[c as usize]))
             .filter(|&(_, n)| n != 0)
             .collect();
-        TickOutput { contributions, counters }
+        TickOutput {
+            contributions,
+            counters,
+        }
     }
 
     /// Forgets the orders whose horizon has passed at `tick`.
@@ -165,7 +191,11 @@ impl Ledger {
                 break;
             }
             self.expiry.pop_front();
-            if self.orders.get(&order).is_some_and(|s| s.first_seen == first_seen) {
+            if self
+                .orders
+                .get(&order)
+                .is_some_and(|s| s.first_seen == first_seen)
+            {
                 self.orders.remove(&order);
             }
         }
@@ -187,8 +217,12 @@ pub fn order_ledger<'scope>(
     events: StreamVec<'scope, Tick, Event>,
     spec: WindowSpec,
     horizon_ms: u64,
-) -> (VecCollection<'scope, Tick, Contribution, Totals>, VecCollection<'scope, Tick, Counter, isize>) {
-    let route = Exchange::new(|event: &Event| event.order_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17);
+) -> (
+    VecCollection<'scope, Tick, Contribution, Totals>,
+    VecCollection<'scope, Tick, Counter, isize>,
+) {
+    let route =
+        Exchange::new(|event: &Event| event.order_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17);
     let updates = events.unary_frontier(route, "Ledger: orders", move |_capability, _info| {
         let mut ledger = Ledger::new(spec, horizon_ms);
         let mut pending: BTreeMap<Tick, (Capability<Tick>, Vec<Event>)> = BTreeMap::new();
@@ -196,7 +230,9 @@ pub fn order_ledger<'scope>(
             input.for_each_stamp(|capability, data| {
                 if let Some(capability) = capability.retain_least(output.output_index()) {
                     let time = *capability.time();
-                    let entry = pending.entry(time).or_insert_with(|| (capability, Vec::new()));
+                    let entry = pending
+                        .entry(time)
+                        .or_insert_with(|| (capability, Vec::new()));
                     for batch in data {
                         entry.1.append(batch);
                     }
@@ -210,7 +246,11 @@ pub fn order_ledger<'scope>(
                 let produced = ledger.apply_tick(tick, &mut events);
                 let mut session = output.session(&capability);
                 for (contribution, totals) in produced.contributions {
-                    session.give((LedgerUpdate::Contribution(contribution, totals), tick, 1isize));
+                    session.give((
+                        LedgerUpdate::Contribution(contribution, totals),
+                        tick,
+                        1isize,
+                    ));
                 }
                 for (counter, n) in produced.counters {
                     session.give((LedgerUpdate::Counter(counter, n), tick, 1isize));
@@ -252,7 +292,10 @@ mod tests {
     }
 
     fn spec() -> WindowSpec {
-        WindowSpec { size_ms: 1_000, allowed_lateness_ms: 1_000 }
+        WindowSpec {
+            size_ms: 1_000,
+            allowed_lateness_ms: 1_000,
+        }
     }
 
     #[test]
@@ -260,20 +303,41 @@ mod tests {
         let mut ledger = Ledger::new(spec(), 10_000);
         let out = ledger.apply_tick(
             100,
-            &mut [event(7, Tag::Purchased, 50), event(7, Tag::Click, 10), event(7, Tag::Purchased, 50)],
+            &mut [
+                event(7, Tag::Purchased, 50),
+                event(7, Tag::Click, 10),
+                event(7, Tag::Purchased, 50),
+            ],
         );
         let key = (UserId(1), (CampaignId(2), Slot::Window(EventTimeMs(0))));
         let mut expected = Totals::click();
         expected.add(&Totals::purchase(Cents(500), 2));
         assert_eq!(out.contributions, vec![(key, expected)]);
-        assert_eq!(out.counters, vec![(Counter::EventsIn, 3), (Counter::Duplicates, 1)]);
-
-        // The refund's own time is 3 000; it retracts from the purchase's window 0, now closed.
-        let out = ledger.apply_tick(2_500, &mut [event(7, Tag::Refunded, 3_000), event(7, Tag::Refunded, 3_000)]);
-        assert_eq!(out.contributions, vec![(key, Totals::purchase(Cents(500), 2).negated())]);
         assert_eq!(
             out.counters,
-            vec![(Counter::EventsIn, 2), (Counter::Duplicates, 1), (Counter::LateForWindow, 1), (Counter::RefundsApplied, 1)]
+            vec![(Counter::EventsIn, 3), (Counter::Duplicates, 1)]
+        );
+
+        // The refund's own time is 3 000; it retracts from the purchase's window 0, now closed.
+        let out = ledger.apply_tick(
+            2_500,
+            &mut [
+                event(7, Tag::Refunded, 3_000),
+                event(7, Tag::Refunded, 3_000),
+            ],
+        );
+        assert_eq!(
+            out.contributions,
+            vec![(key, Totals::purchase(Cents(500), 2).negated())]
+        );
+        assert_eq!(
+            out.counters,
+            vec![
+                (Counter::EventsIn, 2),
+                (Counter::Duplicates, 1),
+                (Counter::LateForWindow, 1),
+                (Counter::RefundsApplied, 1)
+            ]
         );
     }
 
@@ -282,7 +346,10 @@ mod tests {
         let mut ledger = Ledger::new(spec(), 1_000);
         let out = ledger.apply_tick(0, &mut [event(9, Tag::Refunded, 0)]);
         assert!(out.contributions.is_empty());
-        assert_eq!(out.counters, vec![(Counter::EventsIn, 1), (Counter::RefundsUnmatched, 1)]);
+        assert_eq!(
+            out.counters,
+            vec![(Counter::EventsIn, 1), (Counter::RefundsUnmatched, 1)]
+        );
         let out = ledger.apply_tick(500, &mut [event(9, Tag::Purchased, 0)]);
         assert!(out.contributions.is_empty());
         assert_eq!(out.counters, vec![(Counter::EventsIn, 1)]);

@@ -50,29 +50,33 @@ where
 {
     let mut pending: BTreeMap<Tick, Vec<(OutputRow, isize)>> = BTreeMap::new();
     let mut reported: Option<Option<Tick>> = None;
-    rows.inner.sink(Pipeline, "Output: batches", move |(input, frontier)| {
-        input.for_each(|_capability, data| {
-            for (row, time, diff) in data.drain(..) {
-                pending.entry(time).or_default().push((row, diff));
+    rows.inner
+        .sink(Pipeline, "Output: batches", move |(input, frontier)| {
+            input.for_each(|_capability, data| {
+                for (row, time, diff) in data.drain(..) {
+                    pending.entry(time).or_default().push((row, diff));
+                }
+            });
+            let lower = frontier.frontier().first().copied();
+            let mut batches = Vec::new();
+            while let Some(entry) = pending.first_entry() {
+                if lower.is_some_and(|l| *entry.key() >= l) {
+                    break;
+                }
+                let (time, updates) = entry.remove_entry();
+                let batch = changes_of(time, updates);
+                if !batch.changes.is_empty() {
+                    batches.push(batch);
+                }
+            }
+            if !batches.is_empty() || reported != Some(lower) {
+                reported = Some(lower);
+                report(Progress {
+                    batches,
+                    frontier: lower,
+                });
             }
         });
-        let lower = frontier.frontier().first().copied();
-        let mut batches = Vec::new();
-        while let Some(entry) = pending.first_entry() {
-            if lower.is_some_and(|l| *entry.key() >= l) {
-                break;
-            }
-            let (time, updates) = entry.remove_entry();
-            let batch = changes_of(time, updates);
-            if !batch.changes.is_empty() {
-                batches.push(batch);
-            }
-        }
-        if !batches.is_empty() || reported != Some(lower) {
-            reported = Some(lower);
-            report(Progress { batches, frontier: lower });
-        }
-    });
 }
 
 /// The changes of one timestamp from its consolidated updates: an insertion is the key's new value;
@@ -84,8 +88,16 @@ pub fn changes_of(time: Tick, mut updates: Vec<(OutputRow, isize)>) -> Batch {
         // Updates are sorted by key, so a key's retraction and insertion are adjacent.
         let same_key = changes.last().is_some_and(|c| c.key == key);
         match (diff > 0, same_key) {
-            (true, true) => changes.last_mut().expect("same_key implies a last change").value = Some(value),
-            (true, false) => changes.push(Change { key, value: Some(value) }),
+            (true, true) => {
+                changes
+                    .last_mut()
+                    .expect("same_key implies a last change")
+                    .value = Some(value)
+            }
+            (true, false) => changes.push(Change {
+                key,
+                value: Some(value),
+            }),
             (false, true) => {}
             (false, false) => changes.push(Change { key, value: None }),
         }

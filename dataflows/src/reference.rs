@@ -25,7 +25,11 @@ struct Record {
 }
 
 /// The expected value of every row once `as_of` is complete.
-pub fn evaluate(inputs: &[(Tick, Input)], params: Params, as_of: Tick) -> BTreeMap<OutputKey, OutputValue> {
+pub fn evaluate(
+    inputs: &[(Tick, Input)],
+    params: Params,
+    as_of: Tick,
+) -> BTreeMap<OutputKey, OutputValue> {
     let (records, counters) = ledger(inputs, params, as_of);
     let mut table: BTreeMap<OutputKey, OutputValue> = BTreeMap::new();
 
@@ -34,7 +38,12 @@ pub fn evaluate(inputs: &[(Tick, Input)], params: Params, as_of: Tick) -> BTreeM
     let mut sums: BTreeMap<AggregateKey, Totals> = BTreeMap::new();
     for record in &records {
         for dimension in dimensions_of(record, &users_now) {
-            sums.entry(AggregateKey { dimension, window: None }).or_default().add(&record.totals);
+            sums.entry(AggregateKey {
+                dimension,
+                window: None,
+            })
+            .or_default()
+            .add(&record.totals);
         }
     }
 
@@ -48,9 +57,17 @@ pub fn evaluate(inputs: &[(Tick, Input)], params: Params, as_of: Tick) -> BTreeM
             continue;
         }
         let users_then = demographics_at(inputs, frozen_at);
-        for record in records.iter().filter(|r| r.window == window && r.tick <= frozen_at) {
+        for record in records
+            .iter()
+            .filter(|r| r.window == window && r.tick <= frozen_at)
+        {
             for dimension in dimensions_of(record, &users_then) {
-                sums.entry(AggregateKey { dimension, window: Some(window) }).or_default().add(&record.totals);
+                sums.entry(AggregateKey {
+                    dimension,
+                    window: Some(window),
+                })
+                .or_default()
+                .add(&record.totals);
             }
         }
     }
@@ -77,7 +94,10 @@ fn demographics_at(inputs: &[(Tick, Input)], time: Tick) -> HashMap<UserId, Demo
     }
     let mut users = HashMap::new();
     for (row, count) in rows {
-        assert!((0..=1).contains(&count), "a demographics row is present at most once: {row:?}");
+        assert!(
+            (0..=1).contains(&count),
+            "a demographics row is present at most once: {row:?}"
+        );
         if count == 1 {
             let previous = users.insert(row.id, row);
             assert!(previous.is_none(), "one row per user");
@@ -95,7 +115,7 @@ fn dimensions_of(record: &Record, users: &HashMap<UserId, Demographic>) -> Vec<D
             vec![
                 Dimension::Campaign(campaign),
                 Dimension::AgeGender(age_gender),
-                Dimension::State(Some(row.state.clone())),
+                Dimension::State(Some((row.country.clone(), row.state.clone()))),
                 Dimension::Country(Some(row.country.clone())),
                 Dimension::CampaignCountry(campaign, Some(row.country.clone())),
                 Dimension::CampaignAgeGender(campaign, age_gender),
@@ -116,7 +136,11 @@ fn dimensions_of(record: &Record, users: &HashMap<UserId, Demographic>) -> Vec<D
 /// a click and a purchase count once per order; a refund retracts the counted purchase, or, if
 /// none is known yet, stops it from counting; an order is forgotten `order_horizon_ms` after its
 /// first event.
-fn ledger(inputs: &[(Tick, Input)], params: Params, as_of: Tick) -> (Vec<Record>, BTreeMap<Counter, i64>) {
+fn ledger(
+    inputs: &[(Tick, Input)],
+    params: Params,
+    as_of: Tick,
+) -> (Vec<Record>, BTreeMap<Counter, i64>) {
     #[derive(Default)]
     struct Order {
         first_seen: Tick,
@@ -135,16 +159,27 @@ fn ledger(inputs: &[(Tick, Input)], params: Params, as_of: Tick) -> (Vec<Record>
     let mut orders: BTreeMap<OrderId, Order> = BTreeMap::new();
     let mut records = Vec::new();
     let mut counters: BTreeMap<Counter, i64> = BTreeMap::new();
-    let bump = |counters: &mut BTreeMap<Counter, i64>, c: Counter| *counters.entry(c).or_default() += 1;
+    let bump =
+        |counters: &mut BTreeMap<Counter, i64>, c: Counter| *counters.entry(c).or_default() += 1;
 
     for (tick, mut events) in by_tick {
         orders.retain(|_, order| order.first_seen + params.order_horizon_ms > tick);
         events.sort();
         for event in events {
             bump(&mut counters, Counter::EventsIn);
-            let order = orders.entry(event.order_id).or_insert_with(|| Order { first_seen: tick, ..Order::default() });
-            let window = EventTimeMs(event.event_time.0 / params.windows.size_ms * params.windows.size_ms);
-            let record = |totals| Record { tick, user: event.user_id, campaign: event.campaign_id, window, totals };
+            let order = orders.entry(event.order_id).or_insert_with(|| Order {
+                first_seen: tick,
+                ..Order::default()
+            });
+            let window =
+                EventTimeMs(event.event_time.0 / params.windows.size_ms * params.windows.size_ms);
+            let record = |totals| Record {
+                tick,
+                user: event.user_id,
+                campaign: event.campaign_id,
+                window,
+                totals,
+            };
             let counted = match event.tag {
                 Tag::Click => {
                     if order.clicked {

@@ -11,7 +11,9 @@ use differential_dataflow::VecCollection;
 use crate::model::{CampaignId, Contribution, Demographic, Segment, Slot, Tick, Totals};
 
 /// Which segment a contribution row counts in, and with which sign.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Attribution {
     /// In this segment.
     Known(Segment),

@@ -1,9 +1,9 @@
 //! Event-time tumbling windows: which window an event falls in, when a window closes, and the
 //! operator that retires closed windows from the state.
 
+use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use timely::dataflow::operators::vec::Map;
-use differential_dataflow::AsCollection;
 
 use crate::model::{Contribution, EventTimeMs, Slot, Tick, Totals};
 
@@ -32,7 +32,10 @@ impl WindowSpec {
     /// The processing time at which the window starting at `start` closes.
     #[inline]
     pub fn closes_at(&self, start: EventTimeMs) -> Tick {
-        start.0.saturating_add(self.size_ms).saturating_add(self.allowed_lateness_ms)
+        start
+            .0
+            .saturating_add(self.size_ms)
+            .saturating_add(self.allowed_lateness_ms)
     }
 
     /// Whether the window starting at `start` has closed at processing time `tick`.
@@ -66,7 +69,11 @@ pub fn retire_windows<'scope>(
                         Some(((user, (campaign, Slot::Retired)), closes, totals)),
                     ]
                 }
-                _ => [Some(((user, (campaign, Slot::Retired)), time, totals)), None, None],
+                _ => [
+                    Some(((user, (campaign, Slot::Retired)), time, totals)),
+                    None,
+                    None,
+                ],
             }
             .into_iter()
             .flatten()
@@ -80,7 +87,10 @@ mod tests {
 
     #[test]
     fn windows_and_closing() {
-        let spec = WindowSpec { size_ms: 60_000, allowed_lateness_ms: 10_000 };
+        let spec = WindowSpec {
+            size_ms: 60_000,
+            allowed_lateness_ms: 10_000,
+        };
         assert_eq!(spec.window_of(EventTimeMs(0)), EventTimeMs(0));
         assert_eq!(spec.window_of(EventTimeMs(59_999)), EventTimeMs(0));
         assert_eq!(spec.window_of(EventTimeMs(60_000)), EventTimeMs(60_000));

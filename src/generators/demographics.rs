@@ -10,23 +10,105 @@ const SALT_ROW: u64 = 0xD3;
 const SALT_CHANGE: u64 = 0xC4;
 
 /// Countries, weighted roughly by an American shop's audience.
-const COUNTRIES: &[(&str, u32)] = &[("US", 70), ("CA", 8), ("GB", 7), ("DE", 6), ("FR", 4), ("IN", 3), ("BR", 2)];
+const COUNTRIES: &[(&str, u32)] = &[
+    ("US", 70),
+    ("CA", 8),
+    ("GB", 7),
+    ("DE", 6),
+    ("FR", 4),
+    ("IN", 3),
+    ("BR", 2),
+];
 
 /// US states weighted by population (millions, rounded), the rest of the states sharing a remainder.
 const US_STATES: &[(&str, u32)] = &[
-    ("CA", 39), ("TX", 30), ("FL", 22), ("NY", 20), ("PA", 13), ("IL", 13), ("OH", 12), ("GA", 11),
-    ("NC", 11), ("MI", 10), ("NJ", 9), ("VA", 9), ("WA", 8), ("AZ", 7), ("TN", 7), ("MA", 7),
-    ("IN", 7), ("MO", 6), ("MD", 6), ("WI", 6), ("CO", 6), ("MN", 6), ("SC", 5), ("AL", 5),
-    ("LA", 5), ("KY", 5), ("OR", 4), ("OK", 4), ("CT", 4), ("UT", 3), ("IA", 3), ("NV", 3),
-    ("AR", 3), ("MS", 3), ("KS", 3), ("NM", 2), ("NE", 2), ("ID", 2), ("WV", 2), ("HI", 1),
-    ("NH", 1), ("ME", 1), ("MT", 1), ("RI", 1), ("DE", 1), ("SD", 1), ("ND", 1), ("AK", 1),
-    ("DC", 1), ("VT", 1), ("WY", 1),
+    ("CA", 39),
+    ("TX", 30),
+    ("FL", 22),
+    ("NY", 20),
+    ("PA", 13),
+    ("IL", 13),
+    ("OH", 12),
+    ("GA", 11),
+    ("NC", 11),
+    ("MI", 10),
+    ("NJ", 9),
+    ("VA", 9),
+    ("WA", 8),
+    ("AZ", 7),
+    ("TN", 7),
+    ("MA", 7),
+    ("IN", 7),
+    ("MO", 6),
+    ("MD", 6),
+    ("WI", 6),
+    ("CO", 6),
+    ("MN", 6),
+    ("SC", 5),
+    ("AL", 5),
+    ("LA", 5),
+    ("KY", 5),
+    ("OR", 4),
+    ("OK", 4),
+    ("CT", 4),
+    ("UT", 3),
+    ("IA", 3),
+    ("NV", 3),
+    ("AR", 3),
+    ("MS", 3),
+    ("KS", 3),
+    ("NM", 2),
+    ("NE", 2),
+    ("ID", 2),
+    ("WV", 2),
+    ("HI", 1),
+    ("NH", 1),
+    ("ME", 1),
+    ("MT", 1),
+    ("RI", 1),
+    ("DE", 1),
+    ("SD", 1),
+    ("ND", 1),
+    ("AK", 1),
+    ("DC", 1),
+    ("VT", 1),
+    ("WY", 1),
 ];
-const CA_PROVINCES: &[(&str, u32)] = &[("ON", 39), ("QC", 22), ("BC", 14), ("AB", 12), ("MB", 4), ("SK", 3), ("NS", 3)];
+const CA_PROVINCES: &[(&str, u32)] = &[
+    ("ON", 39),
+    ("QC", 22),
+    ("BC", 14),
+    ("AB", 12),
+    ("MB", 4),
+    ("SK", 3),
+    ("NS", 3),
+];
 const GB_NATIONS: &[(&str, u32)] = &[("ENG", 84), ("SCT", 8), ("WLS", 5), ("NIR", 3)];
-const DE_STATES: &[(&str, u32)] = &[("NW", 21), ("BY", 16), ("BW", 13), ("NI", 10), ("HE", 8), ("BE", 4), ("SN", 5)];
-const FR_REGIONS: &[(&str, u32)] = &[("IDF", 18), ("ARA", 12), ("NAQ", 9), ("OCC", 9), ("HDF", 9), ("PAC", 8)];
-const IN_STATES: &[(&str, u32)] = &[("MH", 10), ("UP", 16), ("KA", 5), ("TN", 6), ("DL", 2), ("WB", 7)];
+const DE_STATES: &[(&str, u32)] = &[
+    ("NW", 21),
+    ("BY", 16),
+    ("BW", 13),
+    ("NI", 10),
+    ("HE", 8),
+    ("BE", 4),
+    ("SN", 5),
+];
+const FR_REGIONS: &[(&str, u32)] = &[
+    ("IDF", 18),
+    ("ARA", 12),
+    ("NAQ", 9),
+    ("OCC", 9),
+    ("HDF", 9),
+    ("PAC", 8),
+];
+const IN_STATES: &[(&str, u32)] = &[
+    ("MH", 10),
+    ("UP", 16),
+    ("KA", 5),
+    ("TN", 6),
+    ("DL", 2),
+    ("WB", 7),
+];
 const BR_STATES: &[(&str, u32)] = &[("SP", 22), ("MG", 10), ("RJ", 8), ("BA", 7), ("RS", 5)];
 
 fn regions(country: &str) -> &'static [(&'static str, u32)] {
@@ -49,7 +131,15 @@ fn age(rng: &mut SmallRng) -> u8 {
 }
 
 fn gender(rng: &mut SmallRng) -> Gender {
-    weighted(&[(Gender::Female, 49), (Gender::Male, 48), (Gender::Other, 2), (Gender::Undisclosed, 1)], rng.random())
+    weighted(
+        &[
+            (Gender::Female, 49),
+            (Gender::Male, 48),
+            (Gender::Other, 2),
+            (Gender::Undisclosed, 1),
+        ],
+        rng.random(),
+    )
 }
 
 /// A place to live: a country and one of its regions.
@@ -64,7 +154,13 @@ pub fn user(seed: u64, id: u32) -> Demographic {
     let age = age(&mut rng);
     let gender = gender(&mut rng);
     let (country, state) = place(&mut rng);
-    Demographic { id: UserId(id), age, gender, state: state.into(), country: country.into() }
+    Demographic {
+        id: UserId(id),
+        age,
+        gender,
+        state: state.into(),
+        country: country.into(),
+    }
 }
 
 /// The initial table: users `0..users`.
@@ -91,7 +187,12 @@ impl Changes {
     pub fn new(seed: u64, initial_users: u32, new_users: u32) -> Changes {
         let mut rows: Vec<Option<Demographic>> = table(seed, initial_users).map(Some).collect();
         rows.resize(initial_users as usize + new_users as usize, None);
-        Changes { seed, next: 0, initial_users, rows }
+        Changes {
+            seed,
+            next: 0,
+            initial_users,
+            rows,
+        }
     }
 
     /// How many changes have been produced.
@@ -109,9 +210,14 @@ impl Changes {
         let kind = rng.random_range(0..100);
         // New users arrive in id order, so generated "unknown users" eventually become known.
         if kind < 15 {
-            if let Some(id) = (self.initial_users as usize..self.rows.len()).find(|&i| self.rows[i].is_none()) {
+            if let Some(id) =
+                (self.initial_users as usize..self.rows.len()).find(|&i| self.rows[i].is_none())
+            {
                 let row = user(self.seed ^ 0x5EED, id as u32);
-                let row = Demographic { id: UserId(id as u32), ..row };
+                let row = Demographic {
+                    id: UserId(id as u32),
+                    ..row
+                };
                 self.rows[id] = Some(row.clone());
                 return vec![(row, 1)];
             }
@@ -124,14 +230,24 @@ impl Changes {
             0..=59 => {
                 // A move: within the country mostly, sometimes abroad.
                 let (country, state) = if rng.random_bool(0.9) {
-                    (old.country.clone(), weighted(regions(&old.country), rng.random()).into())
+                    (
+                        old.country.clone(),
+                        weighted(regions(&old.country), rng.random()).into(),
+                    )
                 } else {
                     let (c, s) = place(&mut rng);
                     (c.into(), s.into())
                 };
-                Some(Demographic { country, state, ..old.clone() })
+                Some(Demographic {
+                    country,
+                    state,
+                    ..old.clone()
+                })
             }
-            60..=89 => Some(Demographic { age: old.age.saturating_add(1), ..old.clone() }),
+            60..=89 => Some(Demographic {
+                age: old.age.saturating_add(1),
+                ..old.clone()
+            }),
             _ => None,
         };
         self.rows[id] = new.clone();

@@ -16,10 +16,10 @@ const SALT_BASE: u64 = 0xE1;
 const SALT_DELIVERY: u64 = 0xE2;
 const SALT_REFUND: u64 = 0xE3;
 
-/// The event generator's knobs; the defaults live in `config/shopflow.toml`.
+/// The generators' knobs, the `[generator]` section; the defaults live in `config/shopflow.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct EventKnobs {
+pub struct GeneratorKnobs {
     /// The seed of every random choice.
     pub seed: u64,
     /// Events per second of simulated time.
@@ -50,13 +50,31 @@ pub struct EventKnobs {
     pub duplicate_share: f64,
     /// The share of clicks by users drawn from the new users.
     pub unknown_user_share: f64,
+    /// Demographic changes per second of simulated time.
+    pub demographic_changes_per_second: f64,
+    /// Whether simulated time follows the wall clock.
+    pub pace: Pace,
 }
 
-impl EventKnobs {
+/// How simulated time relates to the wall clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pace {
+    /// Events are produced when the wall clock reaches their arrival time.
+    Realtime,
+    /// Events are produced as fast as the engine takes them.
+    Unbounded,
+}
+
+impl GeneratorKnobs {
     /// Checks the knobs make sense; names the first that does not.
     pub fn validate(&self) -> Result<(), String> {
         let share = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("{name} must be within 0 and 1, not {v}")) }
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be within 0 and 1, not {v}"))
+            }
         };
         share("conversion-share", self.conversion_share)?;
         share("late-share", self.late_share)?;
@@ -64,7 +82,18 @@ impl EventKnobs {
         share("duplicate-share", self.duplicate_share)?;
         share("unknown-user-share", self.unknown_user_share)?;
         if !(self.events_per_second > 0.0 && self.events_per_second.is_finite()) {
-            return Err(format!("events-per-second must be positive, not {}", self.events_per_second));
+            return Err(format!(
+                "events-per-second must be positive, not {}",
+                self.events_per_second
+            ));
+        }
+        if !(self.demographic_changes_per_second >= 0.0
+            && self.demographic_changes_per_second.is_finite())
+        {
+            return Err(format!(
+                "demographic-changes-per-second must be 0 or more, not {}",
+                self.demographic_changes_per_second
+            ));
         }
         if self.campaigns == 0 {
             return Err("campaigns must be at least 1".into());
@@ -88,7 +117,7 @@ impl EventKnobs {
 /// Generates events from knobs and a start time.
 #[derive(Clone, Debug)]
 pub struct EventGenerator {
-    knobs: EventKnobs,
+    knobs: GeneratorKnobs,
     start_ms: u64,
     campaigns: Zipf<f64>,
     amounts: LogNormal<f64>,
@@ -96,15 +125,22 @@ pub struct EventGenerator {
 
 impl EventGenerator {
     /// A generator whose event 0 arrives at `start_ms`. The knobs must be valid.
-    pub fn new(knobs: EventKnobs, start_ms: u64) -> Result<EventGenerator, String> {
+    pub fn new(knobs: GeneratorKnobs, start_ms: u64) -> Result<EventGenerator, String> {
         knobs.validate()?;
-        let campaigns = Zipf::new(f64::from(knobs.campaigns), knobs.campaign_zipf_exponent).map_err(|e| e.to_string())?;
-        let amounts = LogNormal::new(f64::from(knobs.median_order_cents).ln(), 0.8).map_err(|e| e.to_string())?;
-        Ok(EventGenerator { knobs, start_ms, campaigns, amounts })
+        let campaigns = Zipf::new(f64::from(knobs.campaigns), knobs.campaign_zipf_exponent)
+            .map_err(|e| e.to_string())?;
+        let amounts = LogNormal::new(f64::from(knobs.median_order_cents).ln(), 0.8)
+            .map_err(|e| e.to_string())?;
+        Ok(EventGenerator {
+            knobs,
+            start_ms,
+            campaigns,
+            amounts,
+        })
     }
 
     /// The knobs.
-    pub fn knobs(&self) -> &EventKnobs {
+    pub fn knobs(&self) -> &GeneratorKnobs {
         &self.knobs
     }
 
@@ -141,9 +177,14 @@ impl EventGenerator {
             // The refund of a purchase is delivered a fixed lag after it, in place of that slot's event.
             let purchase = self.original(n - refund_lag);
             if purchase.tag == Tag::Purchased
-                && rng_for(self.knobs.seed, SALT_REFUND, n - refund_lag).random_bool(self.knobs.refund_share)
+                && rng_for(self.knobs.seed, SALT_REFUND, n - refund_lag)
+                    .random_bool(self.knobs.refund_share)
             {
-                return Event { tag: Tag::Refunded, event_time: EventTimeMs(self.arrival_ms(n)), ..purchase };
+                return Event {
+                    tag: Tag::Refunded,
+                    event_time: EventTimeMs(self.arrival_ms(n)),
+                    ..purchase
+                };
             }
         }
         self.original(n)
@@ -153,18 +194,33 @@ impl EventGenerator {
     fn original(&self, n: u64) -> Event {
         let mut rng = rng_for(self.knobs.seed, SALT_BASE, n);
         let span = u64::from(self.knobs.funnel_span);
-        let purchase_of = (rng.random_bool(self.knobs.conversion_share) && self.completes_a_click(n)).then(|| n - span);
+        let purchase_of = (rng.random_bool(self.knobs.conversion_share)
+            && self.completes_a_click(n))
+        .then(|| n - span);
         let late = rng.random_bool(self.knobs.late_share);
-        let lateness = if late { rng.random_range(0..=self.knobs.max_lateness_ms) } else { rng.random_range(0..50) };
+        let lateness = if late {
+            rng.random_range(0..=self.knobs.max_lateness_ms)
+        } else {
+            rng.random_range(0..50)
+        };
         let event_time = EventTimeMs(self.arrival_ms(n).saturating_sub(lateness));
         match purchase_of {
             Some(click) => {
                 let click = self.click(click);
                 let total = Cents(self.amounts.sample(&mut rng).round().max(1.0) as i64);
                 let units = 1 + (rng.random::<f64>().ln() / 0.45f64.ln()).floor().min(20.0) as u32;
-                Event { tag: Tag::Purchased, total, units, event_time, ..click }
+                Event {
+                    tag: Tag::Purchased,
+                    total,
+                    units,
+                    event_time,
+                    ..click
+                }
             }
-            None => Event { event_time, ..self.click(n) },
+            None => Event {
+                event_time,
+                ..self.click(n)
+            },
         }
     }
 
@@ -172,14 +228,18 @@ impl EventGenerator {
     /// drawn as a purchase itself. With a fixed lag, every click is completed at most once.
     fn completes_a_click(&self, n: u64) -> bool {
         let span = u64::from(self.knobs.funnel_span);
-        n >= span && !rng_for(self.knobs.seed, SALT_BASE, n - span).random_bool(self.knobs.conversion_share)
+        n >= span
+            && !rng_for(self.knobs.seed, SALT_BASE, n - span)
+                .random_bool(self.knobs.conversion_share)
     }
 
     /// The click opening order `n`; its event time is filled in by the caller.
     fn click(&self, n: u64) -> Event {
         let mut rng = rng_for(self.knobs.seed, SALT_BASE ^ 0xC1, n);
         let knobs = &self.knobs;
-        let user = if knobs.new_users > 0 && (knobs.users == 0 || rng.random_bool(knobs.unknown_user_share)) {
+        let user = if knobs.new_users > 0
+            && (knobs.users == 0 || rng.random_bool(knobs.unknown_user_share))
+        {
             knobs.users + rng.random_range(0..knobs.new_users)
         } else {
             rng.random_range(0..knobs.users)
@@ -203,8 +263,8 @@ mod tests {
 
     use super::*;
 
-    pub(crate) fn knobs() -> EventKnobs {
-        EventKnobs {
+    pub(crate) fn knobs() -> GeneratorKnobs {
+        GeneratorKnobs {
             seed: 5,
             events_per_second: 1_000.0,
             users: 1_000,
@@ -219,6 +279,8 @@ mod tests {
             refund_share: 0.02,
             duplicate_share: 0.01,
             unknown_user_share: 0.01,
+            demographic_changes_per_second: 1.0,
+            pace: Pace::Unbounded,
         }
     }
 
@@ -240,23 +302,38 @@ mod tests {
     fn the_knobs_shape_the_stream() {
         let g = EventGenerator::new(knobs(), 0).unwrap();
         let events: Vec<Event> = (0..100_000).map(|n| g.event(n)).collect();
-        let share = |f: &dyn Fn(&Event) -> bool| events.iter().filter(|e| f(e)).count() as f64 / events.len() as f64;
+        let share = |f: &dyn Fn(&Event) -> bool| {
+            events.iter().filter(|e| f(e)).count() as f64 / events.len() as f64
+        };
         let purchases = share(&|e| e.tag == Tag::Purchased);
         assert!((0.15..0.35).contains(&purchases), "purchases {purchases}");
         let refunds = share(&|e| e.tag == Tag::Refunded) / purchases;
-        assert!((0.01..0.03).contains(&refunds), "refunded share of purchases {refunds}");
-        let late = events.iter().enumerate().filter(|(n, e)| g.arrival_ms(*n as u64) - e.event_time.0 > 1_000).count();
+        assert!(
+            (0.01..0.03).contains(&refunds),
+            "refunded share of purchases {refunds}"
+        );
+        let late = events
+            .iter()
+            .enumerate()
+            .filter(|(n, e)| g.arrival_ms(*n as u64) - e.event_time.0 > 1_000)
+            .count();
         assert!((2_000..9_000).contains(&late), "late {late}");
         let mut seen: HashMap<(OrderId, Tag), usize> = HashMap::new();
         for e in &events {
             *seen.entry((e.order_id, e.tag)).or_default() += 1;
         }
         let duplicates: usize = seen.values().map(|n| n - 1).sum();
-        assert!((500..1_500).contains(&duplicates), "duplicates {duplicates}");
+        assert!(
+            (500..1_500).contains(&duplicates),
+            "duplicates {duplicates}"
+        );
         // Every purchase completes a click of the same order, user and campaign.
         for e in events.iter().filter(|e| e.tag == Tag::Purchased) {
             let click = g.original(e.order_id.0);
-            assert_eq!((click.tag, click.user_id, click.campaign_id), (Tag::Click, e.user_id, e.campaign_id));
+            assert_eq!(
+                (click.tag, click.user_id, click.campaign_id),
+                (Tag::Click, e.user_id, e.campaign_id)
+            );
         }
         let unknown = share(&|e| e.user_id.0 >= 1_000);
         assert!((0.003..0.03).contains(&unknown), "unknown users {unknown}");
@@ -268,9 +345,22 @@ mod tests {
 
     #[test]
     fn bad_knobs_are_named() {
-        let bad = EventKnobs { late_share: 1.5, ..knobs() };
-        assert_eq!(EventGenerator::new(bad, 0).unwrap_err(), "late-share must be within 0 and 1, not 1.5");
-        let bad = EventKnobs { events_per_second: 0.0, ..knobs() };
-        assert!(EventGenerator::new(bad, 0).unwrap_err().contains("events-per-second"));
+        let bad = GeneratorKnobs {
+            late_share: 1.5,
+            ..knobs()
+        };
+        assert_eq!(
+            EventGenerator::new(bad, 0).unwrap_err(),
+            "late-share must be within 0 and 1, not 1.5"
+        );
+        let bad = GeneratorKnobs {
+            events_per_second: 0.0,
+            ..knobs()
+        };
+        assert!(
+            EventGenerator::new(bad, 0)
+                .unwrap_err()
+                .contains("events-per-second")
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use dataflows::Params;
 use dataflows::harness::{self, Input, accumulate};
 use dataflows::model::{
-    CampaignId, Cents, Demographic, Event, EventTimeMs, Gender, OrderId, OutputKey, OutputValue, Tag, Tick,
-    UserId,
+    CampaignId, Cents, Demographic, Event, EventTimeMs, Gender, OrderId, OutputKey, OutputValue,
+    Tag, Tick, UserId,
 };
 use dataflows::output::Batch;
 use dataflows::reference;
@@ -23,7 +23,13 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
     let size_ms = [500, 1_000, 2_000][rng.random_range(0..3)];
     let allowed_lateness_ms = [0, 500, 1_500, 4_000][rng.random_range(0..4)];
     let order_horizon_ms = [750, 3_000, 1_000_000][rng.random_range(0..3)];
-    let params = Params { windows: WindowSpec { size_ms, allowed_lateness_ms }, order_horizon_ms };
+    let params = Params {
+        windows: WindowSpec {
+            size_ms,
+            allowed_lateness_ms,
+        },
+        order_horizon_ms,
+    };
 
     let users = rng.random_range(2..12u32);
     let campaigns = rng.random_range(1..5u32);
@@ -62,8 +68,16 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
             } else if choice < 30 && !sent.is_empty() {
                 // A purchase or refund of an earlier order, or a refund of an unseen one.
                 let earlier = sent[rng.random_range(0..sent.len())].clone();
-                let tag = if rng.random_bool(0.5) { Tag::Purchased } else { Tag::Refunded };
-                let order = if rng.random_bool(0.1) { OrderId(10_000 + next_order) } else { earlier.order_id };
+                let tag = if rng.random_bool(0.5) {
+                    Tag::Purchased
+                } else {
+                    Tag::Refunded
+                };
+                let order = if rng.random_bool(0.1) {
+                    OrderId(10_000 + next_order)
+                } else {
+                    earlier.order_id
+                };
                 Event {
                     order_id: order,
                     tag,
@@ -79,14 +93,22 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
                     6..=8 => rng.random_range(0..6_000),
                     _ => 0,
                 };
-                let future = if rng.random_range(0..20) == 0 { rng.random_range(1..3_000) } else { 0 };
+                let future = if rng.random_range(0..20) == 0 {
+                    rng.random_range(1..3_000)
+                } else {
+                    0
+                };
                 let purchase = rng.random_bool(0.4);
                 Event {
                     order_id: OrderId(next_order),
                     tag: if purchase { Tag::Purchased } else { Tag::Click },
                     user_id: UserId(rng.random_range(0..users + 3)),
                     campaign_id: CampaignId(rng.random_range(0..campaigns)),
-                    total: Cents(if purchase { rng.random_range(1..50_000) } else { 0 }),
+                    total: Cents(if purchase {
+                        rng.random_range(1..50_000)
+                    } else {
+                        0
+                    }),
                     units: if purchase { rng.random_range(1..6) } else { 0 },
                     event_time: EventTimeMs(tick - lateness + future),
                 }
@@ -103,7 +125,10 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
                     if rng.random_bool(0.75) {
                         let mut new = row(&mut rng, id);
                         if rng.random_bool(0.3) {
-                            new = Demographic { age: old.age.saturating_add(1), ..old };
+                            new = Demographic {
+                                age: old.age.saturating_add(1),
+                                ..old
+                            };
                         }
                         inputs.push((tick, Input::Demographic(new.clone(), 1)));
                         table.insert(id, new);
@@ -125,7 +150,11 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
 /// Checks the batches are well formed and, accumulated, equal the reference at every completed
 /// timestamp and at the end.
 fn check(seed: u64, workers: usize, params: Params, inputs: &[(Tick, Input)], batches: &[Batch]) {
-    let mut checkpoints: Vec<Tick> = inputs.iter().map(|(t, _)| *t).chain(batches.iter().map(|b| b.time)).collect();
+    let mut checkpoints: Vec<Tick> = inputs
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(batches.iter().map(|b| b.time))
+        .collect();
     checkpoints.sort();
     checkpoints.dedup();
     checkpoints.push(Tick::MAX);
@@ -135,10 +164,16 @@ fn check(seed: u64, workers: usize, params: Params, inputs: &[(Tick, Input)], ba
     let mut last_time = None;
     for as_of in checkpoints {
         while let Some(batch) = next.next_if(|b| b.time <= as_of) {
-            assert!(last_time < Some(batch.time), "seed {seed}: batches in strictly increasing time");
+            assert!(
+                last_time < Some(batch.time),
+                "seed {seed}: batches in strictly increasing time"
+            );
             last_time = Some(batch.time);
             for pair in batch.changes.windows(2) {
-                assert!(pair[0].key < pair[1].key, "seed {seed}: one change per key in a batch");
+                assert!(
+                    pair[0].key < pair[1].key,
+                    "seed {seed}: one change per key in a batch"
+                );
             }
             for change in &batch.changes {
                 let before = table.get(&change.key);
@@ -152,8 +187,14 @@ fn check(seed: u64, workers: usize, params: Params, inputs: &[(Tick, Input)], ba
         }
         let expected = reference::evaluate(inputs, params, as_of);
         if table != expected {
-            let missing: Vec<_> = expected.iter().filter(|(k, v)| table.get(*k) != Some(*v)).collect();
-            let extra: Vec<_> = table.iter().filter(|(k, v)| expected.get(*k) != Some(*v)).collect();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| table.get(*k) != Some(*v))
+                .collect();
+            let extra: Vec<_> = table
+                .iter()
+                .filter(|(k, v)| expected.get(*k) != Some(*v))
+                .collect();
             panic!(
                 "seed {seed}, {workers} workers, {params:?}: output differs from the reference as of {as_of}\n\
                  expected but not output: {missing:#?}\noutput but not expected: {extra:#?}"
@@ -198,9 +239,24 @@ fn same_output_for_any_worker_count() {
 /// The reference itself, on a case worked by hand: the test above is only as good as it is.
 #[test]
 fn reference_on_a_hand_worked_case() {
-    let params = Params { windows: WindowSpec { size_ms: 1_000, allowed_lateness_ms: 1_000 }, order_horizon_ms: 60_000 };
-    let alice = Demographic { id: UserId(1), age: 30, gender: Gender::Female, state: "CA".into(), country: "US".into() };
-    let moved = Demographic { state: "NY".into(), ..alice.clone() };
+    let params = Params {
+        windows: WindowSpec {
+            size_ms: 1_000,
+            allowed_lateness_ms: 1_000,
+        },
+        order_horizon_ms: 60_000,
+    };
+    let alice = Demographic {
+        id: UserId(1),
+        age: 30,
+        gender: Gender::Female,
+        state: "CA".into(),
+        country: "US".into(),
+    };
+    let moved = Demographic {
+        state: "NY".into(),
+        ..alice.clone()
+    };
     let purchase = Event {
         order_id: OrderId(1),
         tag: Tag::Purchased,
@@ -217,10 +273,17 @@ fn reference_on_a_hand_worked_case() {
         (3_000, Input::Demographic(alice, -1)),
         (3_000, Input::Demographic(moved, 1)),
     ];
-    let totals = |n: i64| OutputValue::Totals(dataflows::model::Totals { clicks: 0, purchases: n, units: 3 * n, revenue_cents: 1_250 * n });
+    let totals = |n: i64| {
+        OutputValue::Totals(dataflows::model::Totals {
+            clicks: 0,
+            purchases: n,
+            units: 3 * n,
+            revenue_cents: 1_250 * n,
+        })
+    };
     let state = |s: Option<&str>, window: Option<u64>| {
         OutputKey::Aggregate(dataflows::model::AggregateKey {
-            dimension: dataflows::model::Dimension::State(s.map(Into::into)),
+            dimension: dataflows::model::Dimension::State(s.map(|s| ("US".into(), s.into()))),
             window: window.map(EventTimeMs),
         })
     };
@@ -237,8 +300,21 @@ fn reference_on_a_hand_worked_case() {
     assert_eq!(at3.get(&state(Some("NY"), None)), Some(&totals(1)));
     assert_eq!(at3.get(&state(Some("CA"), None)), None);
     assert_eq!(at3.get(&state(Some("CA"), Some(0))), Some(&totals(1)));
-    assert_eq!(at3.get(&OutputKey::Counter(dataflows::model::Counter::Duplicates)), Some(&OutputValue::Count(1)));
+    assert_eq!(
+        at3.get(&OutputKey::Counter(dataflows::model::Counter::Duplicates)),
+        Some(&OutputValue::Count(1))
+    );
     // And the dataflow agrees at every step.
     let batches = harness::run(&inputs, params, 2).expect("runs");
     check(0, 2, params, &inputs, &batches);
+}
+
+/// The HashMap engine the benchmark compares against computes the same thing.
+#[test]
+fn hashmap_baseline_matches_reference() {
+    for seed in 2_000..2_200 {
+        let (params, inputs) = scenario(seed);
+        let batches = shopflow::baseline::run(&inputs, params);
+        check(seed, 0, params, &inputs, &batches);
+    }
 }

@@ -1,0 +1,241 @@
+//! The configuration: a serde mirror of `config/shopflow.toml`, layered and validated.
+//!
+//! The shipped file holds every default (it is built into the binary), so there is one place to
+//! read them; a user's file replaces it, and `SHOPFLOW__SECTION__KEY` environment variables
+//! override single keys for containers.
+
+use std::path::{Path, PathBuf};
+
+use dataflows::Params;
+use dataflows::windows::WindowSpec;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::generators::events::GeneratorKnobs;
+
+/// The shipped configuration, defaults for every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/shopflow.toml");
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key is unknown, missing, or of the wrong type.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value is out of its range.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The key, as `section.key`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The engine: workers, ticks, windows.
+    pub engine: EngineConfig,
+    /// The embedded generators.
+    pub generator: GeneratorKnobs,
+    /// Where results go.
+    pub output: OutputConfig,
+}
+
+/// The `[engine]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EngineConfig {
+    /// Worker threads per process; 0 for one per core.
+    pub workers: usize,
+    /// The tick length in milliseconds.
+    pub tick_ms: u64,
+    /// The window size in milliseconds.
+    pub window_ms: u64,
+    /// The allowed lateness (and window retention) in milliseconds.
+    pub allowed_lateness_ms: u64,
+    /// How long orders are remembered, in milliseconds.
+    pub order_horizon_ms: u64,
+    /// How many ticks may be in flight before sources pause.
+    pub max_ticks_in_flight: u64,
+}
+
+/// The `[output]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OutputConfig {
+    /// The line protocol file, or `-` for standard output.
+    pub line_protocol: PathBuf,
+}
+
+impl Config {
+    /// Loads the configuration: `file` (or the shipped defaults), then environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let base = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?,
+            None => DEFAULT_TOML.to_owned(),
+        };
+        Self::from_layers(
+            &base,
+            Env::prefixed("SHOPFLOW__")
+                .split("__")
+                .map(|key| key.as_str().replace('_', "-").into()),
+        )
+    }
+
+    /// Parses `toml` with the given environment layer on top, and validates the result.
+    pub fn from_layers(toml: &str, env: Env) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(toml))
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        let e = &self.engine;
+        if e.workers > 1024 {
+            return invalid("engine.workers", "at most 1024 workers per process");
+        }
+        if e.tick_ms == 0 {
+            return invalid("engine.tick-ms", "must be at least 1");
+        }
+        if e.window_ms == 0 {
+            return invalid("engine.window-ms", "must be at least 1");
+        }
+        if e.order_horizon_ms == 0 {
+            return invalid("engine.order-horizon-ms", "must be at least 1");
+        }
+        if e.max_ticks_in_flight == 0 {
+            return invalid("engine.max-ticks-in-flight", "must be at least 1");
+        }
+        if let Err(message) = self.generator.validate() {
+            let key = message.split(' ').next().unwrap_or("");
+            return Err(ConfigError::Invalid {
+                key: GENERATOR_KEYS
+                    .iter()
+                    .find(|k| k.ends_with(key))
+                    .copied()
+                    .unwrap_or("generator"),
+                message,
+            });
+        }
+        if self.output.line_protocol.as_os_str().is_empty() {
+            return invalid("output.line-protocol", "must be a path or -");
+        }
+        Ok(())
+    }
+
+    /// The dataflow's parameters.
+    pub fn params(&self) -> Params {
+        Params {
+            windows: WindowSpec {
+                size_ms: self.engine.window_ms,
+                allowed_lateness_ms: self.engine.allowed_lateness_ms,
+            },
+            order_horizon_ms: self.engine.order_horizon_ms,
+        }
+    }
+
+    /// The configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// The generator's keys, to name the one a validation message is about.
+const GENERATOR_KEYS: &[&str] = &[
+    "generator.events-per-second",
+    "generator.campaigns",
+    "generator.campaign-zipf-exponent",
+    "generator.conversion-share",
+    "generator.funnel-span",
+    "generator.median-order-cents",
+    "generator.late-share",
+    "generator.refund-share",
+    "generator.duplicate-share",
+    "generator.unknown-user-share",
+    "generator.demographic-changes-per-second",
+    "generator.users",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("SHOPFLOW_TEST_UNSET_PREFIX__")
+    }
+
+    #[test]
+    fn the_shipped_file_parses_and_validates() {
+        let config = Config::from_layers(DEFAULT_TOML, no_env()).unwrap();
+        assert_eq!(config.engine.tick_ms, 1_000);
+        assert_eq!(config.generator.users, 100_000);
+        assert_eq!(config.generator.events_per_second, 1.0);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let unknown = DEFAULT_TOML.replace("tick-ms = 1000", "tick-ms = 1000\ntick-sm = 5");
+        let err = Config::from_layers(&unknown, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tick-sm"), "{err}");
+        let wrong_type = DEFAULT_TOML.replace("tick-ms = 1000", "tick-ms = \"fast\"");
+        let err = Config::from_layers(&wrong_type, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tick-ms"), "{err}");
+        let zero = DEFAULT_TOML.replace("tick-ms = 1000", "tick-ms = 0");
+        let err = Config::from_layers(&zero, no_env())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid configuration: engine.tick-ms: must be at least 1"
+        );
+        let share = DEFAULT_TOML.replace("late-share = 0.05", "late-share = 2.0");
+        let err = Config::from_layers(&share, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid configuration: generator.late-share:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOPFLOW__ENGINE__TICK_MS", "250");
+            jail.set_env("SHOPFLOW__GENERATOR__EVENTS_PER_SECOND", "99.5");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.engine.tick_ms, 250);
+            assert_eq!(config.generator.events_per_second, 99.5);
+            Ok(())
+        });
+    }
+}

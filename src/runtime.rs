@@ -1,0 +1,393 @@
+//! The runtime: builds timely's configuration, runs the workers, and wires
+//! sources → [`dataflows::analytics`] → the sink thread. It computes nothing itself.
+//!
+//! Each worker drives its own inputs tick by tick (timely's loop: send, `advance_to`, step while
+//! the probe is behind); the sink thread receives every worker's finished batches and frontier,
+//! and hands a timestamp to the sink only once every local worker has passed it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dataflows::analytics;
+use dataflows::model::{OutputKey, OutputValue, Tick};
+use dataflows::output::{Batch, Change, Progress, emit_batches};
+use differential_dataflow::input::Input as _;
+use timely::dataflow::InputHandleVec;
+use timely::dataflow::operators::vec::Input as _;
+
+use crate::config::Config;
+use crate::generators::demographics;
+use crate::generators::events::{EventGenerator, Pace};
+use crate::sinks::{Sink, SinkError};
+
+/// A run could not start or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The worker flags or hostfile are unusable.
+    #[error("{0}")]
+    Workers(String),
+    /// The generator's knobs are unusable.
+    #[error("generator: {0}")]
+    Generator(String),
+    /// Timely could not start or a worker failed.
+    #[error("dataflow: {0}")]
+    Dataflow(String),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// How many workers, and where: timely's own flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workers {
+    /// Worker threads per process; 0 for one per core.
+    pub threads: usize,
+    /// Number of processes.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// A file with one `host:port` per process.
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Workers {
+    /// The number of threads per process, resolving 0 to the number of cores.
+    pub fn threads_per_process(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
+    }
+
+    /// Timely's configuration for these flags.
+    pub fn timely_config(&self) -> Result<timely::Config, RunError> {
+        let threads = self.threads_per_process();
+        let processes = self.processes.max(1);
+        if self.process >= processes {
+            return Err(RunError::Workers(format!(
+                "--process {} is out of range for --processes {processes} (processes are numbered from 0)",
+                self.process
+            )));
+        }
+        if processes == 1 {
+            return Ok(if threads == 1 {
+                timely::Config::thread()
+            } else {
+                timely::Config::process(threads)
+            });
+        }
+        let addresses = match &self.hostfile {
+            Some(path) => read_hostfile(path, processes)?,
+            None => (0..processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect(),
+        };
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// Reads one `host:port` per line (blank lines and `#` comments skipped); needs one per process.
+fn read_hostfile(path: &Path, processes: usize) -> Result<Vec<String>, RunError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RunError::Workers(format!("cannot read hostfile {}: {e}", path.display())))?;
+    let hosts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = hosts.iter().find(|h| {
+        h.rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    }) {
+        return Err(RunError::Workers(format!(
+            "hostfile {}: `{bad}` is not host:port",
+            path.display()
+        )));
+    }
+    if hosts.len() < processes {
+        return Err(RunError::Workers(format!(
+            "hostfile {} lists {} hosts but --processes is {processes}",
+            path.display(),
+            hosts.len()
+        )));
+    }
+    Ok(hosts.into_iter().take(processes).collect())
+}
+
+/// When a run ends (besides Ctrl-C).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stop {
+    /// After this many generated events.
+    pub events: Option<u64>,
+    /// After this much wall-clock time.
+    pub duration: Option<Duration>,
+}
+
+/// Live figures shared by the workers, the sink thread and the terminal view.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Set to stop the run cleanly (Ctrl-C).
+    pub stop: AtomicBool,
+    /// Events generated by this process's workers.
+    pub generated: AtomicU64,
+    /// The simulated time the generators have reached (the end of the last tick produced).
+    pub generated_until: AtomicU64,
+    /// The last timestamp handed to the sink, plus one; 0 before any.
+    pub completed_until: AtomicU64,
+    /// Batches handed to the sink.
+    pub batches: AtomicU64,
+    /// The latest all-time rows and counters, for display.
+    pub table: Mutex<BTreeMap<OutputKey, OutputValue>>,
+}
+
+/// What a finished run did.
+#[derive(Debug)]
+pub struct Report {
+    /// Events generated by this process.
+    pub events: u64,
+    /// Wall-clock time from start to the last batch.
+    pub elapsed: Duration,
+    /// Batches handed to the sink.
+    pub batches: u64,
+    /// Lines or records the sink wrote.
+    pub written: u64,
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The configuration.
+    pub config: Config,
+    /// The workers.
+    pub workers: Workers,
+    /// When to stop.
+    pub stop: Stop,
+    /// The simulated time of event 0; `None` for now.
+    pub start_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the embedded pipeline: generators → dataflow → `sink`, until `plan.stop`, Ctrl-C
+/// (`status.stop`), or the end of the events.
+pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Report, RunError> {
+    let timely_config = plan.workers.timely_config()?;
+    let local_workers = plan.workers.threads_per_process();
+    let knobs = plan.config.generator.clone();
+    let tick_ms = plan.config.engine.tick_ms;
+    let start_ms = plan.start_ms.unwrap_or_else(now_ms);
+    let generator = EventGenerator::new(knobs, start_ms).map_err(RunError::Generator)?;
+    let params = plan.config.params();
+    let max_in_flight = plan.config.engine.max_ticks_in_flight;
+    let stop = plan.stop;
+    let started = Instant::now();
+
+    let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
+    let sender = Mutex::new(sender);
+    let sink_status = Arc::clone(&status);
+    let sink_thread = std::thread::Builder::new()
+        .name("shopflow-sink".into())
+        .spawn(move || -> Result<u64, SinkError> {
+            let _span = tracing::info_span!("sink").entered();
+            forward_batches(receiver, local_workers, sink.as_mut(), &sink_status)?;
+            sink.finish()?;
+            Ok(sink.written())
+        })
+        .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
+
+    let worker_status = Arc::clone(&status);
+    let guards = timely::execute(timely_config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers() as u64;
+        let _span = tracing::info_span!("worker", index).entered();
+        let sender: Sender<(usize, Progress)> = sender
+            .lock()
+            .expect("no worker panicked while cloning the sender")
+            .clone();
+        let status = Arc::clone(&worker_status);
+        let generator = generator.clone();
+
+        let mut events_in = InputHandleVec::new();
+        let (mut demographics_in, probe) = worker.dataflow::<Tick, _, _>(|scope| {
+            let events = scope.input_from(&mut events_in);
+            let (demographics_in, demographics) = scope.new_collection();
+            let (probe, rows) = analytics(events, demographics, params).probe();
+            emit_batches(rows, move |progress| {
+                // The sink thread only stops early on a sink error, which ends the run anyway.
+                let _ = sender.send((index, progress));
+            });
+            (demographics_in, probe)
+        });
+
+        let knobs = generator.knobs().clone();
+        let first_tick = start_ms - start_ms % tick_ms;
+        let mut tick = first_tick;
+        events_in.advance_to(tick);
+        demographics_in.advance_to(tick);
+        demographics_in.flush();
+        let mut changes = (index == 0).then(|| {
+            for row in demographics::table(knobs.seed, knobs.users) {
+                demographics_in.update(row, 1);
+            }
+            demographics::Changes::new(knobs.seed, knobs.users, knobs.new_users)
+        });
+        let change_ms =
+            |k: u64| start_ms + (k as f64 * 1_000.0 / knobs.demographic_changes_per_second) as u64;
+        let last_event = stop.events.unwrap_or(u64::MAX);
+
+        loop {
+            let end = tick + tick_ms;
+            let first = generator.first_at_or_after(tick);
+            if status.stop.load(Ordering::Relaxed)
+                || first >= last_event
+                || stop.duration.is_some_and(|d| started.elapsed() >= d)
+            {
+                break;
+            }
+            if knobs.pace == Pace::Realtime {
+                while now_ms() < end && !status.stop.load(Ordering::Relaxed) {
+                    worker.step_or_park(Some(Duration::from_millis((end - now_ms()).min(50))));
+                }
+            }
+            // Backpressure: never run more than `max_in_flight` ticks ahead of the output.
+            let behind = tick.saturating_sub(max_in_flight * tick_ms);
+            while probe.less_than(&behind) {
+                worker.step();
+            }
+
+            let last = generator.first_at_or_after(end).min(last_event);
+            let mut n = first + (index as u64 + peers - first % peers) % peers;
+            let mut sent = 0;
+            while n < last {
+                events_in.send(generator.event(n));
+                sent += 1;
+                n += peers;
+            }
+            status.generated.fetch_add(sent, Ordering::Relaxed);
+            tracing::debug!(tick, sent, "tick produced");
+            if let Some(changes) = changes.as_mut() {
+                while knobs.demographic_changes_per_second > 0.0
+                    && change_ms(changes.position()) < end
+                {
+                    for (row, diff) in changes.next_change() {
+                        demographics_in.update(row, diff);
+                    }
+                }
+            }
+            tick = end;
+            events_in.advance_to(tick);
+            demographics_in.advance_to(tick);
+            // A differential input session tells timely of its new time only when flushed.
+            demographics_in.flush();
+            status.generated_until.fetch_max(tick, Ordering::Relaxed);
+            worker.step();
+        }
+        drop(events_in);
+        drop(demographics_in);
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .map_err(RunError::Dataflow)?;
+
+    let results = guards.join();
+    let written = sink_thread
+        .join()
+        .map_err(|_| RunError::Dataflow("the sink thread panicked".into()))??;
+    for result in results {
+        result.map_err(RunError::Dataflow)?;
+    }
+    Ok(Report {
+        events: status.generated.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        batches: status.batches.load(Ordering::Relaxed),
+        written,
+    })
+}
+
+/// The sink thread's loop: collects every local worker's batches, and hands each timestamp to the
+/// sink, merged and in order, once every worker's frontier has passed it.
+fn forward_batches(
+    receiver: Receiver<(usize, Progress)>,
+    local_workers: usize,
+    sink: &mut dyn Sink,
+    status: &Status,
+) -> Result<(), SinkError> {
+    let mut frontiers: BTreeMap<usize, Option<Tick>> = BTreeMap::new();
+    let mut pending: BTreeMap<Tick, Vec<Change>> = BTreeMap::new();
+    while let Ok((worker, progress)) = receiver.recv() {
+        for batch in progress.batches {
+            pending.entry(batch.time).or_default().extend(batch.changes);
+        }
+        frontiers.insert(worker, progress.frontier);
+        // Until every local worker has reported, nothing is known complete.
+        // Until every local worker has reported, nothing is known complete; `None`: all done.
+        let complete_below: Option<Tick> = if frontiers.len() < local_workers {
+            Some(0)
+        } else {
+            frontiers.values().flatten().min().copied()
+        };
+        while let Some(entry) = pending.first_entry() {
+            if complete_below.is_some_and(|below| *entry.key() >= below) {
+                break;
+            }
+            let (time, mut changes) = entry.remove_entry();
+            changes.sort();
+            let batch = Batch { time, changes };
+            sink.write_batch(&batch)?;
+            remember(status, &batch);
+        }
+        if let Some(below) = complete_below {
+            status.completed_until.fetch_max(below, Ordering::Relaxed);
+        }
+        if frontiers.len() == local_workers && frontiers.values().all(Option::is_none) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the all-time rows and counters of a batch for the terminal view.
+fn remember(status: &Status, batch: &Batch) {
+    status.batches.fetch_add(1, Ordering::Relaxed);
+    status
+        .completed_until
+        .fetch_max(batch.time + 1, Ordering::Relaxed);
+    let mut table = status
+        .table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for change in &batch.changes {
+        if matches!(&change.key, OutputKey::Aggregate(key) if key.window.is_some()) {
+            continue;
+        }
+        match change.value {
+            Some(value) => {
+                table.insert(change.key.clone(), value);
+            }
+            None => {
+                table.remove(&change.key);
+            }
+        }
+    }
+}

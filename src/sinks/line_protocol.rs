@@ -1,0 +1,275 @@
+//! InfluxDB line protocol: a pure encoder of output batches.
+//!
+//! One measurement per aggregate family, tags for the keys, integer fields for the values:
+//!
+//! ```text
+//! campaign,campaign=7,window=all clicks=12i,purchases=3i,units=5i,revenue_cents=12000i,conversion=0.25 1700000000000
+//! state,country=US,state=CA,window=60s clicks=4i,purchases=1i,units=1i,revenue_cents=999i,conversion=0.25 1699999980000
+//! pipeline events_in=100i,duplicates=1i 1700000000000
+//! ```
+//!
+//! All-time rows (`window=all`) are written at the completed timestamp, so each key is a series of
+//! running totals; window rows at their window's start, so a late correction overwrites the
+//! window's point. A removed row is written with every field zero, so no dashboard shows a stale
+//! value. Timestamps are milliseconds (`precision=ms`).
+
+use std::fmt::Write as _;
+
+use dataflows::model::{AggregateKey, Dimension, OutputKey, OutputValue, Totals};
+use dataflows::output::{Batch, Change};
+
+/// The tag value written for the segment of users without demographics.
+pub const UNKNOWN: &str = "unknown";
+/// The tag value written for an empty text value (InfluxDB rejects empty tag values).
+pub const EMPTY: &str = "(empty)";
+
+/// Encodes batches as line protocol.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    window_label: String,
+}
+
+impl Encoder {
+    /// An encoder labelling windowed rows with their window size, e.g. `window=60s`.
+    pub fn new(window_ms: u64) -> Encoder {
+        let window_label = if window_ms % 1_000 == 0 {
+            format!("{}s", window_ms / 1_000)
+        } else {
+            format!("{window_ms}ms")
+        };
+        Encoder { window_label }
+    }
+
+    /// The `window` tag of windowed rows.
+    pub fn window_label(&self) -> &str {
+        &self.window_label
+    }
+
+    /// Appends the lines of one batch to `out`, each ending in a newline.
+    pub fn encode(&self, batch: &Batch, out: &mut String) {
+        let mut counters: Vec<(&'static str, i64)> = Vec::new();
+        for Change { key, value } in &batch.changes {
+            match (key, value) {
+                (OutputKey::Aggregate(key), value) => {
+                    let totals = match value {
+                        Some(OutputValue::Totals(totals)) => *totals,
+                        _ => Totals::default(),
+                    };
+                    self.encode_aggregate(key, &totals, batch.time, out);
+                }
+                (OutputKey::Counter(counter), value) => {
+                    let n = match value {
+                        Some(OutputValue::Count(n)) => *n,
+                        _ => 0,
+                    };
+                    counters.push((counter.name(), n));
+                }
+            }
+        }
+        if !counters.is_empty() {
+            out.push_str("pipeline ");
+            for (i, (name, n)) in counters.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{name}={n}i");
+            }
+            let _ = writeln!(out, " {}", batch.time);
+        }
+    }
+
+    fn encode_aggregate(&self, key: &AggregateKey, totals: &Totals, time: u64, out: &mut String) {
+        let (measurement, tags) = measurement_and_tags(&key.dimension);
+        out.push_str(measurement);
+        for (name, value) in tags {
+            out.push(',');
+            out.push_str(name);
+            out.push('=');
+            escape_tag_value(&value, out);
+        }
+        out.push_str(",window=");
+        match key.window {
+            Some(_) => out.push_str(&self.window_label),
+            None => out.push_str("all"),
+        }
+        let _ = write!(
+            out,
+            " clicks={}i,purchases={}i,units={}i,revenue_cents={}i,conversion={}",
+            totals.clicks,
+            totals.purchases,
+            totals.units,
+            totals.revenue_cents,
+            totals.conversion_rate().unwrap_or(0.0)
+        );
+        let _ = writeln!(out, " {}", key.window.map_or(time, |start| start.0));
+    }
+}
+
+/// The measurement of a dimension and its tags, in the order InfluxDB prefers (sorted by name).
+pub fn measurement_and_tags(dimension: &Dimension) -> (&'static str, Vec<(&'static str, String)>) {
+    let text = |v: Option<&str>| v.unwrap_or(UNKNOWN).to_owned();
+    let age_gender = |ag: &Option<(dataflows::model::AgeBand, dataflows::model::Gender)>| {
+        [
+            ("age_band", text(ag.map(|(band, _)| band.label()))),
+            ("gender", text(ag.map(|(_, gender)| gender.code()))),
+        ]
+    };
+    match dimension {
+        Dimension::Campaign(c) => ("campaign", vec![("campaign", c.to_string())]),
+        Dimension::AgeGender(ag) => ("age_gender", age_gender(ag).to_vec()),
+        Dimension::State(place) => (
+            "state",
+            vec![
+                ("country", text(place.as_ref().map(|(c, _)| c.as_str()))),
+                ("state", text(place.as_ref().map(|(_, s)| s.as_str()))),
+            ],
+        ),
+        Dimension::Country(c) => ("country", vec![("country", text(c.as_deref()))]),
+        Dimension::CampaignCountry(campaign, c) => (
+            "campaign_country",
+            vec![
+                ("campaign", campaign.to_string()),
+                ("country", text(c.as_deref())),
+            ],
+        ),
+        Dimension::CampaignAgeGender(campaign, ag) => {
+            let [band, gender] = age_gender(ag);
+            (
+                "campaign_age_gender",
+                vec![band, ("campaign", campaign.to_string()), gender],
+            )
+        }
+    }
+}
+
+/// Appends a tag value escaped so that nothing in it can end the tag, the tag set or the line.
+///
+/// Commas, equals signs and spaces are backslash-escaped, and backslashes doubled, so a value can
+/// never escape the separator that follows it. Line protocol has no escape for line breaks: they
+/// are written as the two characters `\n` (and `\r`, `\t` likewise), other control characters
+/// dropped. An empty value, which InfluxDB rejects, is written as `(empty)`.
+pub fn escape_tag_value(value: &str, out: &mut String) {
+    if value.is_empty() {
+        out.push_str(EMPTY);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            ',' | '=' | ' ' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflows::model::{CampaignId, Counter, EventTimeMs};
+
+    use super::*;
+
+    fn encode(changes: Vec<Change>) -> String {
+        let mut out = String::new();
+        Encoder::new(60_000).encode(
+            &Batch {
+                time: 1_000,
+                changes,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn rows_counters_and_removals() {
+        let totals = Totals {
+            clicks: 4,
+            purchases: 1,
+            units: 2,
+            revenue_cents: 1_999,
+        };
+        let out = encode(vec![
+            Change {
+                key: OutputKey::Aggregate(AggregateKey {
+                    dimension: Dimension::Campaign(CampaignId(7)),
+                    window: Some(EventTimeMs(600)),
+                }),
+                value: Some(OutputValue::Totals(totals)),
+            },
+            Change {
+                key: OutputKey::Aggregate(AggregateKey {
+                    dimension: Dimension::AgeGender(None),
+                    window: None,
+                }),
+                value: None,
+            },
+            Change {
+                key: OutputKey::Counter(Counter::EventsIn),
+                value: Some(OutputValue::Count(12)),
+            },
+            Change {
+                key: OutputKey::Counter(Counter::Duplicates),
+                value: Some(OutputValue::Count(3)),
+            },
+        ]);
+        assert_eq!(
+            out,
+            "campaign,campaign=7,window=60s clicks=4i,purchases=1i,units=2i,revenue_cents=1999i,conversion=0.25 600\n\
+             age_gender,age_band=unknown,gender=unknown,window=all clicks=0i,purchases=0i,units=0i,revenue_cents=0i,conversion=0 1000\n\
+             pipeline events_in=12i,duplicates=3i 1000\n"
+        );
+    }
+
+    #[test]
+    fn hostile_tag_values_cannot_add_tags_fields_or_lines() {
+        let mut out = String::new();
+        escape_tag_value("a,b=c d\\", &mut out);
+        assert_eq!(out, "a\\,b\\=c\\ d\\\\");
+        let mut out = String::new();
+        escape_tag_value("x\ny z=1i 5\r\t\u{7}\"q\"", &mut out);
+        assert_eq!(out, "x\\ny\\ z\\=1i\\ 5\\r\\t\"q\"");
+        let mut out = String::new();
+        escape_tag_value("", &mut out);
+        assert_eq!(out, "(empty)");
+
+        // A whole line with a hostile state stays one line with its three tags and five fields.
+        let key = AggregateKey {
+            dimension: Dimension::State(Some((
+                "U S".into(),
+                "CA,evil=1 clicks=999i\nhack x=1".into(),
+            ))),
+            window: None,
+        };
+        let line = encode(vec![Change {
+            key: OutputKey::Aggregate(key),
+            value: Some(OutputValue::Totals(Totals::click())),
+        }]);
+        assert_eq!(line.matches('\n').count(), 1);
+        let unescaped_separators = |s: &str, sep: char| {
+            let mut count = 0;
+            let mut chars = s.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    chars.next();
+                } else if c == sep {
+                    count += 1;
+                }
+            }
+            count
+        };
+        assert_eq!(
+            unescaped_separators(line.trim_end(), ' '),
+            2,
+            "measurement+tags, fields, time: {line}"
+        );
+        let head = line.split(" clicks=").next().unwrap();
+        assert_eq!(unescaped_separators(head, ','), 3, "three tags: {line}");
+        assert_eq!(unescaped_separators(head, '='), 3, "three tags: {line}");
+    }
+}
