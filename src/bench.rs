@@ -37,6 +37,7 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.engine {
         Engine::Dataflow => bench_dataflow(config, args.workers, args.events, Arc::clone(&status))?,
         Engine::Hashmap => hashmap(&config, args.events, &status)?,
+        Engine::Generate => generate(&config, args.events)?,
     }
     let seconds = started.elapsed().as_secs_f64();
     let rss_at = match watcher {
@@ -50,11 +51,12 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
         match args.engine {
             Engine::Dataflow => "dataflow",
             Engine::Hashmap => "hashmap",
+            Engine::Generate => "generate",
         },
-        if args.engine == Engine::Hashmap {
-            1
-        } else {
+        if args.engine == Engine::Dataflow {
             args.workers
+        } else {
+            1
         },
         args.events,
         seconds,
@@ -97,6 +99,17 @@ fn hashmap(config: &Config, events: u64, status: &Status) -> anyhow::Result<()> 
         tick = end;
     }
     tracing::info!(written, "hashmap engine done");
+    Ok(())
+}
+
+/// Generates the events and drops them.
+fn generate(config: &Config, events: u64) -> anyhow::Result<()> {
+    let generator =
+        EventGenerator::new(config.generator.clone(), START_MS).map_err(anyhow::Error::msg)?;
+    let units: u64 = (0..events)
+        .map(|n| u64::from(std::hint::black_box(generator.event(n)).units))
+        .sum();
+    tracing::info!(units, "generated");
     Ok(())
 }
 

@@ -102,6 +102,8 @@ pub enum Engine {
     Dataflow,
     /// The single-threaded hand-written HashMap implementation of the same aggregates.
     Hashmap,
+    /// Only generate the events, on one thread: what the input costs.
+    Generate,
 }
 
 /// `shopflow bench`.

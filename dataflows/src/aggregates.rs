@@ -8,8 +8,11 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::operators::vec::Filter;
 
-use crate::model::{AggregateKey, CampaignId, Counter, Dimension, Segment, Slot, Tick, Totals};
-use crate::segments::{Attribution, SegmentRow};
+use crate::model::{
+    AgeBand, AggregateKey, CampaignId, Counter, Dimension, Gender, Name, Segment, Slot, Tick,
+    Totals,
+};
+use crate::segments::SegmentRow;
 use crate::windows::WindowSpec;
 
 /// The dimensions a contribution of `campaign` by a user of `segment` (or of no known segment)
@@ -59,59 +62,150 @@ pub fn count_counters<'scope>(
 /// Expands segment rows into aggregate keys, summing what each worker received in one activation
 /// before anything is exchanged or sorted.
 ///
-/// Most keys are few (a handful of age bands, fifty states) while rows are many, so summing in a
-/// hash map first shrinks what the arrangement has to sort by orders of magnitude. Unknown rows
-/// and their cancellations meet here first and mostly vanish.
+/// Rows are many and keys few (a handful of age bands, fifty states), so summing in hash maps first
+/// shrinks what the arrangement has to sort by orders of magnitude. Each family is summed on just
+/// the columns it keeps, so a row costs a few small-key hash updates, and the segment-only families
+/// forget the campaign before they meet the many segments.
 fn pre_sum<'scope>(
     rows: VecCollection<'scope, Tick, SegmentRow, Totals>,
 ) -> VecCollection<'scope, Tick, AggregateKey, Totals> {
     rows.inner
         .unary(Pipeline, "Aggregate: pre-sum", |_capability, _info| {
-            let mut by_segment: FxHashMap<(Tick, CampaignId, Slot, Option<Segment>), Totals> =
-                FxHashMap::default();
-            let mut by_key: FxHashMap<(Tick, AggregateKey), Totals> = FxHashMap::default();
+            let mut sums = PartialSums::default();
             move |input, output| {
                 input.for_each_stamp(|capability, data| {
                     for batch in data {
-                        for ((campaign, slot, attribution), time, totals) in batch.drain(..) {
-                            let (segment, totals) = match attribution {
-                                Attribution::Known(segment) => (Some(segment), totals),
-                                Attribution::Unknown => (None, totals),
-                                Attribution::CancelUnknown => (None, totals.negated()),
-                            };
-                            by_segment
-                                .entry((time, campaign, slot, segment))
-                                .or_default()
-                                .add(&totals);
-                        }
-                    }
-                    for ((time, campaign, slot, segment), totals) in by_segment.drain() {
-                        if totals.is_empty() {
-                            continue;
-                        }
-                        for dimension in dimensions(campaign, segment.as_ref()) {
-                            if let Slot::Window(start) = slot {
-                                let key = AggregateKey {
-                                    dimension: dimension.clone(),
-                                    window: Some(start),
-                                };
-                                by_key.entry((time, key)).or_default().add(&totals);
-                            }
-                            let key = AggregateKey {
-                                dimension,
-                                window: None,
-                            };
-                            by_key.entry((time, key)).or_default().add(&totals);
+                        for ((campaign, slot, segment), time, totals) in batch.drain(..) {
+                            sums.add(time, campaign, slot, segment, totals);
                         }
                     }
                     let mut session = output.session(&capability);
-                    for ((time, key), totals) in by_key.drain() {
-                        if !totals.is_empty() {
-                            session.give((key, time, totals));
-                        }
-                    }
+                    sums.drain(|key, time, totals| session.give((key, time, totals)));
                 });
             }
         })
         .as_collection()
+}
+
+type AgeGender = Option<(AgeBand, Gender)>;
+
+/// Sums of segment rows per family, on the family's own columns.
+#[derive(Default)]
+struct PartialSums {
+    campaign: FxHashMap<(Tick, Slot, CampaignId), Totals>,
+    segment: FxHashMap<(Tick, Slot, Option<Segment>), Totals>,
+    campaign_country: FxHashMap<(Tick, Slot, CampaignId, Option<Name>), Totals>,
+    campaign_age_gender: FxHashMap<(Tick, Slot, CampaignId, AgeGender), Totals>,
+}
+
+impl PartialSums {
+    /// Adds a row. A row with a segment was found by the join: it counts there and no longer in
+    /// the unknown segment, where its unknown copy counted it. The campaign family counts each
+    /// contribution once: from its unknown copy, the found row's two halves cancelling there.
+    fn add(
+        &mut self,
+        time: Tick,
+        campaign: CampaignId,
+        slot: Slot,
+        segment: Option<Segment>,
+        totals: Totals,
+    ) {
+        match segment {
+            None => {
+                self.campaign
+                    .entry((time, slot, campaign))
+                    .or_default()
+                    .add(&totals);
+                self.add_segment(time, slot, campaign, None, totals);
+            }
+            Some(segment) => {
+                self.add_segment(time, slot, campaign, None, totals.negated());
+                self.add_segment(time, slot, campaign, Some(segment), totals);
+            }
+        }
+    }
+
+    fn add_segment(
+        &mut self,
+        time: Tick,
+        slot: Slot,
+        campaign: CampaignId,
+        segment: Option<Segment>,
+        totals: Totals,
+    ) {
+        let country = segment.as_ref().map(|s| s.country.clone());
+        let age_gender = segment.as_ref().map(|s| (s.age_band, s.gender));
+        self.campaign_country
+            .entry((time, slot, campaign, country))
+            .or_default()
+            .add(&totals);
+        self.campaign_age_gender
+            .entry((time, slot, campaign, age_gender))
+            .or_default()
+            .add(&totals);
+        self.segment
+            .entry((time, slot, segment))
+            .or_default()
+            .add(&totals);
+    }
+
+    /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps.
+    fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
+        let mut sums: FxHashMap<(Tick, AggregateKey), Totals> = FxHashMap::default();
+        let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
+            if totals.is_empty() {
+                return;
+            }
+            if let Slot::Window(start) = slot {
+                let key = AggregateKey {
+                    dimension: dimension.clone(),
+                    window: Some(start),
+                };
+                sums.entry((time, key)).or_default().add(&totals);
+            }
+            sums.entry((
+                time,
+                AggregateKey {
+                    dimension,
+                    window: None,
+                },
+            ))
+            .or_default()
+            .add(&totals);
+        };
+        for ((time, slot, campaign), totals) in self.campaign.drain() {
+            add(time, slot, Dimension::Campaign(campaign), totals);
+        }
+        for ((time, slot, campaign, country), totals) in self.campaign_country.drain() {
+            add(
+                time,
+                slot,
+                Dimension::CampaignCountry(campaign, country),
+                totals,
+            );
+        }
+        for ((time, slot, campaign, age_gender), totals) in self.campaign_age_gender.drain() {
+            add(
+                time,
+                slot,
+                Dimension::CampaignAgeGender(campaign, age_gender),
+                totals,
+            );
+        }
+        for ((time, slot, segment), totals) in self.segment.drain() {
+            let age_gender = segment.as_ref().map(|s| (s.age_band, s.gender));
+            let state = segment
+                .as_ref()
+                .map(|s| (s.country.clone(), s.state.clone()));
+            let country = segment.map(|s| s.country);
+            add(time, slot, Dimension::AgeGender(age_gender), totals);
+            add(time, slot, Dimension::State(state), totals);
+            add(time, slot, Dimension::Country(country), totals);
+        }
+        for ((time, key), totals) in sums {
+            if !totals.is_empty() {
+                give(key, time, totals);
+            }
+        }
+    }
 }

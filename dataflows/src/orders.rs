@@ -64,7 +64,7 @@ pub struct Ledger {
 /// What applying a tick produced: contributions (consolidated) and counter increments.
 #[derive(Debug, Default)]
 pub struct TickOutput {
-    /// Consolidated contributions, none zero.
+    /// Consolidated contributions, none zero, in no particular order.
     pub contributions: Vec<(Contribution, Totals)>,
     /// Counter increments, none zero.
     pub counters: Vec<(Counter, i64)>,
@@ -171,8 +171,7 @@ impl Ledger {
             }
         }
 
-        let mut contributions: Vec<_> = sums.into_iter().filter(|(_, t)| !t.is_empty()).collect();
-        contributions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let contributions: Vec<_> = sums.into_iter().filter(|(_, t)| !t.is_empty()).collect();
         let counters = Counter::ALL
             .iter()
             .map(|&c| (c, counters[c as usize]))

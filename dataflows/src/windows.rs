@@ -1,11 +1,14 @@
 //! Event-time tumbling windows: which window an event falls in, when a window closes, and the
 //! operator that retires closed windows from the state.
 
-use differential_dataflow::AsCollection;
-use differential_dataflow::VecCollection;
-use timely::dataflow::operators::vec::Map;
+use std::collections::BTreeMap;
 
-use crate::model::{Contribution, EventTimeMs, Slot, Tick, Totals};
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Capability, Operator};
+
+use crate::model::{CampaignId, Contribution, EventTimeMs, Slot, Tick, Totals, UserId};
 
 /// Window size and allowed lateness, both in milliseconds.
 ///
@@ -48,35 +51,71 @@ impl WindowSpec {
 /// Retires every windowed contribution when its window closes.
 ///
 /// A contribution arriving at `t` for a window closing at `c > t` is kept in its window now, and at
-/// `c` moved to [`Slot::Retired`] (a retraction from the window and an insertion into the
-/// remainder, scheduled as updates at a future time, as Materialize's temporal filters do). One
-/// arriving at or after `c` goes straight to the remainder: it counts in all-time totals and in no
-/// window. All-time totals sum every slot, so the move never changes them; windowed aggregates see
-/// their rows disappear at `c`, which downstream reads as "final", not as "removed".
+/// `c` moved to [`Slot::Retired`]: a retraction from the window and an insertion into the
+/// remainder, like a Materialize temporal filter. One arriving at or after `c` goes straight to the
+/// remainder: it counts in all-time totals and in no window. All-time totals sum every slot, so the
+/// move never changes them; windowed aggregates see their rows disappear at `c`, which downstream
+/// reads as "final", not as "removed".
+///
+/// The moves wait here, summed per key and indexed by closing time, rather than as future-time
+/// updates in the arrangement's batcher: the batcher would re-merge every pending update at every
+/// tick, while this queue touches each key once when it arrives and once when its window closes.
 pub fn retire_windows<'scope>(
     contributions: VecCollection<'scope, Tick, Contribution, Totals>,
     spec: WindowSpec,
 ) -> VecCollection<'scope, Tick, Contribution, Totals> {
+    type Pending = FxHashMap<(UserId, CampaignId, EventTimeMs), Totals>;
     contributions
         .inner
-        .flat_map(move |((user, (campaign, slot)), time, totals)| {
-            match slot {
-                Slot::Window(start) if time < spec.closes_at(start) => {
-                    let closes = spec.closes_at(start);
-                    [
-                        Some(((user, (campaign, slot)), time, totals)),
-                        Some(((user, (campaign, slot)), closes, totals.negated())),
-                        Some(((user, (campaign, Slot::Retired)), closes, totals)),
-                    ]
+        .unary_frontier(Pipeline, "Windows: retire", move |_capability, _info| {
+            let mut closing: BTreeMap<Tick, (Capability<Tick>, Pending)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each_stamp(|capability, data| {
+                    let mut session = output.session(&capability);
+                    for batch in data {
+                        for ((user, (campaign, slot)), time, totals) in batch.drain(..) {
+                            match slot {
+                                Slot::Window(start) if time < spec.closes_at(start) => {
+                                    let closes = spec.closes_at(start);
+                                    let pending = &mut closing
+                                        .entry(closes)
+                                        .or_insert_with(|| {
+                                            (capability.delayed(&closes, port), Pending::default())
+                                        })
+                                        .1;
+                                    pending
+                                        .entry((user, campaign, start))
+                                        .or_default()
+                                        .add(&totals);
+                                    session.give(((user, (campaign, slot)), time, totals));
+                                }
+                                _ => {
+                                    session.give(((user, (campaign, Slot::Retired)), time, totals))
+                                }
+                            }
+                        }
+                    }
+                });
+                // Every contribution before `closes` has arrived once the frontier reaches it.
+                while let Some(entry) = closing.first_entry() {
+                    if frontier.less_than(entry.key()) {
+                        break;
+                    }
+                    let (closes, (capability, pending)) = entry.remove_entry();
+                    let mut session = output.session(&capability);
+                    for ((user, campaign, start), totals) in pending {
+                        if !totals.is_empty() {
+                            session.give((
+                                (user, (campaign, Slot::Window(start))),
+                                closes,
+                                totals.negated(),
+                            ));
+                            session.give(((user, (campaign, Slot::Retired)), closes, totals));
+                        }
+                    }
                 }
-                _ => [
-                    Some(((user, (campaign, Slot::Retired)), time, totals)),
-                    None,
-                    None,
-                ],
             }
-            .into_iter()
-            .flatten()
         })
         .as_collection()
 }

@@ -7,7 +7,8 @@
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use rand::RngExt;
-use rand_distr::{Distribution, LogNormal, Zipf};
+use rand_distr::weighted::WeightedAliasIndex;
+use rand_distr::{Distribution, LogNormal};
 use serde::{Deserialize, Serialize};
 
 use super::rng_for;
@@ -119,7 +120,8 @@ impl GeneratorKnobs {
 pub struct EventGenerator {
     knobs: GeneratorKnobs,
     start_ms: u64,
-    campaigns: Zipf<f64>,
+    /// Campaign popularity: Zipf weights in an alias table, O(1) per draw.
+    campaigns: WeightedAliasIndex<f64>,
     amounts: LogNormal<f64>,
 }
 
@@ -127,8 +129,10 @@ impl EventGenerator {
     /// A generator whose event 0 arrives at `start_ms`. The knobs must be valid.
     pub fn new(knobs: GeneratorKnobs, start_ms: u64) -> Result<EventGenerator, String> {
         knobs.validate()?;
-        let campaigns = Zipf::new(f64::from(knobs.campaigns), knobs.campaign_zipf_exponent)
-            .map_err(|e| e.to_string())?;
+        let weights = (1..=knobs.campaigns)
+            .map(|k| 1.0 / f64::from(k).powf(knobs.campaign_zipf_exponent))
+            .collect();
+        let campaigns = WeightedAliasIndex::new(weights).map_err(|e| e.to_string())?;
         let amounts = LogNormal::new(f64::from(knobs.median_order_cents).ln(), 0.8)
             .map_err(|e| e.to_string())?;
         Ok(EventGenerator {
@@ -244,7 +248,7 @@ impl EventGenerator {
         } else {
             rng.random_range(0..knobs.users)
         };
-        let campaign = self.campaigns.sample(&mut rng) as u32 - 1;
+        let campaign = self.campaigns.sample(&mut rng) as u32;
         Event {
             order_id: OrderId(n),
             tag: Tag::Click,
