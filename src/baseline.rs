@@ -181,13 +181,13 @@ impl Baseline {
         let value = self.values.get(&key).copied();
         if !self.before.contains_key(&key) {
             self.before.insert(key.clone(), value);
-            if let (None, OutputKey::Aggregate(aggregate)) = (value, &key) {
-                if let Some(window) = aggregate.window {
-                    self.window_keys
-                        .entry(window)
-                        .or_default()
-                        .push(aggregate.clone());
-                }
+            if let (None, OutputKey::Aggregate(aggregate)) = (value, &key)
+                && let Some(window) = aggregate.window
+            {
+                self.window_keys
+                    .entry(window)
+                    .or_default()
+                    .push(aggregate.clone());
             }
         }
         let mut sum = match value {
@@ -233,8 +233,8 @@ impl Baseline {
 /// Runs the engine over recorded inputs, like [`dataflows::harness::run`]; batches without
 /// changes are left out.
 pub fn run(inputs: &[(Tick, Input)], params: Params) -> Vec<Batch> {
-    let mut by_tick: BTreeMap<Tick, (Vec<dataflows::model::Event>, Vec<(Demographic, isize)>)> =
-        BTreeMap::new();
+    type TickInputs = (Vec<dataflows::model::Event>, Vec<(Demographic, isize)>);
+    let mut by_tick: BTreeMap<Tick, TickInputs> = BTreeMap::new();
     for (tick, input) in inputs {
         let entry = by_tick.entry(*tick).or_default();
         match input {

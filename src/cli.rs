@@ -93,6 +93,10 @@ pub struct DemoArgs {
     /// No live view; print only the final summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The simulated time of the first event, in ms since the epoch (default: now). With
+    /// `--pace unbounded` and `--events`, a run is then fully reproducible.
+    #[arg(long)]
+    pub start_ms: Option<u64>,
 }
 
 /// The engines `bench` can measure.
@@ -210,7 +214,7 @@ fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
             events: args.events,
             duration: args.duration,
         },
-        start_ms: None,
+        start_ms: args.start_ms,
     };
     let result = runtime::run(plan, Box::new(sink), Arc::clone(&status));
     if let Some(live) = live {

@@ -93,7 +93,7 @@ impl Config {
             &base,
             Env::prefixed("SHOPFLOW__")
                 .split("__")
-                .map(|key| key.as_str().replace('_', "-").into()),
+                .map(|key| key.as_str().to_lowercase().replace('_', "-").into()),
         )
     }
 
@@ -102,7 +102,7 @@ impl Config {
         let config: Config = Figment::from(Toml::string(toml))
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+            .map_err(|e| ConfigError::Parse(describe(&e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -163,6 +163,20 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
     }
+}
+
+/// One line for a figment error: the key, what is wrong, and which layer said so.
+fn describe(error: &figment::Error) -> String {
+    let key = error.path.join(".");
+    let mut line = if key.is_empty() {
+        error.kind.to_string()
+    } else {
+        format!("{key}: {}", error.kind)
+    };
+    if let Some(metadata) = &error.metadata {
+        line.push_str(&format!(" (from {})", metadata.name));
+    }
+    line
 }
 
 /// The generator's keys, to name the one a validation message is about.
@@ -228,6 +242,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail fixes the closure's error type"
+    )]
     fn environment_overrides_a_key() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SHOPFLOW__ENGINE__TICK_MS", "250");

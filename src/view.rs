@@ -125,7 +125,8 @@ pub fn summary(table: &BTreeMap<OutputKey, OutputValue>) -> String {
         let tags: Vec<String> = tags.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("{measurement} {}", tags.join(","))
     };
-    let sections: [(&str, fn(&Dimension) -> bool); 4] = [
+    type Family = fn(&Dimension) -> bool;
+    let sections: [(&str, Family); 4] = [
         ("top campaigns", |d| matches!(d, Dimension::Campaign(_))),
         ("top age bands x genders", |d| {
             matches!(d, Dimension::AgeGender(_))

@@ -100,9 +100,9 @@ pub fn merge(reports: impl IntoIterator<Item = Progress>) -> Vec<Batch> {
 
 /// Applies batches in order to a table of current values: what a sink that upserts and deletes
 /// would hold after each of them.
-pub fn accumulate<'a>(
+pub fn accumulate(
     table: &mut BTreeMap<crate::model::OutputKey, crate::model::OutputValue>,
-    batch: &'a Batch,
+    batch: &Batch,
 ) {
     for change in &batch.changes {
         match change.value {

@@ -209,18 +209,17 @@ impl Changes {
         }
         let kind = rng.random_range(0..100);
         // New users arrive in id order, so generated "unknown users" eventually become known.
-        if kind < 15 {
-            if let Some(id) =
+        if kind < 15
+            && let Some(id) =
                 (self.initial_users as usize..self.rows.len()).find(|&i| self.rows[i].is_none())
-            {
-                let row = user(self.seed ^ 0x5EED, id as u32);
-                let row = Demographic {
-                    id: UserId(id as u32),
-                    ..row
-                };
-                self.rows[id] = Some(row.clone());
-                return vec![(row, 1)];
-            }
+        {
+            let row = user(self.seed ^ 0x5EED, id as u32);
+            let row = Demographic {
+                id: UserId(id as u32),
+                ..row
+            };
+            self.rows[id] = Some(row.clone());
+            return vec![(row, 1)];
         }
         let id = rng.random_range(0..self.rows.len());
         let Some(old) = self.rows[id].clone() else {

@@ -31,3 +31,41 @@ pub(crate) fn weighted<T: Copy>(choices: &[(T, u32)], draw: f64) -> T {
     }
     choices[choices.len() - 1].0
 }
+
+/// Every input an embedded run of `events` events feeds the dataflow, at its tick: the initial
+/// table and the events and demographic changes of each tick, as the runtime produces them
+/// (split over workers there). Tests and experiments replay it through the reference.
+pub fn recorded_run(
+    knobs: &events::GeneratorKnobs,
+    start_ms: u64,
+    tick_ms: u64,
+    events: u64,
+) -> Result<Vec<(dataflows::model::Tick, dataflows::harness::Input)>, String> {
+    use dataflows::harness::Input;
+    let generator = events::EventGenerator::new(knobs.clone(), start_ms)?;
+    let mut changes = demographics::Changes::new(knobs.seed, knobs.users, knobs.new_users);
+    let change_ms =
+        |k: u64| start_ms + (k as f64 * 1_000.0 / knobs.demographic_changes_per_second) as u64;
+    let mut tick = start_ms - start_ms % tick_ms;
+    let mut inputs: Vec<_> = demographics::table(knobs.seed, knobs.users)
+        .map(|row| (tick, Input::Demographic(row, 1)))
+        .collect();
+    while generator.first_at_or_after(tick) < events {
+        let end = tick + tick_ms;
+        let (first, last) = (
+            generator.first_at_or_after(tick),
+            generator.first_at_or_after(end).min(events),
+        );
+        inputs.extend((first..last).map(|n| (tick, Input::Event(generator.event(n)))));
+        while knobs.demographic_changes_per_second > 0.0 && change_ms(changes.position()) < end {
+            inputs.extend(
+                changes
+                    .next_change()
+                    .into_iter()
+                    .map(|(row, diff)| (tick, Input::Demographic(row, diff))),
+            );
+        }
+        tick = end;
+    }
+    Ok(inputs)
+}

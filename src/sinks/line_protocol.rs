@@ -32,7 +32,7 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder labelling windowed rows with their window size, e.g. `window=60s`.
     pub fn new(window_ms: u64) -> Encoder {
-        let window_label = if window_ms % 1_000 == 0 {
+        let window_label = if window_ms.is_multiple_of(1_000) {
             format!("{}s", window_ms / 1_000)
         } else {
             format!("{window_ms}ms")

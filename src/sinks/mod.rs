@@ -4,7 +4,7 @@ pub mod line_protocol;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dataflows::output::Batch;
 
@@ -81,7 +81,7 @@ impl LineProtocolWriter {
     }
 
     /// Whether this writes to standard output.
-    pub fn is_stdout(path: &PathBuf) -> bool {
+    pub fn is_stdout(path: &Path) -> bool {
         path.as_os_str() == "-"
     }
 

@@ -1,0 +1,251 @@
+//! The built binary, run as a user would.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use dataflows::output::{Batch, Change};
+use shopflow::config::Config;
+use shopflow::sinks::line_protocol::Encoder;
+
+fn shopflow(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The final state a line protocol file describes: the last fields written per series (and per
+/// timestamp for window rows, whose points are the windows); all-zero rows are removals.
+fn final_state(lines: &str) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for line in lines.lines() {
+        let (series, rest) = split_unescaped(line, ' ').expect("series and fields");
+        let (fields, time) = split_unescaped(rest, ' ').expect("fields and time");
+        time.parse::<u64>().expect("an integer timestamp");
+        if series == "pipeline" {
+            for field in fields.split(',') {
+                let (name, value) = field.split_once('=').expect("name=value");
+                state.insert(format!("pipeline {name}"), value.to_owned());
+            }
+            continue;
+        }
+        let key = if series.ends_with(",window=all") {
+            series.to_owned()
+        } else {
+            format!("{series} @{time}")
+        };
+        let removed = fields
+            .split(',')
+            .all(|f| f.ends_with("=0i") || f.ends_with("=0"));
+        if removed {
+            state.remove(&key);
+        } else {
+            state.insert(key, fields.to_owned());
+        }
+    }
+    state
+}
+
+/// Splits at the first separator not escaped by a backslash.
+fn split_unescaped(s: &str, separator: char) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == separator {
+            return Some((&s[..i], &s[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A reproducible demo run through the whole binary (generators, two workers, the sink thread,
+/// line protocol) ends with exactly the values the reference computes from the same inputs.
+#[test]
+fn demo_output_equals_the_reference() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = dir.path().join("demo.lp");
+    let env = [
+        ("SHOPFLOW__GENERATOR__USERS", "300"),
+        ("SHOPFLOW__GENERATOR__NEW_USERS", "40"),
+        ("SHOPFLOW__GENERATOR__CAMPAIGNS", "12"),
+        ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
+        ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "20"),
+        ("SHOPFLOW__GENERATOR__REFUND_SHARE", "0.2"),
+        ("SHOPFLOW__GENERATOR__DUPLICATE_SHARE", "0.05"),
+        ("SHOPFLOW__GENERATOR__LATE_SHARE", "0.2"),
+        ("SHOPFLOW__ENGINE__WINDOW_MS", "10000"),
+        ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "30000"),
+    ];
+    let run = shopflow(
+        &[
+            "demo",
+            "--pace",
+            "unbounded",
+            "--rate",
+            "100",
+            "--events",
+            "20000",
+            "--start-ms",
+            "1700000000000",
+            "--seed",
+            "11",
+            "-w",
+            "2",
+            "--quiet",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(run.status.success(), "demo failed: {}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(stdout.contains("20000 events"), "{stdout}");
+    assert!(stdout.contains("top campaigns"), "{stdout}");
+
+    // The same inputs, replayed through the reference.
+    let mut config = temp_env_config(&env);
+    config.generator.seed = 11;
+    config.generator.events_per_second = 100.0;
+    let inputs = shopflow::generators::recorded_run(
+        &config.generator,
+        1_700_000_000_000,
+        config.engine.tick_ms,
+        20_000,
+    )
+    .expect("valid knobs");
+    let expected = dataflows::reference::evaluate(&inputs, config.params(), u64::MAX);
+    let changes = expected
+        .into_iter()
+        .map(|(key, value)| Change {
+            key,
+            value: Some(value),
+        })
+        .collect();
+    let mut lines = String::new();
+    Encoder::new(config.engine.window_ms).encode(&Batch { time: 0, changes }, &mut lines);
+
+    let written = std::fs::read_to_string(&output).expect("the line protocol file");
+    let (got, want) = (final_state(&written), final_state(&lines));
+    assert!(
+        want.len() > 100,
+        "a meaningful scenario: {} rows",
+        want.len()
+    );
+    assert!(
+        want.keys().any(|k| k.contains("unknown")),
+        "unknown users took part"
+    );
+    assert!(
+        written.lines().any(|l| l.contains("refunds_applied=")),
+        "refunds took part"
+    );
+    assert_eq!(got, want);
+}
+
+/// The configuration the binary sees under `env`.
+fn temp_env_config(env: &[(&str, &str)]) -> Config {
+    let mut toml: toml::Table =
+        toml::from_str(shopflow::config::DEFAULT_TOML).expect("the shipped config");
+    for (key, value) in env {
+        let path: Vec<String> = key
+            .trim_start_matches("SHOPFLOW__")
+            .split("__")
+            .map(|p| p.to_lowercase().replace('_', "-"))
+            .collect();
+        let section = toml[&path[0]].as_table_mut().expect("a section");
+        let parsed: toml::Value = toml::from_str(&format!("v = {value}"))
+            .map(|t: toml::Table| t["v"].clone())
+            .expect("a value");
+        section.insert(path[1].clone(), parsed);
+    }
+    let config: Config = toml::from_str(&toml.to_string()).expect("valid");
+    config.validate().expect("valid");
+    config
+}
+
+#[test]
+fn demo_for_a_few_seconds_prints_aggregates() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = dir.path().join("live.lp");
+    let run = shopflow(
+        &[
+            "demo",
+            "--duration",
+            "3s",
+            "--rate",
+            "500",
+            "-w",
+            "2",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        &[("SHOPFLOW__GENERATOR__USERS", "5000")],
+    );
+    assert!(run.status.success(), "demo failed: {}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.contains("top campaigns (all time, by revenue):"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pipeline: events_in="), "{stdout}");
+    let written = std::fs::read_to_string(&output).expect("the line protocol file");
+    assert!(written.lines().count() > 10, "{written}");
+}
+
+#[test]
+fn bad_flags_and_configuration_give_one_clear_error() {
+    let run = shopflow(&["demo", "--workers", "many"], &[]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.starts_with("error: invalid value 'many' for '--workers <WORKERS>'"),
+        "{stderr}"
+    );
+
+    let run = shopflow(&["demo", "--processes", "2", "--process", "2"], &[]);
+    assert_eq!(run.status.code(), Some(2));
+    assert_eq!(
+        text(&run.stderr).trim(),
+        "error: --process 2 is out of range for --processes 2 (processes are numbered from 0)"
+    );
+
+    let run = shopflow(
+        &["--config", "/nonexistent/shopflow.toml", "check-config"],
+        &[],
+    );
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).starts_with("error: cannot read config file /nonexistent/shopflow.toml")
+    );
+
+    let run = shopflow(&["check-config"], &[("SHOPFLOW__ENGINE__TICK_MS", "0")]);
+    assert_eq!(run.status.code(), Some(2));
+    assert_eq!(
+        text(&run.stderr).trim(),
+        "error: invalid configuration: engine.tick-ms: must be at least 1"
+    );
+
+    let run = shopflow(&["check-config"], &[("SHOPFLOW__ENGINE__TICK_MS", "soon")]);
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = text(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("tick-ms"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_a_configuration_that_parses_back() {
+    let run = shopflow(&["check-config"], &[("SHOPFLOW__GENERATOR__SEED", "99")]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let printed: Config = toml::from_str(&text(&run.stdout)).expect("TOML");
+    assert_eq!(printed.generator.seed, 99);
+    assert_eq!(printed.engine, Config::load(None).expect("defaults").engine);
+}
