@@ -12,4 +12,5 @@ pub mod config;
 pub mod generators;
 pub mod runtime;
 pub mod sinks;
+pub mod sources;
 pub mod view;

@@ -1,5 +1,6 @@
 //! Sinks: where completed batches go. Each runs on the runtime's sink thread, never on a worker.
 
+pub mod influx;
 pub mod line_protocol;
 
 use std::fs::File;

@@ -1,5 +1,8 @@
-//! The integration tests, one binary with a module per area (as in casey/just).
+//! The integration tests, one binary with a module per area (as in casey/just). Tests that need a
+//! real service are `#[ignore]`d here and run by `scripts/test-all`, which starts the services.
 
+mod avro;
 mod cli;
 mod config;
 mod dataflows;
+mod influx;

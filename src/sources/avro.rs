@@ -1,0 +1,1 @@
+//! Avro events with the Confluent wire framing. (Being written.)

@@ -1,0 +1,3 @@
+//! Sources: how records from the outside world become the model's records.
+
+pub mod avro;
