@@ -24,10 +24,18 @@ fn run(args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("shopflow runs");
-    assert!(output.status.success(), "shopflow bench {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "shopflow bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let line = String::from_utf8_lossy(&output.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
-    let number = |key: &str| json[key].as_f64().unwrap_or_else(|| panic!("{key} in {line}"));
+    let number = |key: &str| {
+        json[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
     Run {
         engine: json["engine"].as_str().unwrap_or("?").to_owned(),
         workers: number("workers") as u64,
@@ -40,7 +48,10 @@ fn run(args: &[&str]) -> Run {
 }
 
 fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -49,7 +60,9 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument that is not ours means "not this bench".
-    if std::env::args().skip(1).any(|a| !a.starts_with("--")) && !std::env::args().any(|a| a == "pipeline") {
+    if std::env::args().skip(1).any(|a| !a.starts_with("--"))
+        && !std::env::args().any(|a| a == "pipeline")
+    {
         return;
     }
     let events = env_or("SHOPFLOW_BENCH_EVENTS", 10_000_000).to_string();
@@ -63,7 +76,10 @@ fn main() {
         run(&["--engine", "dataflow", "-w", "2", "--events", &events]),
     ];
     let baseline = runs[0].events_per_second;
-    println!("\n{:<10} {:>7} {:>12} {:>14} {:>10} {:>14}", "engine", "workers", "events", "events/s", "vs hashmap", "peak RSS MiB");
+    println!(
+        "\n{:<10} {:>7} {:>12} {:>14} {:>10} {:>14}",
+        "engine", "workers", "events", "events/s", "vs hashmap", "peak RSS MiB"
+    );
     for r in &runs {
         println!(
             "{:<10} {:>7} {:>12} {:>14.0} {:>9.2}x {:>14.0}",
@@ -76,7 +92,9 @@ fn main() {
         );
     }
 
-    let growth = run(&["--engine", "dataflow", "-w", "2", "--events", &long, "--rss-at", &third]);
+    let growth = run(&[
+        "--engine", "dataflow", "-w", "2", "--events", &long, "--rss-at", &third,
+    ]);
     let percent = (growth.peak_rss as f64 / growth.peak_rss_at as f64 - 1.0) * 100.0;
     println!(
         "\nRSS growth, dataflow 2 workers: peak {:.0} MiB after {} events, {:.0} MiB after {} events: {:+.1}% ({:.0} events/s)",

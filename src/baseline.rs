@@ -202,6 +202,12 @@ impl Baseline {
         }
     }
 
+    /// Adds to a counter kept outside the ledger (malformed source messages); it shows in the
+    /// next tick's changes.
+    pub fn count(&mut self, counter: Counter, n: i64) {
+        self.add_count(counter, n);
+    }
+
     fn add_count(&mut self, counter: Counter, n: i64) {
         let key = OutputKey::Counter(counter);
         let value = self.values.get(&key).copied();
@@ -233,18 +239,26 @@ impl Baseline {
 /// Runs the engine over recorded inputs, like [`dataflows::harness::run`]; batches without
 /// changes are left out.
 pub fn run(inputs: &[(Tick, Input)], params: Params) -> Vec<Batch> {
-    type TickInputs = (Vec<dataflows::model::Event>, Vec<(Demographic, isize)>);
+    type TickInputs = (
+        Vec<dataflows::model::Event>,
+        Vec<(Demographic, isize)>,
+        Vec<(Counter, isize)>,
+    );
     let mut by_tick: BTreeMap<Tick, TickInputs> = BTreeMap::new();
     for (tick, input) in inputs {
         let entry = by_tick.entry(*tick).or_default();
         match input {
             Input::Event(e) => entry.0.push(e.clone()),
             Input::Demographic(row, diff) => entry.1.push((row.clone(), *diff)),
+            Input::Counter(counter, n) => entry.2.push((*counter, *n)),
         }
     }
     let mut engine = Baseline::new(params);
     let mut batches = Vec::new();
-    for (tick, (mut events, demographics)) in by_tick {
+    for (tick, (mut events, demographics, counters)) in by_tick {
+        for (counter, n) in counters {
+            engine.count(counter, n as i64);
+        }
         let batch = engine.apply_tick(tick, &mut events, &demographics);
         if !batch.changes.is_empty() {
             batches.push(batch);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::generators::events::Pace;
-use crate::runtime::{self, Plan, Status, Stop, Workers};
+use crate::runtime::{self, EventSource, Plan, Status, Stop, Workers};
 use crate::sinks::{Discard, LineProtocolWriter};
+use crate::sources::embedded::EmbeddedKafka;
 use crate::{bench, view};
 
 /// Real-time e-commerce analytics on timely and differential dataflow.
@@ -94,9 +95,22 @@ pub struct DemoArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// The simulated time of the first event, in ms since the epoch (default: now). With
-    /// `--pace unbounded` and `--events`, a run is then fully reproducible.
+    /// `--source generator`, `--pace unbounded` and `--events`, a run is fully reproducible.
     #[arg(long)]
     pub start_ms: Option<u64>,
+    /// Where events come from: through an in-process Kafka cluster (the production consumer,
+    /// Avro and all), or straight from the generator into the dataflow.
+    #[arg(long, value_enum, default_value = "embedded-kafka")]
+    pub source: DemoSource,
+}
+
+/// The demo's event paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoSource {
+    /// Generator -> Kafka producer -> in-process mock cluster -> the pipeline's consumer.
+    EmbeddedKafka,
+    /// Generator -> dataflow, each worker generating its share (no Kafka).
+    Generator,
 }
 
 /// The engines `bench` can measure.
@@ -186,6 +200,7 @@ fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     let workers = args.workers.workers(&config);
+    workers.timely_config()?;
     let mut output = config.output.line_protocol.clone();
     if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
         // Each process writes the keys of its own workers.
@@ -207,18 +222,61 @@ fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         )
     });
 
+    let stop = Stop {
+        events: args.events,
+        duration: args.duration,
+    };
+    let (events, producer) = match args.source {
+        DemoSource::Generator => (
+            EventSource::Generator {
+                start_ms: args.start_ms,
+            },
+            None,
+        ),
+        DemoSource::EmbeddedKafka => {
+            let embedded = EmbeddedKafka::start(&config.kafka)?;
+            let done = Arc::new(AtomicBool::new(false));
+            let producer = embedded.produce_in_background(
+                &config,
+                args.start_ms,
+                stop,
+                Arc::clone(&status),
+                Arc::clone(&done),
+            )?;
+            let source = EventSource::Kafka {
+                config: embedded.config().clone(),
+                until_caught_up: args.events.is_some(),
+                producer_done: Some(done),
+            };
+            (source, Some((embedded, producer)))
+        }
+    };
+    // With Kafka in between, the producer counts events and the pipeline runs until caught up.
+    let stop = match events {
+        EventSource::Kafka { .. } => Stop {
+            events: None,
+            ..stop
+        },
+        EventSource::Generator { .. } => stop,
+    };
     let plan = Plan {
         config,
         workers,
-        stop: Stop {
-            events: args.events,
-            duration: args.duration,
-        },
-        start_ms: args.start_ms,
+        stop,
+        events,
     };
     let result = runtime::run(plan, Box::new(sink), Arc::clone(&status));
     if let Some(live) = live {
         live.finish();
+    }
+    if result.is_err() {
+        // The pipeline is gone: whatever the producer still sends would go nowhere.
+        status.stop.store(true, Ordering::Relaxed);
+    }
+    if let Some((_embedded, producer)) = producer {
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
     }
     let report = result?;
     let table = status
@@ -263,7 +321,9 @@ pub(crate) fn bench_dataflow(
             events: Some(events),
             duration: None,
         },
-        start_ms: Some(1_700_000_000_000),
+        events: EventSource::Generator {
+            start_ms: Some(1_700_000_000_000),
+        },
     };
     runtime::run(plan, Box::new(Discard::default()), status)?;
     Ok(())

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::generators::events::GeneratorKnobs;
+use crate::sources::kafka::KafkaConfig;
 
 /// The shipped configuration, defaults for every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/shopflow.toml");
@@ -49,6 +50,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The embedded generators.
     pub generator: GeneratorKnobs,
+    /// The events topic.
+    pub kafka: KafkaConfig,
     /// Where results go.
     pub output: OutputConfig,
 }
@@ -142,6 +145,17 @@ impl Config {
                 message,
             });
         }
+        if let Err(message) = self.kafka.validate() {
+            let key = KAFKA_KEYS
+                .iter()
+                .find(|k| message.starts_with(**k))
+                .copied()
+                .unwrap_or("kafka");
+            let message = message
+                .split_once(": ")
+                .map_or(message.clone(), |(_, m)| m.to_owned());
+            return Err(ConfigError::Invalid { key, message });
+        }
         if self.output.line_protocol.as_os_str().is_empty() {
             return invalid("output.line-protocol", "must be a path or -");
         }
@@ -178,6 +192,16 @@ fn describe(error: &figment::Error) -> String {
     }
     line
 }
+
+/// The Kafka section's keys, to name the one a validation message is about.
+const KAFKA_KEYS: &[&str] = &[
+    "kafka.brokers",
+    "kafka.topic",
+    "kafka.dead-letter-topic",
+    "kafka.partitions",
+    "kafka.group-id",
+    "kafka.max-poll-messages",
+];
 
 /// The generator's keys, to name the one a validation message is about.
 const GENERATOR_KEYS: &[&str] = &[

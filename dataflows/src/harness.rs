@@ -11,7 +11,7 @@ use differential_dataflow::input::Input as _;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
-use crate::model::{Demographic, Event, Tick};
+use crate::model::{Counter, Demographic, Event, Tick};
 use crate::output::{Batch, Change, Progress, emit_batches};
 use crate::{Params, analytics};
 
@@ -22,6 +22,8 @@ pub enum Input {
     Event(Event),
     /// A demographics change: `+1` inserts the row, `-1` deletes it; an update is both.
     Demographic(Demographic, isize),
+    /// A source-side counter increment (a malformed message).
+    Counter(Counter, isize),
 }
 
 /// Runs the graph with `workers` threads over `inputs`, each at its tick, and returns the batches
@@ -38,17 +40,18 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
         let peers = worker.peers();
         let reports = Arc::clone(&collected);
         let mut events_in = InputHandleVec::new();
-        let mut demographics_in = worker.dataflow::<Tick, _, _>(|scope| {
+        let (mut demographics_in, mut counters_in) = worker.dataflow::<Tick, _, _>(|scope| {
             let events = scope.input_from(&mut events_in);
             let (demographics_in, demographics) = scope.new_collection();
-            let rows = analytics(events, demographics, params);
+            let (counters_in, counters) = scope.new_collection();
+            let rows = analytics(events, demographics, counters, params);
             emit_batches(rows, move |progress| {
                 reports
                     .lock()
                     .expect("no reporter panicked while holding the lock")
                     .push(progress)
             });
-            demographics_in
+            (demographics_in, counters_in)
         });
         let mut event_index = 0usize;
         for (tick, input) in inputs.iter() {
@@ -56,6 +59,8 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
                 events_in.advance_to(*tick);
                 demographics_in.advance_to(*tick);
                 demographics_in.flush();
+                counters_in.advance_to(*tick);
+                counters_in.flush();
                 worker.step();
             }
             match input {
@@ -68,7 +73,8 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
                 Input::Demographic(row, diff) if index == 0 => {
                     demographics_in.update(row.clone(), *diff)
                 }
-                Input::Demographic(..) => {}
+                Input::Counter(counter, n) if index == 0 => counters_in.update(*counter, *n),
+                Input::Demographic(..) | Input::Counter(..) => {}
             }
         }
     })?;

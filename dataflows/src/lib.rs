@@ -24,7 +24,7 @@ pub mod windows;
 use differential_dataflow::VecCollection;
 use timely::dataflow::StreamVec;
 
-use model::{Demographic, Event, OutputKey, OutputRow, OutputValue, Tick};
+use model::{Counter, Demographic, Event, OutputKey, OutputRow, OutputValue, Tick};
 use windows::WindowSpec;
 
 /// The semantics' parameters, all in milliseconds.
@@ -39,11 +39,13 @@ pub struct Params {
 /// The whole analytics graph: raw events and the demographics collection in, output rows out.
 ///
 /// Events enter as a plain stream at the tick they arrived; demographics as a collection, an update
-/// being the old row retracted and the new one inserted. The output holds one row per aggregate key
-/// and per counter, updated by retraction and insertion.
+/// being the old row retracted and the new one inserted; `source_counters` carries what sources
+/// count before the dataflow (malformed messages), each increment in the difference. The output
+/// holds one row per aggregate key and per counter, updated by retraction and insertion.
 pub fn analytics<'scope>(
     events: StreamVec<'scope, Tick, Event>,
     demographics: VecCollection<'scope, Tick, Demographic>,
+    source_counters: VecCollection<'scope, Tick, Counter, isize>,
     params: Params,
 ) -> VecCollection<'scope, Tick, OutputRow> {
     let (contributions, counters) =
@@ -52,7 +54,7 @@ pub fn analytics<'scope>(
     let rows = segments::attribute(contributions, demographics);
     let aggregates = aggregates::aggregate(rows, params.windows)
         .map(|(key, totals)| (OutputKey::Aggregate(key), OutputValue::Totals(totals)));
-    let counters = aggregates::count_counters(counters)
+    let counters = aggregates::count_counters(counters.concat(source_counters))
         .map(|(counter, n)| (OutputKey::Counter(counter), OutputValue::Count(n as i64)));
     aggregates.concat(counters)
 }

@@ -387,16 +387,28 @@ pub enum Counter {
     RefundsApplied,
     /// Refunds for which no purchase was known; the purchase, should it arrive, is not counted.
     RefundsUnmatched,
+    /// Source messages not in the expected framing (wrong magic byte, too short for a header).
+    MalformedFraming,
+    /// Source messages naming a schema the decoder does not know.
+    MalformedUnknownSchema,
+    /// Source messages whose body ended early or had bytes left over.
+    MalformedTruncated,
+    /// Source messages with a value out of range or of the wrong type.
+    MalformedInvalidValue,
 }
 
 impl Counter {
     /// Every counter, in a fixed order.
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 9] = [
         Counter::EventsIn,
         Counter::Duplicates,
         Counter::LateForWindow,
         Counter::RefundsApplied,
         Counter::RefundsUnmatched,
+        Counter::MalformedFraming,
+        Counter::MalformedUnknownSchema,
+        Counter::MalformedTruncated,
+        Counter::MalformedInvalidValue,
     ];
 
     /// The field name in the `pipeline` measurement.
@@ -407,6 +419,10 @@ impl Counter {
             Counter::LateForWindow => "late_for_window",
             Counter::RefundsApplied => "refunds_applied",
             Counter::RefundsUnmatched => "refunds_unmatched",
+            Counter::MalformedFraming => "malformed_framing",
+            Counter::MalformedUnknownSchema => "malformed_unknown_schema",
+            Counter::MalformedTruncated => "malformed_truncated",
+            Counter::MalformedInvalidValue => "malformed_invalid_value",
         }
     }
 }

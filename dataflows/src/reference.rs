@@ -76,6 +76,12 @@ pub fn evaluate(
             table.insert(OutputKey::Aggregate(key), OutputValue::Totals(totals));
         }
     }
+    let mut counters = counters;
+    for (tick, input) in inputs {
+        if let (true, Input::Counter(counter, n)) = (*tick <= as_of, input) {
+            *counters.entry(*counter).or_default() += *n as i64;
+        }
+    }
     for (counter, n) in counters {
         if n != 0 {
             table.insert(OutputKey::Counter(counter), OutputValue::Count(n));

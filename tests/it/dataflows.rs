@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use dataflows::Params;
 use dataflows::harness::{self, Input, accumulate};
 use dataflows::model::{
-    CampaignId, Cents, Demographic, Event, EventTimeMs, Gender, OrderId, OutputKey, OutputValue,
-    Tag, Tick, UserId,
+    CampaignId, Cents, Counter, Demographic, Event, EventTimeMs, Gender, OrderId, OutputKey,
+    OutputValue, Tag, Tick, UserId,
 };
 use dataflows::output::Batch;
 use dataflows::reference;
@@ -115,6 +115,15 @@ fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
             };
             sent.push(event.clone());
             inputs.push((tick, Input::Event(event)));
+        }
+        // Malformed messages a source counted.
+        if rng.random_range(0..6) == 0 {
+            let counter =
+                [Counter::MalformedFraming, Counter::MalformedTruncated][rng.random_range(0..2)];
+            inputs.push((
+                tick,
+                Input::Counter(counter, rng.random_range(1..3i64) as isize),
+            ));
         }
         // Demographic changes: moves, birthdays, deletes, and rows for unknown users.
         for _ in 0..rng.random_range(0..3) {

@@ -6,3 +6,4 @@ mod cli;
 mod config;
 mod dataflows;
 mod influx;
+mod mysql;

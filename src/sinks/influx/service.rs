@@ -1,0 +1,772 @@
+//! The HTTP client: one call of [`InfluxClient::write`] is one write of a line-protocol body, retried
+//! with backoff while the failure is transient, and classified when it is not.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+
+use super::config::{Api, InfluxConfig, Secret};
+use crate::config::ConfigError;
+
+/// The most bytes of an error response read for its message.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// The most characters of a plain-text error body quoted in an error.
+const MAX_MESSAGE_CHARS: usize = 500;
+/// How often an interrupted backoff checks whether it was cancelled.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
+/// A request to InfluxDB failed.
+///
+/// Retryable (see [`WriteError::is_retryable`]): [`Connect`](WriteError::Connect),
+/// [`Timeout`](WriteError::Timeout), [`Transport`](WriteError::Transport) and
+/// [`Unavailable`](WriteError::Unavailable) (5xx, 429, 408). Fatal: [`Rejected`](WriteError::Rejected)
+/// (any other non-2xx status, with InfluxDB's own message), [`Invalid`](WriteError::Invalid) and
+/// [`RetriesExhausted`](WriteError::RetriesExhausted). No variant carries a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// InfluxDB refused the request (4xx other than 408 and 429, or an unexpected status); sending
+    /// it again would not help.
+    #[error("InfluxDB rejected the request (HTTP {status}): {message}")]
+    Rejected {
+        /// The HTTP status code.
+        status: u16,
+        /// InfluxDB's message: the `error` (v1) or `message` (v2) field of its JSON answer, else
+        /// the `X-Influxdb-Error` header, else the body text.
+        message: String,
+    },
+    /// InfluxDB could not take the request now (5xx, 429 Too Many Requests, 408).
+    #[error("InfluxDB is unavailable (HTTP {status}): {message}")]
+    Unavailable {
+        /// The HTTP status code.
+        status: u16,
+        /// InfluxDB's message, as for `Rejected`.
+        message: String,
+    },
+    /// No connection could be made (refused, unreachable, DNS, TLS handshake).
+    #[error("cannot connect to InfluxDB: {0}")]
+    Connect(String),
+    /// No complete answer within `timeout-ms`.
+    #[error("InfluxDB did not answer within {0} ms")]
+    Timeout(u64),
+    /// The connection failed mid-request (reset, closed, malformed answer).
+    #[error("the request to InfluxDB failed: {0}")]
+    Transport(String),
+    /// The request could not be built (a token that is no valid header value, an operation the
+    /// API lacks).
+    #[error("cannot make the request: {0}")]
+    Invalid(String),
+    /// Every attempt failed with a retryable error (or retrying was cancelled).
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<WriteError>,
+    },
+}
+
+impl WriteError {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Unavailable { .. }
+                | WriteError::Connect(_)
+                | WriteError::Timeout(_)
+                | WriteError::Transport(_)
+        )
+    }
+
+    /// The HTTP status InfluxDB answered with, if it answered (of the last attempt).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            WriteError::Rejected { status, .. } | WriteError::Unavailable { status, .. } => {
+                Some(*status)
+            }
+            WriteError::RetriesExhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+}
+
+/// The client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The configuration is invalid, or a secret file unreadable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be built (TLS initialisation).
+    #[error("cannot set up the HTTP client for InfluxDB: {0}")]
+    Client(String),
+    /// `CREATE DATABASE` failed.
+    #[error("cannot create InfluxDB database {database:?}: {source}")]
+    CreateDatabase {
+        /// The database.
+        database: String,
+        /// Why.
+        source: WriteError,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the InfluxDB writer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The sink's counters: cheap to share (`Arc`), updated with relaxed atomics, read with
+/// [`SinkStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    lines_written: AtomicU64,
+    requests: AtomicU64,
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Lines InfluxDB accepted.
+    pub lines_written: u64,
+    /// Write requests InfluxDB accepted.
+    pub requests: u64,
+    /// HTTP write attempts, retries included.
+    pub attempts: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Write requests given up on (fatal error or retries exhausted).
+    pub failed: u64,
+    /// Requests queued for or being written by the writer thread now.
+    pub in_flight: u64,
+    /// The most requests ever in flight: at most the queue capacity plus one.
+    pub max_in_flight: u64,
+}
+
+impl SinkStats {
+    /// Reads every counter (each atomically; together only approximately consistent while the
+    /// sink runs).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            lines_written: get(&self.lines_written),
+            requests: get(&self.requests),
+            attempts: get(&self.attempts),
+            retries: get(&self.retries),
+            failed: get(&self.failed),
+            in_flight: get(&self.in_flight),
+            max_in_flight: get(&self.max_in_flight),
+        }
+    }
+
+    /// Lines InfluxDB accepted.
+    pub fn lines_written(&self) -> u64 {
+        self.lines_written.load(Ordering::Relaxed)
+    }
+
+    /// Retries so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn add_in_flight(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(super) fn sub_in_flight(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How a request authenticates.
+#[derive(Clone)]
+enum Auth {
+    None,
+    Basic { username: String, password: Secret },
+    Token(Secret),
+}
+
+/// Retry timing: exponential backoff with full jitter.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    max_retries: u32,
+    initial_ms: u64,
+    max_ms: u64,
+}
+
+impl Backoff {
+    /// The cap of the delay before retry `retry` (1-based): `initial · 2^(retry-1)`, at most `max`.
+    fn cap_ms(&self, retry: u32) -> u64 {
+        let factor = 1u64
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u64::MAX);
+        self.initial_ms.saturating_mul(factor).min(self.max_ms)
+    }
+
+    /// A delay drawn uniformly from `0 ..= cap` ("full jitter"), so clients that failed together
+    /// do not retry together.
+    fn delay(&self, retry: u32) -> Duration {
+        Duration::from_millis(rand::random_range(0..=self.cap_ms(retry)))
+    }
+}
+
+/// An InfluxDB HTTP client for one database (v1) or bucket (v2). Blocking: call it from a thread
+/// that may wait (the sink's writer thread).
+pub struct InfluxClient {
+    http: Client,
+    api: Api,
+    database: String,
+    write_url: Url,
+    query_url: Url,
+    ping_url: Url,
+    auth: Auth,
+    gzip: bool,
+    timeout_ms: u64,
+    backoff: Backoff,
+    stats: Arc<SinkStats>,
+}
+
+impl std::fmt::Debug for InfluxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxClient")
+            .field("write_url", &self.write_url.as_str())
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InfluxClient {
+    /// Validates `config`, reads its secret files and builds the client. Connects to nothing.
+    pub fn new(config: &InfluxConfig) -> Result<InfluxClient, SetupError> {
+        config.validate()?;
+        let base = config.base_url()?;
+        let password = config.resolve_password()?;
+        let token = config.resolve_token()?;
+        let auth = match (&config.username, password, token) {
+            (Some(username), Some(password), _) => Auth::Basic {
+                username: username.clone(),
+                password,
+            },
+            (_, _, Some(token)) => Auth::Token(token),
+            _ => Auth::None,
+        };
+        let endpoint = |path: &str| {
+            let mut url = base.clone();
+            url.set_path(&format!("{}/{path}", base.path().trim_end_matches('/')));
+            url
+        };
+        let mut write_url = match config.api {
+            Api::V1 => endpoint("write"),
+            Api::V2 => endpoint("api/v2/write"),
+        };
+        {
+            let mut query = write_url.query_pairs_mut();
+            match config.api {
+                Api::V1 => {
+                    query.append_pair("db", &config.database);
+                    if let Some(rp) = &config.retention_policy {
+                        query.append_pair("rp", rp);
+                    }
+                }
+                Api::V2 => {
+                    let org = config.org.as_deref().unwrap_or_default();
+                    query
+                        .append_pair("org", org)
+                        .append_pair("bucket", &config.database);
+                }
+            }
+            query.append_pair("precision", "ms");
+        }
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let http = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("shopflow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SetupError::Client(error_chain(&e)))?;
+        Ok(InfluxClient {
+            http,
+            api: config.api,
+            database: config.database.clone(),
+            write_url,
+            query_url: endpoint("query"),
+            ping_url: endpoint("ping"),
+            auth,
+            gzip: config.gzip,
+            timeout_ms: config.timeout_ms,
+            backoff: Backoff {
+                max_retries: config.max_retries,
+                initial_ms: config.initial_backoff_ms,
+                max_ms: config.max_backoff_ms,
+            },
+            stats: Arc::new(SinkStats::default()),
+        })
+    }
+
+    /// The counters this client updates.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The write endpoint, with its query (database, precision); it holds no credential.
+    pub fn write_url(&self) -> &Url {
+        &self.write_url
+    }
+
+    /// Writes `body` (line protocol, millisecond timestamps) as one request, retrying transient
+    /// failures. Blocks for up to `max-retries` backoffs.
+    pub fn write(&self, body: &[u8]) -> Result<(), WriteError> {
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        self.write_lines(body, lines as u64, &AtomicBool::new(false))
+    }
+
+    /// [`InfluxClient::write`] of a body known to hold `lines` lines; stops retrying once
+    /// `cancel` is set.
+    pub(super) fn write_lines(
+        &self,
+        body: &[u8],
+        lines: u64,
+        cancel: &AtomicBool,
+    ) -> Result<(), WriteError> {
+        let body = if self.gzip { gzip(body) } else { body.to_vec() };
+        let stats = &self.stats;
+        let result = self.with_retries("write", cancel, true, || {
+            let request = self
+                .http
+                .post(self.write_url.clone())
+                .header(CONTENT_TYPE, "text/plain; charset=utf-8");
+            let request = if self.gzip {
+                request.header(CONTENT_ENCODING, "gzip")
+            } else {
+                request
+            };
+            self.send(request.body(body.clone())).map(drop)
+        });
+        match &result {
+            Ok(()) => {
+                SinkStats::count(&stats.requests, 1);
+                SinkStats::count(&stats.lines_written, lines);
+            }
+            Err(_) => SinkStats::count(&stats.failed, 1),
+        }
+        result
+    }
+
+    /// Runs `CREATE DATABASE "<database>"` (v1; a no-op when it exists), retrying transient
+    /// failures. The name is quoted and escaped, so it is always one identifier.
+    pub fn create_database(&self) -> Result<(), WriteError> {
+        if self.api != Api::V1 {
+            return Err(WriteError::Invalid(
+                "create-database needs api = \"v1\"".into(),
+            ));
+        }
+        let statement = format!("CREATE DATABASE {}", quote_identifier(&self.database));
+        // Form-encode the statement in the body, so it stays out of proxies' access logs.
+        let mut form = Url::parse("http://form.invalid/").expect("a valid URL");
+        form.query_pairs_mut().append_pair("q", &statement);
+        let form = form.query().unwrap_or_default().to_owned();
+        self.with_retries("create database", &AtomicBool::new(false), false, || {
+            let request = self
+                .http
+                .post(self.query_url.clone())
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form.clone());
+            let text = read_text(self.send(request)?);
+            // A statement's error comes back as 200 with `"error"` in its result.
+            match json_string_field(&text, "error") {
+                Some(message) => Err(WriteError::Rejected {
+                    status: 200,
+                    message,
+                }),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// One `GET /ping`, no retry: the server's version (`X-Influxdb-Version`) when it is up.
+    pub fn ping(&self) -> Result<Option<String>, WriteError> {
+        let response = self.send(self.http.get(self.ping_url.clone()))?;
+        Ok(response
+            .headers()
+            .get("X-Influxdb-Version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
+    }
+
+    /// Sends one request with the credentials; any non-2xx status is an error.
+    fn send(&self, request: RequestBuilder) -> Result<Response, WriteError> {
+        let request = match &self.auth {
+            Auth::None => request,
+            Auth::Basic { username, password } => {
+                request.basic_auth(username, Some(password.expose()))
+            }
+            Auth::Token(token) => {
+                let mut value = HeaderValue::from_str(&format!("Token {}", token.expose()))
+                    .map_err(|_| {
+                        WriteError::Invalid("the token is not a valid HTTP header value".into())
+                    })?;
+                value.set_sensitive(true);
+                request.header(AUTHORIZATION, value)
+            }
+        };
+        let response = request
+            .send()
+            .map_err(|e| classify_transport(e, self.timeout_ms))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let header = response
+            .headers()
+            .get("X-Influxdb-Error")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = read_text(response);
+        let mut message = error_message(&text, header.as_deref(), status.canonical_reason());
+        if let (true, Some(location)) = (status.is_redirection(), location) {
+            message = format!("unexpected redirect to {location} (check url)");
+        }
+        let code = status.as_u16();
+        if status.is_server_error() || code == 429 || code == 408 {
+            Err(WriteError::Unavailable {
+                status: code,
+                message,
+            })
+        } else {
+            Err(WriteError::Rejected {
+                status: code,
+                message,
+            })
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails fatally, or `max-retries` retries failed.
+    fn with_retries<T>(
+        &self,
+        what: &str,
+        cancel: &AtomicBool,
+        count: bool,
+        mut attempt: impl FnMut() -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            if count {
+                SinkStats::count(&self.stats.attempts, 1);
+            }
+            let error = match attempt() {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !error.is_retryable() {
+                tracing::error!(%error, "InfluxDB {what} failed; not retrying");
+                return Err(error);
+            }
+            if attempts > self.backoff.max_retries || cancel.load(Ordering::Relaxed) {
+                tracing::error!(attempts, %error, "InfluxDB {what} failed; giving up");
+                return Err(WriteError::RetriesExhausted {
+                    attempts,
+                    last: Box::new(error),
+                });
+            }
+            let delay = self.backoff.delay(attempts);
+            tracing::warn!(
+                attempt = attempts,
+                of = self.backoff.max_retries + 1,
+                backoff_ms = delay.as_millis() as u64,
+                reason = %error,
+                "InfluxDB {what} failed; retrying"
+            );
+            sleep_unless(delay, cancel);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(WriteError::RetriesExhausted {
+                    attempts,
+                    last: Box::new(error),
+                });
+            }
+            if count {
+                SinkStats::count(&self.stats.retries, 1);
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`, returning early once `cancel` is set.
+fn sleep_unless(delay: Duration, cancel: &AtomicBool) {
+    let until = Instant::now() + delay;
+    loop {
+        let now = Instant::now();
+        if now >= until || cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep((until - now).min(SLEEP_SLICE));
+    }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    encoder.write_all(body).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
+/// Up to [`MAX_ERROR_BODY`] bytes of a response, as text.
+fn read_text(response: Response) -> String {
+    let mut bytes = Vec::new();
+    let _ = response.take(MAX_ERROR_BODY).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A reqwest failure as a retryable [`WriteError`], with its cause chain but not its URL.
+fn classify_transport(error: reqwest::Error, timeout_ms: u64) -> WriteError {
+    if error.is_timeout() {
+        return WriteError::Timeout(timeout_ms);
+    }
+    let connect = error.is_connect();
+    let text = error_chain(&error.without_url());
+    if connect {
+        WriteError::Connect(text)
+    } else {
+        WriteError::Transport(text)
+    }
+}
+
+/// An error and its sources, `: `-separated, each distinct message once.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// InfluxDB's message in an error answer.
+fn error_message(body: &str, header: Option<&str>, reason: Option<&str>) -> String {
+    if let Some(message) =
+        json_string_field(body, "error").or_else(|| json_string_field(body, "message"))
+    {
+        return message;
+    }
+    if let Some(header) = header.filter(|h| !h.is_empty()) {
+        return header.to_owned();
+    }
+    let body = body.trim();
+    if !body.is_empty() {
+        let mut text: String = body.chars().take(MAX_MESSAGE_CHARS).collect();
+        if text.len() < body.len() {
+            text.push('…');
+        }
+        return text;
+    }
+    reason.unwrap_or("no message").to_owned()
+}
+
+/// The string value of the first member `"name": "..."` of a JSON object anywhere in `json`.
+///
+/// Enough JSON for InfluxDB's error answers (`{"error":"..."}`, `{"code":..,"message":".."}`, and
+/// `{"results":[{"statement_id":0,"error":"..."}]}`): the key must follow `{` or `,`, so text that
+/// merely contains the name inside another string does not count.
+pub(super) fn json_string_field(json: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\"");
+    let mut from = 0;
+    while let Some(found) = json[from..].find(&key) {
+        let start = from + found;
+        from = start + key.len();
+        let before = json[..start].trim_end();
+        if !(before.ends_with('{') || before.ends_with(',')) {
+            continue;
+        }
+        let rest = json[from..].trim_start();
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        return parse_json_string(rest);
+    }
+    None
+}
+
+/// The JSON string starting right after its opening quote, unescaped.
+fn parse_json_string(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let unit = u32::from_str_radix(&hex, 16).ok()?;
+                    // Surrogate pairs are rare in error messages: show a replacement character.
+                    out.push(char::from_u32(unit).unwrap_or('\u{fffd}'));
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// An InfluxQL identifier, double-quoted with `\` and `"` escaped (and line breaks as `\n`): it
+/// cannot end the identifier or the statement.
+pub fn quote_identifier(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn influx_error_messages_are_extracted() {
+        let v1 = r#"{"error":"database not found: \"nope\""}"#;
+        assert_eq!(
+            error_message(v1, None, None),
+            "database not found: \"nope\""
+        );
+        let v2 = r#"{"code":"not found","message":"bucket \"b\" not found"}"#;
+        assert_eq!(error_message(v2, None, None), "bucket \"b\" not found");
+        let query = r#"{"results":[{"statement_id":0,"error":"bad \\ thing\n"}]}"#;
+        assert_eq!(json_string_field(query, "error").unwrap(), "bad \\ thing\n");
+        assert_eq!(
+            json_string_field(r#"{"results":[{"statement_id":0}]}"#, "error"),
+            None
+        );
+        // The name inside another string value is not a key.
+        let tricky = r#"{"message":"x, \"error\": \"no\"","error":"yes"}"#;
+        assert_eq!(json_string_field(tricky, "error").unwrap(), "yes");
+        assert_eq!(
+            error_message("", Some("header says"), Some("Bad Request")),
+            "header says"
+        );
+        assert_eq!(error_message("  plain text\n", None, None), "plain text");
+        assert_eq!(error_message("", None, Some("Bad Gateway")), "Bad Gateway");
+        assert_eq!(
+            json_string_field(r#"{"error":"caf\u00e9"}"#, "error").unwrap(),
+            "café"
+        );
+        let long = "x".repeat(2_000);
+        assert_eq!(
+            error_message(&long, None, None).chars().count(),
+            MAX_MESSAGE_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_escaped() {
+        assert_eq!(quote_identifier("shop"), "\"shop\"");
+        assert_eq!(
+            quote_identifier("a\"; DROP DATABASE \"b\\"),
+            "\"a\\\"; DROP DATABASE \\\"b\\\\\""
+        );
+        assert_eq!(quote_identifier("x\ny"), "\"x\\ny\"");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_full_jitter() {
+        let backoff = Backoff {
+            max_retries: 100,
+            initial_ms: 100,
+            max_ms: 1_000,
+        };
+        let caps: Vec<u64> = (1..=6).map(|r| backoff.cap_ms(r)).collect();
+        assert_eq!(caps, [100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(backoff.cap_ms(90), 1_000, "no overflow");
+        for retry in 1..=10 {
+            assert!(backoff.delay(retry) <= Duration::from_millis(backoff.cap_ms(retry)));
+        }
+        let delays: std::collections::HashSet<Duration> =
+            (0..50).map(|_| backoff.delay(4)).collect();
+        assert!(delays.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn retryability() {
+        assert!(WriteError::Connect("refused".into()).is_retryable());
+        assert!(WriteError::Timeout(5).is_retryable());
+        assert!(
+            WriteError::Unavailable {
+                status: 503,
+                message: String::new()
+            }
+            .is_retryable()
+        );
+        let rejected = WriteError::Rejected {
+            status: 400,
+            message: "bad".into(),
+        };
+        assert!(!rejected.is_retryable());
+        let exhausted = WriteError::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(WriteError::Unavailable {
+                status: 503,
+                message: "busy".into(),
+            }),
+        };
+        assert!(!exhausted.is_retryable());
+        assert_eq!(exhausted.status(), Some(503));
+        assert_eq!(
+            exhausted.to_string(),
+            "gave up after 3 attempts: InfluxDB is unavailable (HTTP 503): busy"
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = b"m x=1i 1\n".repeat(100);
+        let packed = gzip(&body);
+        assert!(packed.len() < body.len());
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, body);
+    }
+}

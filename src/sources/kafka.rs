@@ -1,0 +1,599 @@
+//! Kafka: the event producer (`shopflow produce`) and the per-worker partition reader.
+//!
+//! Like timely's old `kafkaesque` example, each worker owns a share of the partitions (partition
+//! `p` goes to worker `p % peers`, counting every worker of every process), polls its consumer
+//! with a zero timeout from the worker loop, and never blocks the dataflow. Offsets are committed
+//! only for ticks the sink has acknowledged, so after a crash the pipeline re-reads what InfluxDB
+//! may not hold yet; the sink writes absolute values, so a re-read counts nothing twice.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use dataflows::model::{Counter, Event, EventTimeMs, Tick};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::sources::avro::{self, DecodeError, Decoder};
+
+/// The `[kafka]` section: what the event topic is and how to reach it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The events topic.
+    pub topic: String,
+    /// Partitions of the topic when shopflow creates it (the embedded cluster, `produce`).
+    pub partitions: i32,
+    /// The consumer group whose committed offsets the pipeline resumes from.
+    pub group_id: String,
+    /// Where a pipeline starts reading.
+    pub start: StartPosition,
+    /// The schema id written in the Confluent header, and the id the bundled schema answers to
+    /// when no schema registry is configured.
+    pub schema_id: u32,
+    /// A topic that receives a copy of every malformed message (with its reason, topic, partition
+    /// and offset as headers); empty for none.
+    pub dead_letter_topic: String,
+    /// At most this many messages per worker per poll round, so one busy partition cannot starve
+    /// the worker's other duties.
+    pub max_poll_messages: usize,
+    /// librdkafka properties passed through unchanged (TLS, SASL, fetch tuning...).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a pipeline starts reading its partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartPosition {
+    /// From the beginning of each partition.
+    Earliest,
+    /// From the end: only new events.
+    Latest,
+    /// From the group's committed offsets (the beginning where none).
+    Committed,
+}
+
+/// A Kafka operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// librdkafka reported an error.
+    #[error("kafka {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The bundled schema could not be loaded.
+    #[error("avro schema: {0}")]
+    Schema(String),
+    /// The topic does not exist or has no partitions.
+    #[error("kafka topic {0} has no partitions (does it exist?)")]
+    NoPartitions(String),
+}
+
+fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
+    let context = context.into();
+    move |source| KafkaSourceError::Kafka { context, source }
+}
+
+impl KafkaConfig {
+    /// Checks the values; names the first bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.brokers.trim().is_empty() {
+            return Err("kafka.brokers: must name at least one host:port".into());
+        }
+        if self.topic.is_empty() || self.topic.len() > 249 || !self.topic.chars().all(topic_char) {
+            return Err(format!(
+                "kafka.topic: `{}` is not a valid topic name",
+                self.topic
+            ));
+        }
+        if !self.dead_letter_topic.is_empty() && !self.dead_letter_topic.chars().all(topic_char) {
+            return Err(format!(
+                "kafka.dead-letter-topic: `{}` is not a valid topic name",
+                self.dead_letter_topic
+            ));
+        }
+        if self.partitions < 1 {
+            return Err("kafka.partitions: must be at least 1".into());
+        }
+        if self.group_id.is_empty() {
+            return Err("kafka.group-id: must not be empty".into());
+        }
+        if self.max_poll_messages == 0 {
+            return Err("kafka.max-poll-messages: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A client configuration: brokers, then the pass-through properties.
+    fn client(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            client.set(key, value);
+        }
+        client
+    }
+}
+
+fn topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Sends events to the topic, Avro-encoded with the Confluent framing, keyed by user id and
+/// timestamped with their arrival time.
+pub struct EventProducer {
+    producer: BaseProducer,
+    topic: String,
+    schema_id: u32,
+    buffer: Vec<u8>,
+    sent: u64,
+}
+
+impl EventProducer {
+    /// Connects a producer.
+    pub fn new(config: &KafkaConfig) -> Result<EventProducer, KafkaSourceError> {
+        let producer: BaseProducer = config
+            .client()
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(kafka("cannot create the producer"))?;
+        Ok(EventProducer {
+            producer,
+            topic: config.topic.clone(),
+            schema_id: config.schema_id,
+            buffer: Vec::new(),
+            sent: 0,
+        })
+    }
+
+    /// Queues one event; waits for room while librdkafka's queue is full.
+    pub fn send(&mut self, event: &Event, arrival_ms: u64) -> Result<(), KafkaSourceError> {
+        self.buffer.clear();
+        avro::encode_event(self.schema_id, event, &mut self.buffer);
+        let key = event.user_id.0.to_be_bytes();
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(&key[..])
+                .payload(&self.buffer[..])
+                .timestamp(arrival_ms as i64);
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(kafka(format!("cannot send to {}", self.topic))(e)),
+            }
+        }
+        self.sent += 1;
+        if self.sent.is_multiple_of(1_024) {
+            self.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Sends raw bytes (tests use it for malformed messages).
+    pub fn send_raw(
+        &mut self,
+        key: &[u8],
+        payload: &[u8],
+        arrival_ms: u64,
+    ) -> Result<(), KafkaSourceError> {
+        let record = BaseRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .timestamp(arrival_ms as i64);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| kafka(format!("cannot send to {}", self.topic))(e))
+    }
+
+    /// Events sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Waits until everything queued is acknowledged by the brokers.
+    pub fn flush(&mut self, timeout: Duration) -> Result<(), KafkaSourceError> {
+        self.producer
+            .flush(timeout)
+            .map_err(kafka("cannot flush the producer"))
+    }
+}
+
+/// Creates the topic on a broker if it does not exist (best effort: an existing topic is fine).
+pub fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaSourceError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client()
+        .create()
+        .map_err(kafka("cannot create an admin client"))?;
+    let topics = [NewTopic::new(
+        topic,
+        config.partitions,
+        TopicReplication::Fixed(1),
+    )];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics(&topics, &options))
+        .map_err(kafka("cannot create topics"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaSourceError::Kafka {
+                    context: format!("cannot create topic {name}"),
+                    source: KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one poll round produced.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Messages read, malformed ones included.
+    pub messages: usize,
+    /// Malformed messages by counter.
+    pub malformed: Vec<(Counter, isize)>,
+}
+
+/// One worker's share of the topic's partitions.
+pub struct PartitionReader {
+    consumer: BaseConsumer,
+    topic: String,
+    decoder: Decoder,
+    partitions: Vec<i32>,
+    /// The next offset to read, per partition, once something was read.
+    next_offsets: BTreeMap<i32, i64>,
+    /// Offsets reached at the end of each tick, waiting for the sink to acknowledge the tick.
+    uncommitted: VecDeque<(Tick, BTreeMap<i32, i64>)>,
+    max_poll: usize,
+    dead_letter: Option<(BaseProducer, String)>,
+    warnings: Warnings,
+    high_watermarks: Option<(Instant, BTreeMap<i32, i64>)>,
+}
+
+impl PartitionReader {
+    /// Assigns worker `index` of `peers` its partitions (`p % peers == index`) at the configured
+    /// start position. A worker may get none when there are more workers than partitions.
+    pub fn open(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        let consumer: BaseConsumer = config
+            .client()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            // librdkafka's defaults wait for full fetches; the pipeline wants records promptly.
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .set("queued.min.messages", "100000")
+            .create()
+            .map_err(kafka("cannot create the consumer"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
+            .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == config.topic)
+            .map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            return Err(KafkaSourceError::NoPartitions(config.topic.clone()));
+        }
+        let partitions: Vec<i32> = (0..count as i32)
+            .filter(|p| *p as usize % peers == index)
+            .collect();
+        let offset = match config.start {
+            StartPosition::Earliest => Offset::Beginning,
+            StartPosition::Latest => Offset::End,
+            StartPosition::Committed => Offset::Stored,
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            assignment
+                .add_partition_offset(&config.topic, p, offset)
+                .map_err(kafka("cannot build the assignment"))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(kafka("cannot assign partitions"))?;
+        let dead_letter = if config.dead_letter_topic.is_empty() {
+            None
+        } else {
+            let producer: BaseProducer = config
+                .client()
+                .create()
+                .map_err(kafka("cannot create the dead-letter producer"))?;
+            Some((producer, config.dead_letter_topic.clone()))
+        };
+        tracing::info!(topic = %config.topic, ?partitions, "assigned partitions");
+        Ok(PartitionReader {
+            consumer,
+            topic: config.topic.clone(),
+            decoder: Decoder::with_bundled(config.schema_id)
+                .map_err(|e| KafkaSourceError::Schema(e.to_string()))?,
+            partitions,
+            next_offsets: BTreeMap::new(),
+            uncommitted: VecDeque::new(),
+            max_poll: config.max_poll_messages,
+            dead_letter,
+            warnings: Warnings::default(),
+            high_watermarks: None,
+        })
+    }
+
+    /// The partitions this worker reads.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// Reads what is available now (up to the poll limit) without waiting; decodes each message
+    /// and hands the events to `emit`. An event without an event time (0) gets `arrival`.
+    pub fn poll(
+        &mut self,
+        arrival: Tick,
+        mut emit: impl FnMut(Event),
+    ) -> Result<Polled, KafkaSourceError> {
+        let mut polled = Polled::default();
+        let mut malformed: BTreeMap<Counter, isize> = BTreeMap::new();
+        if self.partitions.is_empty() {
+            return Ok(polled);
+        }
+        while polled.messages < self.max_poll {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    // Transient broker errors are retried by librdkafka; report and go on.
+                    self.warnings.warn(format_args!("consumer error: {e}"));
+                    break;
+                }
+                Some(Ok(message)) => message,
+            };
+            polled.messages += 1;
+            let (partition, offset) = (message.partition(), message.offset());
+            self.next_offsets.insert(partition, offset + 1);
+            match self.decoder.decode(message.payload().unwrap_or(&[])) {
+                Ok(decoded) => emit(decoded.into_event(EventTimeMs(arrival))),
+                Err(error) => {
+                    *malformed.entry(counter_of(&error)).or_default() += 1;
+                    self.warnings.warn(format_args!(
+                        "malformed message at {}/{partition}/{offset}: {error}",
+                        self.topic
+                    ));
+                    if let Some((producer, topic)) = &self.dead_letter {
+                        let origin = (self.topic.as_str(), partition, offset);
+                        dead_letter(
+                            producer,
+                            topic,
+                            message.payload().unwrap_or(&[]),
+                            message.key(),
+                            &error,
+                            origin,
+                        );
+                    }
+                }
+            }
+        }
+        polled.malformed = malformed.into_iter().collect();
+        Ok(polled)
+    }
+
+    /// Records that everything read so far belongs to ticks before `tick_end`.
+    pub fn end_tick(&mut self, tick_end: Tick) {
+        if self.next_offsets.is_empty() {
+            return;
+        }
+        if self
+            .uncommitted
+            .back()
+            .is_some_and(|(_, offsets)| *offsets == self.next_offsets)
+        {
+            return;
+        }
+        self.uncommitted
+            .push_back((tick_end, self.next_offsets.clone()));
+    }
+
+    /// Commits the offsets of every tick before `complete_below`: those the sink has written.
+    pub fn commit_through(&mut self, complete_below: Tick) -> Result<(), KafkaSourceError> {
+        let mut latest = None;
+        while self
+            .uncommitted
+            .front()
+            .is_some_and(|(tick_end, _)| *tick_end <= complete_below)
+        {
+            latest = self.uncommitted.pop_front().map(|(_, offsets)| offsets);
+        }
+        let Some(offsets) = latest else { return Ok(()) };
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("cannot build the commit"))?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))
+    }
+
+    /// Commits every offset read, synchronously; for a graceful stop once the sink has flushed.
+    pub fn commit_all(&mut self) -> Result<(), KafkaSourceError> {
+        self.uncommitted.clear();
+        if self.next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.next_offsets {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("cannot build the commit"))?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(kafka("cannot commit offsets"))
+    }
+
+    /// Messages between this worker's position and the partitions' ends (refreshed at most every
+    /// 200 ms; `None` before the first answer).
+    pub fn lag(&mut self) -> Option<i64> {
+        let fresh = self
+            .high_watermarks
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(200));
+        if !fresh {
+            let mut highs = BTreeMap::new();
+            for &p in &self.partitions {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                    .ok()?;
+                highs.insert(p, high);
+            }
+            self.high_watermarks = Some((Instant::now(), highs));
+        }
+        let (_, highs) = self.high_watermarks.as_ref()?;
+        Some(
+            highs
+                .iter()
+                .map(|(p, high)| (high - self.next_offsets.get(p).copied().unwrap_or(0)).max(0))
+                .sum(),
+        )
+    }
+}
+
+/// Copies a malformed message to the dead-letter topic, saying why and where it came from.
+fn dead_letter(
+    producer: &BaseProducer,
+    topic: &str,
+    payload: &[u8],
+    key: Option<&[u8]>,
+    error: &DecodeError,
+    (source, partition, offset): (&str, i32, i64),
+) {
+    let partition_text = partition.to_string();
+    let offset_text = offset.to_string();
+    let error_text = error.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "shopflow.reason",
+            value: Some(error.reason()),
+        })
+        .insert(Header {
+            key: "shopflow.error",
+            value: Some(&error_text),
+        })
+        .insert(Header {
+            key: "shopflow.topic",
+            value: Some(source),
+        })
+        .insert(Header {
+            key: "shopflow.partition",
+            value: Some(&partition_text),
+        })
+        .insert(Header {
+            key: "shopflow.offset",
+            value: Some(&offset_text),
+        });
+    let record = BaseRecord::to(topic)
+        .payload(payload)
+        .key(key.unwrap_or(&[]))
+        .headers(headers);
+    if let Err((e, _)) = producer.send(record) {
+        tracing::warn!(topic = %topic, "cannot copy a malformed message to the dead-letter topic: {e}");
+    }
+    producer.poll(Duration::ZERO);
+}
+
+/// Logs at most one warning per second, counting the ones it held back.
+#[derive(Debug, Default)]
+struct Warnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Warnings {
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "{message}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+impl Drop for PartitionReader {
+    fn drop(&mut self) {
+        if let Some((producer, _)) = &self.dead_letter {
+            let _ = producer.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The pipeline counter a decoding failure is counted under.
+pub fn counter_of(error: &DecodeError) -> Counter {
+    match error.reason() {
+        "bad_magic" | "too_short" => Counter::MalformedFraming,
+        "unknown_schema_id" => Counter::MalformedUnknownSchema,
+        "truncated" | "trailing_bytes" => Counter::MalformedTruncated,
+        _ => Counter::MalformedInvalidValue,
+    }
+}
+
+/// Sends generated events `0..limit` to Kafka, each when its simulated arrival time comes (with
+/// `Pace::Realtime`) or as fast as the producer takes them; stops early on `stop` or after
+/// `duration`. Returns how many were sent; the producer is flushed.
+pub fn produce_generated(
+    producer: &mut EventProducer,
+    generator: &crate::generators::events::EventGenerator,
+    limit: Option<u64>,
+    duration: Option<Duration>,
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, KafkaSourceError> {
+    use std::sync::atomic::Ordering;
+    let started = Instant::now();
+    let realtime = generator.knobs().pace == crate::generators::events::Pace::Realtime;
+    let mut n = 0u64;
+    while limit.is_none_or(|limit| n < limit) {
+        if n.is_multiple_of(256) {
+            if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            progress(n);
+        }
+        let arrival = generator.arrival_ms(n);
+        if realtime {
+            let now = crate::runtime::now_ms();
+            if arrival > now {
+                std::thread::sleep(Duration::from_millis((arrival - now).min(50)));
+                continue;
+            }
+        }
+        producer.send(&generator.event(n), arrival)?;
+        n += 1;
+    }
+    progress(n);
+    producer.flush(Duration::from_secs(30))?;
+    Ok(n)
+}
