@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::baseline::Baseline;
-use crate::cli::{BenchArgs, Engine, bench_dataflow};
+use crate::cli::{BenchArgs, Engine};
+use crate::commands::bench_dataflow;
 use crate::config::Config;
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};

@@ -2,19 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::generators::events::Pace;
-use crate::runtime::{self, EventSource, Plan, Status, Stop, Workers};
-use crate::sinks::{Discard, LineProtocolWriter};
-use crate::sources::embedded::EmbeddedKafka;
-use crate::{bench, view};
+use crate::runtime::{self, Workers};
+use crate::sources::kafka::StartPosition;
+use crate::{bench, commands};
 
 /// Real-time e-commerce analytics on timely and differential dataflow.
 #[derive(Debug, Parser)]
@@ -33,6 +29,14 @@ pub struct Cli {
 pub enum Command {
     /// Run everything embedded, no services: generators -> dataflow -> line protocol, with a live view.
     Demo(DemoArgs),
+    /// Run the pipeline on real services: Kafka events + MySQL demographics -> InfluxDB.
+    Run(RunArgs),
+    /// Send generated events to the Kafka topic (Avro, keyed by user).
+    Produce(ProduceArgs),
+    /// Create the demographics table in MySQL and load generated users into it.
+    LoadDemographics(LoadArgs),
+    /// Apply random generated changes to the MySQL demographics table at a given rate.
+    ChangeDemographics(ChangeArgs),
     /// Measure the engine alone (generator -> dataflow -> discarding sink) and print JSON.
     Bench(BenchArgs),
     /// Validate the configuration (file + environment) and print it.
@@ -57,7 +61,8 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    fn workers(&self, config: &Config) -> Workers {
+    /// The workers these flags ask for, `engine.workers` filling in `-w`.
+    pub fn workers(&self, config: &Config) -> Workers {
         Workers {
             threads: self.workers.unwrap_or(config.engine.workers),
             processes: self.processes as usize,
@@ -113,6 +118,79 @@ pub enum DemoSource {
     Generator,
 }
 
+/// `shopflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+    /// Where results go (default: output.sink).
+    #[arg(long, value_enum)]
+    pub sink: Option<SinkKind>,
+    /// The line protocol file with `--sink line-protocol` (default: output.line-protocol).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Where to start reading the topic (default: kafka.start).
+    #[arg(long, value_enum)]
+    pub start: Option<StartPosition>,
+    /// Stop once every partition is read to its end and the results are written.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Stop after this long (e.g. 10s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// `shopflow produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Events per second (default: generator.events-per-second).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Realtime, or as fast as the broker takes them (default: generator.pace).
+    #[arg(long, value_enum)]
+    pub pace: Option<Pace>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Stop after this long (e.g. 10s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// The generator's seed (default: generator.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The simulated time of the first event, in ms since the epoch (default: now).
+    #[arg(long)]
+    pub start_ms: Option<u64>,
+}
+
+/// `shopflow load-demographics`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// How many users (default: generator.users).
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// The generator's seed (default: generator.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `shopflow change-demographics`.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Changes per second (default: generator.demographic-changes-per-second).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Stop after this many changes.
+    #[arg(long, default_value_t = u64::MAX)]
+    pub changes: u64,
+    /// The generator's seed (default: generator.seed); the same seed replays the same changes.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 /// The engines `bench` can measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Engine {
@@ -163,7 +241,11 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Demo(args) => demo(config, args),
+        Command::Demo(args) => commands::demo(config, args),
+        Command::Run(args) => commands::run(config, args),
+        Command::Produce(args) => commands::produce(config, args),
+        Command::LoadDemographics(args) => commands::load_demographics(config, args),
+        Command::ChangeDemographics(args) => commands::change_demographics(config, args),
         Command::Bench(args) => bench::run(config, args),
         Command::CheckConfig => {
             print!("{}", config.to_toml());
@@ -183,148 +265,4 @@ pub fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    if args.rate > 0.0 {
-        config.generator.events_per_second = args.rate;
-    }
-    if let Some(pace) = args.pace {
-        config.generator.pace = pace;
-    }
-    if let Some(seed) = args.seed {
-        config.generator.seed = seed;
-    }
-    if let Some(output) = args.output.clone() {
-        config.output.line_protocol = output;
-    }
-    config.validate()?;
-    let workers = args.workers.workers(&config);
-    workers.timely_config()?;
-    let mut output = config.output.line_protocol.clone();
-    if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
-        // Each process writes the keys of its own workers.
-        output
-            .as_mut_os_string()
-            .push(format!(".{}", workers.process));
-    }
-    let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
-
-    let status = Arc::new(Status::default());
-    let on_interrupt = Arc::clone(&status);
-    ctrlc::set_handler(move || on_interrupt.stop.store(true, Ordering::Relaxed))
-        .context("cannot install the Ctrl-C handler")?;
-    let live = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-        view::LiveView::start(
-            Arc::clone(&status),
-            args.events,
-            config.generator.pace == Pace::Realtime,
-        )
-    });
-
-    let stop = Stop {
-        events: args.events,
-        duration: args.duration,
-    };
-    let (events, producer) = match args.source {
-        DemoSource::Generator => (
-            EventSource::Generator {
-                start_ms: args.start_ms,
-            },
-            None,
-        ),
-        DemoSource::EmbeddedKafka => {
-            let embedded = EmbeddedKafka::start(&config.kafka)?;
-            let done = Arc::new(AtomicBool::new(false));
-            let producer = embedded.produce_in_background(
-                &config,
-                args.start_ms,
-                stop,
-                Arc::clone(&status),
-                Arc::clone(&done),
-            )?;
-            let source = EventSource::Kafka {
-                config: embedded.config().clone(),
-                until_caught_up: args.events.is_some(),
-                producer_done: Some(done),
-            };
-            (source, Some((embedded, producer)))
-        }
-    };
-    // With Kafka in between, the producer counts events and the pipeline runs until caught up.
-    let stop = match events {
-        EventSource::Kafka { .. } => Stop {
-            events: None,
-            ..stop
-        },
-        EventSource::Generator { .. } => stop,
-    };
-    let plan = Plan {
-        config,
-        workers,
-        stop,
-        events,
-    };
-    let result = runtime::run(plan, Box::new(sink), Arc::clone(&status));
-    if let Some(live) = live {
-        live.finish();
-    }
-    if result.is_err() {
-        // The pipeline is gone: whatever the producer still sends would go nowhere.
-        status.stop.store(true, Ordering::Relaxed);
-    }
-    if let Some((_embedded, producer)) = producer {
-        producer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
-    }
-    let report = result?;
-    let table = status
-        .table
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let summary = format!(
-        "{} events in {:.1}s ({:.0}/s); {} batches, {} lines of line protocol to {}\n{}",
-        report.events,
-        report.elapsed.as_secs_f64(),
-        report.events as f64 / report.elapsed.as_secs_f64().max(1e-9),
-        report.batches,
-        report.written,
-        output.display(),
-        view::summary(&table)
-    );
-    if LineProtocolWriter::is_stdout(&output) {
-        eprint!("{summary}");
-    } else {
-        print!("{summary}");
-    }
-    Ok(())
-}
-
-/// Runs the dataflow engine with a discarding sink, for `bench`.
-pub(crate) fn bench_dataflow(
-    config: Config,
-    workers: usize,
-    events: u64,
-    status: Arc<Status>,
-) -> anyhow::Result<()> {
-    let plan = Plan {
-        config,
-        workers: Workers {
-            threads: workers,
-            processes: 1,
-            process: 0,
-            hostfile: None,
-        },
-        stop: Stop {
-            events: Some(events),
-            duration: None,
-        },
-        events: EventSource::Generator {
-            start_ms: Some(1_700_000_000_000),
-        },
-    };
-    runtime::run(plan, Box::new(Discard::default()), status)?;
-    Ok(())
 }

@@ -13,7 +13,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::generators::events::GeneratorKnobs;
+use crate::sinks::influx::InfluxConfig;
 use crate::sources::kafka::KafkaConfig;
+use crate::sources::mysql::{MysqlConfig, MysqlError};
 
 /// The shipped configuration, defaults for every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/shopflow.toml");
@@ -52,6 +54,10 @@ pub struct Config {
     pub generator: GeneratorKnobs,
     /// The events topic.
     pub kafka: KafkaConfig,
+    /// The demographics table.
+    pub mysql: MysqlConfig,
+    /// The InfluxDB the pipeline writes to.
+    pub influx: InfluxConfig,
     /// Where results go.
     pub output: OutputConfig,
 }
@@ -78,8 +84,20 @@ pub struct EngineConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct OutputConfig {
+    /// Where `run` writes.
+    pub sink: SinkKind,
     /// The line protocol file, or `-` for standard output.
     pub line_protocol: PathBuf,
+}
+
+/// The sinks `run` can write to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// InfluxDB over HTTP.
+    Influxdb,
+    /// Line protocol to a file or standard output.
+    LineProtocol,
 }
 
 impl Config {
@@ -156,6 +174,11 @@ impl Config {
                 .map_or(message.clone(), |(_, m)| m.to_owned());
             return Err(ConfigError::Invalid { key, message });
         }
+        self.mysql.validate().map_err(|e| match e {
+            MysqlError::Config { key, message } => ConfigError::Invalid { key, message },
+            other => ConfigError::Parse(other.to_string()),
+        })?;
+        self.influx.validate()?;
         if self.output.line_protocol.as_os_str().is_empty() {
             return invalid("output.line-protocol", "must be a path or -");
         }

@@ -24,6 +24,7 @@ use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
 use crate::sinks::{Sink, SinkError};
 use crate::sources::kafka::{KafkaConfig, PartitionReader};
+use crate::sources::mysql::{ChangeFeed, DemographicsSource, MysqlConfig};
 
 /// A run could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +197,15 @@ pub enum EventSource {
     },
 }
 
+/// Where demographics come from: read once, at worker 0, and exchanged.
+#[derive(Clone, Debug)]
+pub enum DemographicSource {
+    /// The generator's table and its changes (`generator.demographic-changes-per-second`).
+    Generator,
+    /// A MySQL table: a consistent snapshot, then its binlog.
+    Mysql(MysqlConfig),
+}
+
 /// Everything a run needs.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -207,6 +217,14 @@ pub struct Plan {
     pub stop: Stop,
     /// Where events come from.
     pub events: EventSource,
+    /// Where demographics come from.
+    pub demographics: DemographicSource,
+}
+
+/// Worker 0's demographics input after the initial table.
+enum WorkerDemographics {
+    Generated(demographics::Changes),
+    Mysql(ChangeFeed),
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -249,6 +267,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let max_in_flight = plan.config.engine.max_ticks_in_flight;
     let stop = plan.stop;
     let source = plan.events.clone();
+    let demographic_source = plan.demographics.clone();
     let started = Instant::now();
 
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
@@ -322,12 +341,27 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         counters_in.advance_to(tick);
         counters_in.flush();
         // Demographics enter once, at worker 0, as a real source reads its table once.
-        let mut changes = (index == 0).then(|| {
-            for row in demographics::table(knobs.seed, knobs.users) {
-                demographics_in.update(row, 1);
+        let mut changes = match (index, &demographic_source) {
+            (0, DemographicSource::Generator) => {
+                for row in demographics::table(knobs.seed, knobs.users) {
+                    demographics_in.update(row, 1);
+                }
+                Some(WorkerDemographics::Generated(demographics::Changes::new(
+                    knobs.seed,
+                    knobs.users,
+                    knobs.new_users,
+                )))
             }
-            demographics::Changes::new(knobs.seed, knobs.users, knobs.new_users)
-        });
+            (0, DemographicSource::Mysql(config)) => {
+                let (rows, feed) = DemographicsSource::start(config).map_err(|e| e.to_string())?;
+                tracing::info!(rows = rows.len(), "demographics snapshot");
+                for row in rows {
+                    demographics_in.update(row, 1);
+                }
+                Some(WorkerDemographics::Mysql(feed))
+            }
+            _ => None,
+        };
         let change_ms =
             |k: u64| start_ms + (k as f64 * 1_000.0 / knobs.demographic_changes_per_second) as u64;
         let peers = peers as u64;
@@ -418,14 +452,22 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             }
             status.generated.fetch_add(sent, Ordering::Relaxed);
             tracing::debug!(tick, sent, "tick produced");
-            if let Some(changes) = changes.as_mut() {
-                while knobs.demographic_changes_per_second > 0.0
-                    && change_ms(changes.position()) < end
-                {
-                    for (row, diff) in changes.next_change() {
+            match changes.as_mut() {
+                Some(WorkerDemographics::Generated(changes)) => {
+                    while knobs.demographic_changes_per_second > 0.0
+                        && change_ms(changes.position()) < end
+                    {
+                        for (row, diff) in changes.next_change() {
+                            demographics_in.update(row, diff);
+                        }
+                    }
+                }
+                Some(WorkerDemographics::Mysql(feed)) => {
+                    for (row, diff) in feed.try_recv_all().map_err(|e| e.to_string())? {
                         demographics_in.update(row, diff);
                     }
                 }
+                None => {}
             }
             tick = end;
             events_in.advance_to(tick);

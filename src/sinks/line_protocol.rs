@@ -20,6 +20,8 @@ use dataflows::output::{Batch, Change};
 
 /// The tag value written for the segment of users without demographics.
 pub const UNKNOWN: &str = "unknown";
+/// What a backslash in a tag value is written as.
+pub const BACKSLASH: char = '\u{FF3C}';
 /// The tag value written for an empty text value (InfluxDB rejects empty tag values).
 pub const EMPTY: &str = "(empty)";
 
@@ -144,10 +146,11 @@ pub fn measurement_and_tags(dimension: &Dimension) -> (&'static str, Vec<(&'stat
 
 /// Appends a tag value escaped so that nothing in it can end the tag, the tag set or the line.
 ///
-/// Commas, equals signs and spaces are backslash-escaped, and backslashes doubled, so a value can
-/// never escape the separator that follows it. Line protocol has no escape for line breaks: they
-/// are written as the two characters `\n` (and `\r`, `\t` likewise), other control characters
-/// dropped. An empty value, which InfluxDB rejects, is written as `(empty)`.
+/// Commas, equals signs and spaces are backslash-escaped. A backslash itself has no escape that
+/// every InfluxDB reads alike (1.x keeps `\\` as two characters and rejects a value that ends in
+/// one), so it is written as the look-alike `＼` (U+FF3C). Line protocol has no escape for line
+/// breaks: they are written as the two characters `\n` (and `\r`, `\t` likewise), other control
+/// characters dropped. An empty value, which InfluxDB rejects, is written as `(empty)`.
 pub fn escape_tag_value(value: &str, out: &mut String) {
     if value.is_empty() {
         out.push_str(EMPTY);
@@ -155,10 +158,11 @@ pub fn escape_tag_value(value: &str, out: &mut String) {
     }
     for c in value.chars() {
         match c {
-            ',' | '=' | ' ' | '\\' => {
+            ',' | '=' | ' ' => {
                 out.push('\\');
                 out.push(c);
             }
+            '\\' => out.push(BACKSLASH),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -230,7 +234,7 @@ mod tests {
     fn hostile_tag_values_cannot_add_tags_fields_or_lines() {
         let mut out = String::new();
         escape_tag_value("a,b=c d\\", &mut out);
-        assert_eq!(out, "a\\,b\\=c\\ d\\\\");
+        assert_eq!(out, "a\\,b\\=c\\ d\u{FF3C}");
         let mut out = String::new();
         escape_tag_value("x\ny z=1i 5\r\t\u{7}\"q\"", &mut out);
         assert_eq!(out, "x\\ny\\ z\\=1i\\ 5\\r\\t\"q\"");

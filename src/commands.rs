@@ -1,0 +1,334 @@
+//! What each subcommand does, wired from the library's parts; `cli` only parses and dispatches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{ChangeArgs, DemoArgs, DemoSource, LoadArgs, ProduceArgs, RunArgs};
+use crate::config::{Config, SinkKind};
+use crate::generators::demographics;
+use crate::generators::events::{EventGenerator, Pace};
+use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
+use crate::sinks::influx::InfluxSink;
+use crate::sinks::{Discard, LineProtocolWriter, Sink};
+use crate::sources::embedded::EmbeddedKafka;
+use crate::sources::kafka::{self, EventProducer};
+use crate::sources::mysql;
+use crate::view;
+
+/// `shopflow demo`: everything embedded, no services.
+pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    if args.rate > 0.0 {
+        config.generator.events_per_second = args.rate;
+    }
+    if let Some(pace) = args.pace {
+        config.generator.pace = pace;
+    }
+    if let Some(seed) = args.seed {
+        config.generator.seed = seed;
+    }
+    if let Some(output) = args.output.clone() {
+        config.output.line_protocol = output;
+    }
+    config.validate()?;
+    let workers = args.workers.workers(&config);
+    workers.timely_config()?;
+    let mut output = config.output.line_protocol.clone();
+    if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
+        // Each process writes the keys of its own workers.
+        output
+            .as_mut_os_string()
+            .push(format!(".{}", workers.process));
+    }
+    let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
+
+    let status = Arc::new(Status::default());
+    let on_interrupt = Arc::clone(&status);
+    ctrlc::set_handler(move || on_interrupt.stop.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")?;
+    let live = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        view::LiveView::start(
+            Arc::clone(&status),
+            args.events,
+            config.generator.pace == Pace::Realtime,
+        )
+    });
+
+    let stop = Stop {
+        events: args.events,
+        duration: args.duration,
+    };
+    let (events, producer) = match args.source {
+        DemoSource::Generator => (
+            EventSource::Generator {
+                start_ms: args.start_ms,
+            },
+            None,
+        ),
+        DemoSource::EmbeddedKafka => {
+            let embedded = EmbeddedKafka::start(&config.kafka)?;
+            let done = Arc::new(AtomicBool::new(false));
+            let producer = embedded.produce_in_background(
+                &config,
+                args.start_ms,
+                stop,
+                Arc::clone(&status),
+                Arc::clone(&done),
+            )?;
+            let source = EventSource::Kafka {
+                config: embedded.config().clone(),
+                until_caught_up: args.events.is_some(),
+                producer_done: Some(done),
+            };
+            (source, Some((embedded, producer)))
+        }
+    };
+    // With Kafka in between, the producer counts events and the pipeline runs until caught up.
+    let stop = match events {
+        EventSource::Kafka { .. } => Stop {
+            events: None,
+            ..stop
+        },
+        EventSource::Generator { .. } => stop,
+    };
+    let plan = Plan {
+        config,
+        workers,
+        stop,
+        events,
+        demographics: DemographicSource::Generator,
+    };
+    let result = runtime::run(plan, Box::new(sink), Arc::clone(&status));
+    if let Some(live) = live {
+        live.finish();
+    }
+    if result.is_err() {
+        // The pipeline is gone: whatever the producer still sends would go nowhere.
+        status.stop.store(true, Ordering::Relaxed);
+    }
+    if let Some((_embedded, producer)) = producer {
+        producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    }
+    let report = result?;
+    let table = status
+        .table
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let summary = format!(
+        "{} events in {:.1}s ({:.0}/s); {} batches, {} lines of line protocol to {}\n{}",
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.events as f64 / report.elapsed.as_secs_f64().max(1e-9),
+        report.batches,
+        report.written,
+        output.display(),
+        view::summary(&table)
+    );
+    if LineProtocolWriter::is_stdout(&output) {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
+    }
+    Ok(())
+}
+
+/// Runs the dataflow engine with a discarding sink, for `bench`.
+pub fn bench_dataflow(
+    config: Config,
+    workers: usize,
+    events: u64,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    let plan = Plan {
+        config,
+        workers: Workers {
+            threads: workers,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        },
+        stop: Stop {
+            events: Some(events),
+            duration: None,
+        },
+        events: EventSource::Generator {
+            start_ms: Some(1_700_000_000_000),
+        },
+        demographics: DemographicSource::Generator,
+    };
+    runtime::run(plan, Box::new(Discard::default()), status)?;
+    Ok(())
+}
+
+/// Installs the Ctrl-C handler that stops a run cleanly.
+fn stop_on_interrupt(status: &Arc<Status>) -> anyhow::Result<()> {
+    let on_interrupt = Arc::clone(status);
+    ctrlc::set_handler(move || on_interrupt.stop.store(true, Ordering::Relaxed))
+        .context("cannot install the Ctrl-C handler")
+}
+
+/// A progress bar on standard error when it is a terminal, hidden otherwise.
+fn progress_bar(total: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = match total {
+        Some(_) => format!("{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"),
+        None => format!("{{spinner}} {{pos}} {what} ({{per_sec}})"),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// `shopflow run`: Kafka events and MySQL demographics through the dataflow into InfluxDB.
+pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
+    if let Some(start) = args.start {
+        config.kafka.start = start;
+    }
+    if let Some(sink) = args.sink {
+        config.output.sink = sink;
+    }
+    if let Some(output) = args.output.clone() {
+        config.output.line_protocol = output;
+    }
+    config.validate()?;
+    let workers = args.workers.workers(&config);
+    workers.timely_config()?;
+    let sink: Box<dyn Sink> = match config.output.sink {
+        SinkKind::Influxdb => Box::new(InfluxSink::start(&config.influx, config.engine.window_ms)?),
+        SinkKind::LineProtocol => Box::new(LineProtocolWriter::create(
+            &process_output(&config.output.line_protocol, &workers),
+            config.engine.window_ms,
+        )?),
+    };
+    let status = Arc::new(Status::default());
+    stop_on_interrupt(&status)?;
+    let plan = Plan {
+        events: EventSource::Kafka {
+            config: config.kafka.clone(),
+            until_caught_up: args.until_caught_up,
+            producer_done: None,
+        },
+        demographics: DemographicSource::Mysql(config.mysql.clone()),
+        stop: Stop {
+            events: None,
+            duration: args.duration,
+        },
+        workers,
+        config,
+    };
+    let report = runtime::run(plan, sink, Arc::clone(&status))?;
+    eprintln!(
+        "{} events in {:.1}s; {} batches; {} lines written",
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.batches,
+        report.written
+    );
+    Ok(())
+}
+
+/// With several processes, each writes the rows of its own workers to a file of its own.
+fn process_output(path: &PathBuf, workers: &Workers) -> PathBuf {
+    let mut output = path.clone();
+    if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
+        output
+            .as_mut_os_string()
+            .push(format!(".{}", workers.process));
+    }
+    output
+}
+
+/// `shopflow produce`: generated events to the Kafka topic.
+pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
+    if let Some(rate) = args.rate {
+        config.generator.events_per_second = rate;
+    }
+    if let Some(pace) = args.pace {
+        config.generator.pace = pace;
+    }
+    if let Some(seed) = args.seed {
+        config.generator.seed = seed;
+    }
+    config.validate()?;
+    kafka::ensure_topic(&config.kafka, &config.kafka.topic)?;
+    let generator = EventGenerator::new(
+        config.generator.clone(),
+        args.start_ms.unwrap_or_else(runtime::now_ms),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut producer = EventProducer::new(&config.kafka)?;
+    let stop = AtomicBool::new(false);
+    let status = Arc::new(Status::default());
+    stop_on_interrupt(&status)?;
+    let bar = progress_bar(args.events, "events");
+    let sent = kafka::produce_generated(
+        &mut producer,
+        &generator,
+        args.events,
+        args.duration,
+        &stop,
+        |n| {
+            bar.set_position(n);
+            if status.stop.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!("{sent} events sent to {} (flushed)", config.kafka.topic);
+    Ok(())
+}
+
+/// `shopflow load-demographics`: the generated users into MySQL.
+pub fn load_demographics(config: Config, args: LoadArgs) -> anyhow::Result<()> {
+    let users = args.users.unwrap_or(config.generator.users);
+    let seed = args.seed.unwrap_or(config.generator.seed);
+    let report = mysql::load_demographics(
+        &config.mysql,
+        demographics::table(seed, users),
+        u64::from(users),
+    )?;
+    eprintln!(
+        "{} rows loaded into {} in {:.2}s ({:.0} rows/s)",
+        report.rows,
+        config.mysql.table,
+        report.elapsed.as_secs_f64(),
+        report.rows as f64 / report.elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
+/// `shopflow change-demographics`: random moves, birthdays, deletions and new users, at a rate.
+pub fn change_demographics(config: Config, args: ChangeArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or(config.generator.seed);
+    let rate = args
+        .rate
+        .unwrap_or(config.generator.demographic_changes_per_second);
+    let mut changes =
+        demographics::Changes::new(seed, config.generator.users, config.generator.new_users);
+    let report = mysql::apply_changes(
+        &config.mysql,
+        &mut changes,
+        rate,
+        args.duration,
+        args.changes,
+    )?;
+    eprintln!(
+        "{} changes: {} inserts, {} updates, {} deletes",
+        report.changes, report.inserts, report.updates, report.deletes
+    );
+    Ok(())
+}
