@@ -1,6 +1,6 @@
 //! What each subcommand does, wired from the library's parts; `cli` only parses and dispatches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,13 +36,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
-    let mut output = config.output.line_protocol.clone();
-    if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
-        // Each process writes the keys of its own workers.
-        output
-            .as_mut_os_string()
-            .push(format!(".{}", workers.process));
-    }
+    let output = process_output(&config.output.line_protocol, &workers);
     let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
 
     let status = Arc::new(Status::default());
@@ -241,8 +235,8 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// With several processes, each writes the rows of its own workers to a file of its own.
-fn process_output(path: &PathBuf, workers: &Workers) -> PathBuf {
-    let mut output = path.clone();
+fn process_output(path: &Path, workers: &Workers) -> PathBuf {
+    let mut output = path.to_path_buf();
     if workers.processes > 1 && !LineProtocolWriter::is_stdout(&output) {
         output
             .as_mut_os_string()
