@@ -5,5 +5,6 @@ mod avro;
 mod cli;
 mod config;
 mod dataflows;
+mod e2e;
 mod influx;
 mod mysql;
