@@ -5,7 +5,7 @@
 //!
 //! 1. [`DemographicsSource::start`] opens a transaction with a consistent snapshot, reads the
 //!    binlog position that snapshot corresponds to and every row of the table in it.
-//! 2. A follower thread asks the server for the binlog from that position (a replication client:
+//! 2. A follower thread asks the server for the binlog from that position (as a replica:
 //!    `COM_BINLOG_DUMP`), decodes the row events of this one table, and sends each committed
 //!    transaction to the [`ChangeFeed`] as `(row, -1 | +1)` updates, in commit order.
 //!
@@ -14,29 +14,32 @@
 //! status; there the snapshot is taken under `FLUSH TABLES WITH READ LOCK` (held only while the
 //! position is read: writes stall for milliseconds, and the user needs the RELOAD privilege).
 //!
-//! The binlog client is this file's own (the handshake, `mysql_native_password`, and the row
-//! events of the table's column types): the `mysql` crate only exposes its binlog client with its
-//! `binlog` feature, which this build does not enable.
+//! The replication protocol and the event and row decoding are the `mysql` crate's (its `binlog`
+//! feature: [`Conn::get_binlog_stream`]). This file keeps what the crate leaves to its user:
+//! which transactions to deliver and when, positions and reconnection, DDL detection, and the
+//! column facts a binlog without `binlog_row_metadata=FULL` does not carry (signedness, charset).
 //!
 //! Every statement is parameterized except for the table name, which cannot be a parameter and
 //! is therefore validated as a plain identifier and quoted.
 
 use std::borrow::Cow;
 use std::cell::{Cell as StdCell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dataflows::model::{Demographic, Gender, Name, UserId};
+use mysql::binlog::BinlogChecksumAlg;
+use mysql::binlog::events::{Event, EventData, TableMapEvent};
+use mysql::binlog::row::BinlogRow;
+use mysql::binlog::value::BinlogValue;
+use mysql::consts::ColumnType;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, Params, Value};
+use mysql::{BinlogRequest, BinlogStream, Column, Conn, Opts, OptsBuilder, Params, Value};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::generators::demographics::Changes;
@@ -415,30 +418,40 @@ fn sleep_unless(duration: Duration, stop: &AtomicBool) {
     }
 }
 
+/// Calls `f` until it succeeds, fails with an error that is not [`retryable`], or has failed
+/// `retries + 1` times, sleeping with exponential backoff in between. The error comes with the
+/// number of attempts made.
+fn retrying<T>(
+    addr: &str,
+    retries: u32,
+    mut f: impl FnMut() -> Result<T, mysql::Error>,
+) -> Result<T, (u32, mysql::Error)> {
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt <= retries && retryable(&e) => {
+                let delay = backoff(attempt);
+                tracing::warn!(%addr, attempt, of = retries + 1, error = %e, ?delay, "MySQL connection failed; retrying");
+                std::thread::sleep(delay);
+                attempt += 1;
+            }
+            Err(e) => return Err((attempt, e)),
+        }
+    }
+}
+
 /// A connection, retried with bounded exponential backoff.
 fn connect(config: &MysqlConfig) -> Result<Conn, MysqlError> {
     let opts = config.opts()?;
     let addr = endpoint(&opts);
-    let attempts = config.connect_retries + 1;
-    let mut attempt = 1;
-    loop {
-        match Conn::new(opts.clone()) {
-            Ok(conn) => return Ok(conn),
-            Err(e) if attempt < attempts && retryable(&e) => {
-                let delay = backoff(attempt);
-                tracing::warn!(%addr, attempt, of = attempts, error = %e, ?delay, "MySQL connection failed; retrying");
-                std::thread::sleep(delay);
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(MysqlError::Connect {
-                    addr,
-                    attempts: attempt,
-                    detail: e.to_string(),
-                });
-            }
+    retrying(&addr, config.connect_retries, || Conn::new(opts.clone())).map_err(|(attempts, e)| {
+        MysqlError::Connect {
+            addr: addr.clone(),
+            attempts,
+            detail: e.to_string(),
         }
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1043,24 +1056,40 @@ impl DemographicsSource {
             "read the demographics snapshot"
         );
         between();
-        let target = BinlogTarget {
-            host: opts.get_ip_or_hostname().into_owned(),
-            port: opts.get_tcp_port(),
-            addr: endpoint(&opts),
-            user: opts.get_user().unwrap_or_default().to_owned(),
-            password: opts.get_pass().unwrap_or_default().to_owned(),
-            server_id,
-            connect_timeout: config.connect_timeout(),
-        };
-        let first = connect_binlog_retrying(&target, &position, config.connect_retries)?;
+        let addr = endpoint(&opts);
+        let stream_timeout = Some(config.connect_timeout().max(STREAM_READ_TIMEOUT));
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            // The address the URL names, not the server's local socket even when it is local.
+            .prefer_socket(false)
+            .read_timeout(stream_timeout)
+            .write_timeout(stream_timeout)
+            .into();
+        let first = retrying(&addr, config.connect_retries, || {
+            open_stream(&opts, server_id, &position)
+        })
+        .map_err(|(attempts, e)| {
+            if retryable(&e) {
+                MysqlError::Connect {
+                    addr: addr.clone(),
+                    attempts,
+                    detail: e.to_string(),
+                }
+            } else {
+                MysqlError::Binlog {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
         *lock(&shared.position) = position.clone();
         shared
             .connection_id
             .store(first.connection_id, Ordering::Relaxed);
-        *lock(&shared.socket) = first.wire.writer.try_clone().ok();
         let (sender, receiver) = mpsc::sync_channel(FEED_CAPACITY);
         let follower = Follower {
-            target,
+            opts,
+            addr,
+            server_id,
             retries: config.connect_retries,
             database,
             table,
@@ -1070,7 +1099,7 @@ impl DemographicsSource {
             committed: position.clone(),
             skips,
         };
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("mysql-binlog".into())
             .spawn(move || follower.run(first))
             .map_err(|source| MysqlError::Io {
@@ -1085,7 +1114,6 @@ impl DemographicsSource {
                 ended: StdCell::new(false),
                 shared,
                 snapshot_position: position,
-                thread: Some(thread),
             },
         ))
     }
@@ -1105,7 +1133,6 @@ struct Shared {
     reconnects: AtomicU64,
     connection_id: AtomicU32,
     position: Mutex<BinlogPosition>,
-    socket: Mutex<Option<TcpStream>>,
 }
 
 /// A committed transaction's updates, or the error that ended the feed.
@@ -1123,7 +1150,6 @@ pub struct ChangeFeed {
     ended: StdCell<bool>,
     shared: Arc<Shared>,
     snapshot_position: BinlogPosition,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ChangeFeed {
@@ -1218,19 +1244,12 @@ impl ChangeFeed {
 }
 
 impl Drop for ChangeFeed {
+    /// Stops the follower without waiting for it. It notices at once when it waits for room in
+    /// the channel (which closes now), else at its next event or heartbeat (every `HEARTBEAT`),
+    /// and then closes its connection: the crate's stream does not lend its socket for a
+    /// shutdown from here.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(socket) = lock(&self.shared.socket).as_ref() {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        if let Some(thread) = self.thread.take() {
-            // The follower may be waiting for room in the channel: make some until it has gone.
-            while !thread.is_finished() {
-                while self.receiver.try_recv().is_ok() {}
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = thread.join();
-        }
     }
 }
 
@@ -1238,15 +1257,62 @@ impl Drop for ChangeFeed {
 // The follower
 // ---------------------------------------------------------------------------------------------
 
-/// Where the binlog client connects, and as whom.
-struct BinlogTarget {
-    host: String,
-    port: u16,
-    addr: String,
-    user: String,
-    password: String,
+/// MariaDB's compressed events (`log_bin_compress`), which the crate does not decode.
+const MARIADB_COMPRESSED_EVENTS: std::ops::RangeInclusive<u8> = 165..=171;
+
+/// Server errors after which reconnecting is pointless: the position is gone, or access is.
+fn is_fatal(error: &mysql::Error) -> bool {
+    // 1236: binlog position unreadable (purged, or past the end). 1045: access denied.
+    // 1227, 1044, 1142: missing privilege (REPLICATION SLAVE).
+    let mysql::Error::MySqlError(e) = error else {
+        return false;
+    };
+    matches!(e.code, 1236 | 1045 | 1227 | 1044 | 1142)
+}
+
+/// A binlog stream with its connection's id and its first event, read at once so that a bad
+/// position or a missing privilege fails the opening.
+struct Stream {
+    events: BinlogStream,
+    first: Option<Event>,
+    connection_id: u32,
+}
+
+/// Connects as a replica `server_id` and asks for the binlog from `position`.
+fn open_stream(
+    opts: &Opts,
     server_id: u32,
-    connect_timeout: Duration,
+    position: &BinlogPosition,
+) -> Result<Stream, mysql::Error> {
+    let mut conn = Conn::new(opts.clone())?;
+    // MariaDB: send GTID and annotate events as they are (the crate passes them on as events of
+    // unknown type, which carry nothing for us); MySQL ignores it. Both: a heartbeat on an idle
+    // stream, so that the read timeout tells a lost connection from a quiet server.
+    conn.query_drop("SET @mariadb_slave_capability = 4")?;
+    conn.query_drop(format!(
+        "SET @master_heartbeat_period = {}",
+        HEARTBEAT.as_nanos()
+    ))?;
+    let connection_id = conn.connection_id();
+    let mut events = conn.get_binlog_stream(
+        BinlogRequest::new(server_id)
+            .with_filename(position.file.as_bytes())
+            .with_pos(position.pos),
+    )?;
+    let first = events.next().unwrap_or_else(|| Err(stream_ended()))?;
+    Ok(Stream {
+        events,
+        first: Some(first),
+        connection_id,
+    })
+}
+
+fn stream_ended() -> mysql::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the server ended the binlog stream",
+    )
+    .into()
 }
 
 /// Why a binlog stream ended.
@@ -1259,48 +1325,12 @@ enum StreamEnd {
     Fatal(MysqlError),
 }
 
-fn connect_binlog_retrying(
-    target: &BinlogTarget,
-    position: &BinlogPosition,
-    retries: u32,
-) -> Result<BinlogConn, MysqlError> {
-    let mut attempt = 1;
-    loop {
-        match BinlogConn::open(target, position) {
-            Ok(conn) => return Ok(conn),
-            Err(ClientError::Io(e)) if attempt <= retries => {
-                let delay = backoff(attempt);
-                tracing::warn!(addr = %target.addr, attempt, of = retries + 1, error = %e, ?delay, "binlog connection failed; retrying");
-                std::thread::sleep(delay);
-                attempt += 1;
-            }
-            Err(ClientError::Io(e)) => {
-                return Err(MysqlError::Connect {
-                    addr: target.addr.clone(),
-                    attempts: attempt,
-                    detail: e.to_string(),
-                });
-            }
-            Err(other) => {
-                return Err(MysqlError::Binlog {
-                    addr: target.addr.clone(),
-                    message: other.to_string(),
-                });
-            }
-        }
-    }
-}
-
-/// A table map: the column types of the table a rows event names.
-#[derive(Clone, Debug)]
-struct TableMap {
-    types: Vec<u8>,
-    meta: Vec<u16>,
-}
-
 /// The follower thread's state.
 struct Follower {
-    target: BinlogTarget,
+    /// Where and how the binlog connection connects.
+    opts: Opts,
+    addr: String,
+    server_id: u32,
     retries: u32,
     database: String,
     table: String,
@@ -1312,364 +1342,265 @@ struct Follower {
     skips: SkipLog,
 }
 
-/// Decoding state of one connection's stream.
-#[derive(Default)]
+/// What a stream has read since the last commit.
 struct StreamState {
+    /// The binlog file being read.
     file: String,
-    /// Whether events carry a CRC32 trailer, as the last format description said.
-    checksum: Option<bool>,
-    /// Post-header lengths by event type, from the format description.
-    post_header: Vec<u8>,
-    /// Table maps of this table, by table id.
-    tables: HashMap<u64, TableMap>,
     /// Updates of the open transaction.
     pending: Vec<(Demographic, isize)>,
-    /// Whether any event arrived after the first: the connection works.
-    healthy: bool,
 }
 
 impl Follower {
-    fn run(mut self, first: BinlogConn) {
-        let mut conn = Some(first);
-        let mut failures: u32 = 0;
-        let mut last_error = String::new();
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn run(mut self, mut stream: Stream) {
+        // Consecutive failed connection attempts; they start over once a connection worked.
+        let mut failures = 0;
         loop {
-            if self.shared.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let current = match conn.take() {
-                Some(current) => current,
-                None => {
-                    if failures > self.retries {
-                        let error = MysqlError::FeedLost {
-                            addr: self.target.addr.clone(),
-                            position: self.committed.clone(),
-                            attempts: failures - 1,
-                            last: last_error,
-                        };
-                        tracing::error!(%error, "giving up on the binlog");
-                        let _ = self.sender.send(Err(error));
-                        return;
-                    }
-                    if failures > 0 {
-                        let delay = backoff(failures);
-                        tracing::warn!(
-                            addr = %self.target.addr,
-                            attempt = failures,
-                            of = self.retries,
-                            position = %self.committed,
-                            ?delay,
-                            "reconnecting to the binlog"
-                        );
-                        sleep_unless(delay, &self.shared.stop);
-                        if self.shared.stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                    match BinlogConn::open(&self.target, &self.committed) {
-                        Ok(c) => {
-                            self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                addr = %self.target.addr,
-                                position = %self.committed,
-                                connection_id = c.connection_id,
-                                "binlog follower reconnected"
-                            );
-                            c
-                        }
-                        Err(ClientError::Server { code, message })
-                            if is_fatal_server_error(code) =>
-                        {
-                            let _ = self.sender.send(Err(MysqlError::Binlog {
-                                addr: self.target.addr.clone(),
-                                message: format!("server error {code}: {message}"),
-                            }));
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(addr = %self.target.addr, attempt = failures, error = %e, "binlog reconnection failed");
-                            last_error = e.to_string();
-                            failures += 1;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let connection_id = current.connection_id;
+            let connection_id = stream.connection_id;
             self.shared
                 .connection_id
                 .store(connection_id, Ordering::Relaxed);
-            *lock(&self.shared.socket) = current.wire.writer.try_clone().ok();
-            let mut state = StreamState::default();
-            let end = self.stream(current, &mut state);
+            let (end, worked) = self.follow(stream);
             self.shared.connection_id.store(0, Ordering::Relaxed);
-            *lock(&self.shared.socket) = None;
-            match end {
-                StreamEnd::Stopped => return,
-                StreamEnd::Fatal(error) => {
+            let mut last = match end {
+                StreamEnd::Lost(reason) if !self.stopped() => reason,
+                StreamEnd::Fatal(error) if !self.stopped() => {
                     tracing::error!(%error, "the binlog follower stopped");
                     let _ = self.sender.send(Err(error));
                     return;
                 }
-                StreamEnd::Lost(reason) => {
-                    if self.shared.stop.load(Ordering::Relaxed) {
+                _ => return,
+            };
+            tracing::warn!(
+                addr = %self.addr,
+                connection_id,
+                position = %self.committed,
+                reason = last,
+                "lost the binlog connection"
+            );
+            if worked {
+                failures = 0;
+            }
+            stream = loop {
+                if failures >= self.retries {
+                    let error = MysqlError::FeedLost {
+                        addr: self.addr.clone(),
+                        position: self.committed.clone(),
+                        attempts: failures,
+                        last,
+                    };
+                    tracing::error!(%error, "giving up on the binlog");
+                    let _ = self.sender.send(Err(error));
+                    return;
+                }
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::warn!(
+                    addr = %self.addr,
+                    attempt = failures,
+                    of = self.retries,
+                    position = %self.committed,
+                    ?delay,
+                    "reconnecting to the binlog"
+                );
+                sleep_unless(delay, &self.shared.stop);
+                if self.stopped() {
+                    return;
+                }
+                match open_stream(&self.opts, self.server_id, &self.committed) {
+                    Ok(stream) => {
+                        self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            addr = %self.addr,
+                            position = %self.committed,
+                            connection_id = stream.connection_id,
+                            "binlog follower reconnected"
+                        );
+                        break stream;
+                    }
+                    Err(e) if is_fatal(&e) => {
+                        let _ = self.sender.send(Err(self.binlog_error(e.to_string())));
                         return;
                     }
-                    tracing::warn!(
-                        addr = %self.target.addr,
-                        connection_id,
-                        position = %self.committed,
-                        reason,
-                        "lost the binlog connection"
-                    );
-                    failures = if state.healthy { 1 } else { failures + 1 };
-                    last_error = reason;
-                }
-            }
-        }
-    }
-
-    fn stream(&mut self, mut conn: BinlogConn, state: &mut StreamState) -> StreamEnd {
-        let mut first = true;
-        loop {
-            if self.shared.stop.load(Ordering::Relaxed) {
-                return StreamEnd::Stopped;
-            }
-            let packet = match conn.next_packet() {
-                Ok(packet) => packet,
-                Err(ClientError::Server { code, message }) if is_fatal_server_error(code) => {
-                    return StreamEnd::Fatal(MysqlError::Binlog {
-                        addr: self.target.addr.clone(),
-                        message: format!("server error {code}: {message}"),
-                    });
-                }
-                Err(e) => {
-                    if self.shared.stop.load(Ordering::Relaxed) {
-                        return StreamEnd::Stopped;
+                    Err(e) => {
+                        tracing::warn!(addr = %self.addr, attempt = failures, error = %e, "binlog reconnection failed");
+                        last = e.to_string();
                     }
-                    return StreamEnd::Lost(e.to_string());
                 }
             };
-            if !first {
-                state.healthy = true;
+        }
+    }
+
+    /// Reads a stream until it ends; also says whether it delivered more than its first event
+    /// (the connection worked).
+    fn follow(&mut self, mut stream: Stream) -> (StreamEnd, bool) {
+        let mut state = StreamState {
+            file: self.committed.file.clone(),
+            pending: Vec::new(),
+        };
+        let mut worked = false;
+        let mut first = stream.first.take();
+        loop {
+            if self.stopped() {
+                return (StreamEnd::Stopped, worked);
             }
-            first = false;
-            match self.event(&packet, state) {
+            let event = match first.take() {
+                Some(event) => event,
+                None => match stream.events.next() {
+                    Some(Ok(event)) => {
+                        worked = true;
+                        event
+                    }
+                    Some(Err(e)) if is_fatal(&e) => {
+                        return (StreamEnd::Fatal(self.binlog_error(e.to_string())), worked);
+                    }
+                    Some(Err(e)) => return (StreamEnd::Lost(e.to_string()), worked),
+                    None => return (StreamEnd::Lost(stream_ended().to_string()), worked),
+                },
+            };
+            match self.event(&event, &stream.events, &mut state) {
                 Ok(true) => {}
-                Ok(false) => return StreamEnd::Stopped,
-                Err(end) => return end,
+                Ok(false) => return (StreamEnd::Stopped, worked),
+                Err(end) => return (end, worked),
             }
         }
     }
 
-    fn fatal(&self, message: impl Into<String>) -> StreamEnd {
-        StreamEnd::Fatal(MysqlError::Binlog {
-            addr: self.target.addr.clone(),
+    fn binlog_error(&self, message: impl Into<String>) -> MysqlError {
+        MysqlError::Binlog {
+            addr: self.addr.clone(),
             message: message.into(),
-        })
+        }
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", self.database, self.table)
+    }
+
+    fn is_ours(&self, map: &TableMapEvent<'_>) -> bool {
+        map.database_name_raw() == self.database.as_bytes()
+            && map.table_name_raw() == self.table.as_bytes()
     }
 
     /// Handles one event; `Ok(false)` when the feed has gone.
-    fn event(&mut self, event: &[u8], state: &mut StreamState) -> Result<bool, StreamEnd> {
-        if event.len() < EVENT_HEADER {
-            return Err(self.fatal(format!("an event of {} bytes", event.len())));
+    fn event(
+        &mut self,
+        event: &Event,
+        stream: &BinlogStream,
+        state: &mut StreamState,
+    ) -> Result<bool, StreamEnd> {
+        let header = event.header();
+        let kind = header.event_type_raw();
+        if MARIADB_COMPRESSED_EVENTS.contains(&kind) {
+            return Err(StreamEnd::Fatal(MysqlError::Setting {
+                setting: "log_bin_compress",
+                found: "ON".into(),
+                expected: "the binlog reader does not decode compressed events".into(),
+            }));
         }
-        let kind = event[4];
-        let size = u32::from_le_bytes([event[9], event[10], event[11], event[12]]) as usize;
-        let log_pos = u32::from_le_bytes([event[13], event[14], event[15], event[16]]);
-        if size != event.len() {
-            return Err(self.fatal(format!(
-                "event type {kind} says {size} bytes but has {}",
-                event.len()
+        if !checksum_matches(event) {
+            return Err(StreamEnd::Lost(format!(
+                "checksum mismatch in an event of type {kind}"
             )));
         }
-        let body = if kind == FORMAT_DESCRIPTION_EVENT {
-            // The format description ends with the checksum algorithm and 4 checksum bytes.
-            if event.len() < EVENT_HEADER + 57 + 5 {
-                return Err(self.fatal("a truncated format description event"));
-            }
-            let algorithm = event[event.len() - 5];
-            state.checksum = Some(algorithm == 1);
-            if algorithm == 1 && !crc_matches(event) {
-                return Err(StreamEnd::Lost(
-                    "format description checksum mismatch".into(),
+        let data = match event.read_data() {
+            Ok(Some(data)) => data,
+            // MariaDB's own events (GTIDs, annotations, checkpoints) carry nothing for us.
+            Ok(None) => return Ok(true),
+            Err(e) => {
+                return Err(StreamEnd::Fatal(
+                    self.binlog_error(format!("malformed event of type {kind}: {e}")),
                 ));
             }
-            &event[EVENT_HEADER..event.len() - 5]
-        } else {
-            match state.checksum {
-                Some(true) if event.len() < EVENT_HEADER + 4 || !crc_matches(event) => {
-                    if !matches!(
-                        kind,
-                        QUERY_EVENT
-                            | ROTATE_EVENT
-                            | XID_EVENT
-                            | TABLE_MAP_EVENT
-                            | WRITE_ROWS_V1..=DELETE_ROWS_V1
-                            | WRITE_ROWS_V2..=DELETE_ROWS_V2
-                    ) {
-                        return Ok(true); // a heartbeat or the like, which we do not read
-                    }
-                    return Err(StreamEnd::Lost(format!(
-                        "checksum mismatch in an event of type {kind}"
-                    )));
-                }
-                Some(true) => &event[EVENT_HEADER..event.len() - 4],
-                Some(false) => &event[EVENT_HEADER..],
-                // Before the first format description (the artificial rotate): detect it.
-                None if event.len() >= EVENT_HEADER + 4 && crc_matches(event) => {
-                    &event[EVENT_HEADER..event.len() - 4]
-                }
-                None => &event[EVENT_HEADER..],
-            }
         };
-        let parse = |e: String| self.fatal(format!("malformed event of type {kind}: {e}"));
-        match kind {
-            ROTATE_EVENT => {
-                let mut r = Reader::new(body);
-                let pos = r.u64().map_err(parse)?;
-                let file = String::from_utf8_lossy(r.rest()).into_owned();
-                state.file = file.clone();
+        let position = BinlogPosition {
+            file: state.file.clone(),
+            pos: u64::from(header.log_pos()),
+        };
+        match data {
+            // The artificial rotate opening a stream (log_pos 0) names the file asked for, and
+            // the crate reads it before the format description says whether events end in a
+            // checksum, which then trails the name: only real rotates are read.
+            EventData::RotateEvent(rotate) if header.log_pos() != 0 => {
+                state.file = rotate.name().into_owned();
                 if state.pending.is_empty() {
-                    self.committed = BinlogPosition { file, pos };
+                    self.set_committed(BinlogPosition {
+                        file: state.file.clone(),
+                        pos: rotate.position(),
+                    });
                 }
             }
-            FORMAT_DESCRIPTION_EVENT => {
-                let mut r = Reader::new(body);
-                r.take(2 + 50 + 4).map_err(parse)?;
-                let header_len = r.u8().map_err(parse)?;
-                if usize::from(header_len) != EVENT_HEADER {
-                    return Err(self.fatal(format!("event header length {header_len}")));
-                }
-                state.post_header = r.rest().to_vec();
+            EventData::TableMapEvent(map)
+                if self.is_ours(&map) && map.columns_count() != self.layout.columns as u64 =>
+            {
+                return Err(StreamEnd::Fatal(MysqlError::Table {
+                    table: self.qualified(),
+                    message: format!(
+                        "the binlog has {} columns where the snapshot had {}: the table was altered; take a new snapshot",
+                        map.columns_count(),
+                        self.layout.columns
+                    ),
+                }));
             }
-            TABLE_MAP_EVENT => {
-                let post = post_header_len(state, kind, 8);
-                let mut r = Reader::new(body);
-                let table_id = if post == 6 { r.uint(4) } else { r.uint(6) }.map_err(parse)?;
-                r.take(post.saturating_sub(if post == 6 { 4 } else { 6 }))
-                    .map_err(parse)?;
-                let db_len = usize::from(r.u8().map_err(parse)?);
-                let db = r.take(db_len).map_err(parse)?;
-                r.u8().map_err(parse)?;
-                let table_len = usize::from(r.u8().map_err(parse)?);
-                let table = r.take(table_len).map_err(parse)?;
-                r.u8().map_err(parse)?;
-                if db == self.database.as_bytes() && table == self.table.as_bytes() {
-                    let columns = r.lenenc().map_err(parse)? as usize;
-                    let types = r.take(columns).map_err(parse)?.to_vec();
-                    let meta_len = r.lenenc().map_err(parse)? as usize;
-                    let meta = parse_column_meta(&types, r.take(meta_len).map_err(parse)?)
-                        .map_err(parse)?;
-                    if columns != self.layout.columns {
-                        return Err(StreamEnd::Fatal(MysqlError::Table {
-                            table: self.qualified(),
-                            message: format!(
-                                "the binlog has {columns} columns where the snapshot had {}: the table was altered; take a new snapshot",
-                                self.layout.columns
-                            ),
-                        }));
-                    }
-                    state.tables.insert(table_id, TableMap { types, meta });
-                } else {
-                    state.tables.remove(&table_id);
-                }
-            }
-            WRITE_ROWS_V1 | UPDATE_ROWS_V1 | DELETE_ROWS_V1 | WRITE_ROWS_V2 | UPDATE_ROWS_V2
-            | DELETE_ROWS_V2 => {
-                let v2 = kind >= WRITE_ROWS_V2;
-                let post = post_header_len(state, kind, if v2 { 10 } else { 8 });
-                let mut r = Reader::new(body);
-                let table_id = if post == 6 { r.uint(4) } else { r.uint(6) }.map_err(parse)?;
-                if let Some(map) = state.tables.get(&table_id) {
-                    r.take(2).map_err(parse)?; // flags
-                    if v2 {
-                        let extra = r.u16().map_err(parse)?;
-                        r.take(usize::from(extra).saturating_sub(2))
-                            .map_err(parse)?;
-                    }
-                    let map = map.clone();
-                    let action = match kind {
-                        WRITE_ROWS_V1 | WRITE_ROWS_V2 => RowsAction::Insert,
-                        UPDATE_ROWS_V1 | UPDATE_ROWS_V2 => RowsAction::Update,
-                        _ => RowsAction::Delete,
-                    };
-                    self.rows(&mut r, &map, action, &mut state.pending)?;
-                }
-            }
-            XID_EVENT => {
-                let position = BinlogPosition {
-                    file: state.file.clone(),
-                    pos: u64::from(log_pos),
+            EventData::RowsEvent(rows) => {
+                // The crate keeps the table maps; a rows event follows its table's.
+                let Some(map) = stream
+                    .get_tme(rows.table_id())
+                    .filter(|map| self.is_ours(map))
+                else {
+                    return Ok(true);
                 };
-                state.tables.clear();
+                for row in rows.rows(map) {
+                    let (before, after) = row.map_err(|e| {
+                        StreamEnd::Fatal(self.binlog_error(format!("malformed rows event: {e}")))
+                    })?;
+                    let old = self.convert_image(before)?;
+                    let new = self.convert_image(after)?;
+                    if old.is_some() && old == new {
+                        continue; // only columns we do not read changed
+                    }
+                    state.pending.extend(old.map(|row| (row, -1)));
+                    state.pending.extend(new.map(|row| (row, 1)));
+                }
+            }
+            EventData::XidEvent(_) => {
                 return self.commit(std::mem::take(&mut state.pending), position);
             }
-            QUERY_EVENT => {
-                let post = post_header_len(state, kind, 13);
-                let mut r = Reader::new(body);
-                r.take(8).map_err(parse)?;
-                let db_len = usize::from(r.u8().map_err(parse)?);
-                r.take(2).map_err(parse)?;
-                let status_len = usize::from(r.u16().map_err(parse)?);
-                r.take(post.saturating_sub(13) + status_len)
-                    .map_err(parse)?;
-                let db = String::from_utf8_lossy(r.take(db_len).map_err(parse)?).into_owned();
-                r.u8().map_err(parse)?;
-                let statement = String::from_utf8_lossy(r.rest()).into_owned();
-                let position = BinlogPosition {
-                    file: state.file.clone(),
-                    pos: u64::from(log_pos),
-                };
-                let keyword = first_keyword(&statement);
-                match keyword.as_str() {
+            EventData::QueryEvent(query) => {
+                let statement = query.query();
+                match first_keyword(&statement).as_str() {
                     "BEGIN" | "XA" | "SAVEPOINT" => {}
-                    "COMMIT" => {
-                        state.tables.clear();
-                        return self.commit(std::mem::take(&mut state.pending), position);
-                    }
+                    "COMMIT" => return self.commit(std::mem::take(&mut state.pending), position),
                     "ROLLBACK" => {
                         // Logged only when non-transactional tables were written as well.
                         state.pending.clear();
-                        state.tables.clear();
                         return self.commit(Vec::new(), position);
                     }
-                    _ => {
-                        if ddl_touches(&statement, &db, &self.database, &self.table) {
-                            return Err(StreamEnd::Fatal(MysqlError::Ddl {
-                                table: self.qualified(),
-                                statement: statement.chars().take(200).collect(),
-                                position,
-                            }));
-                        }
-                        if state.pending.is_empty() {
-                            self.committed = position;
-                        }
+                    _ if ddl_touches(&statement, &query.schema(), &self.database, &self.table) => {
+                        return Err(StreamEnd::Fatal(MysqlError::Ddl {
+                            table: self.qualified(),
+                            statement: statement.chars().take(200).collect(),
+                            position,
+                        }));
                     }
+                    _ if state.pending.is_empty() => self.set_committed(position),
+                    _ => {}
                 }
             }
-            TRANSACTION_PAYLOAD_EVENT => {
+            EventData::TransactionPayloadEvent(_) => {
                 return Err(StreamEnd::Fatal(MysqlError::Setting {
                     setting: "binlog_transaction_compression",
                     found: "ON".into(),
                     expected: "the binlog reader does not decode compressed transactions".into(),
                 }));
             }
-            MARIADB_COMPRESSED_FIRST..=MARIADB_COMPRESSED_LAST => {
-                return Err(StreamEnd::Fatal(MysqlError::Setting {
-                    setting: "log_bin_compress",
-                    found: "ON".into(),
-                    expected: "the binlog reader does not decode compressed events".into(),
-                }));
-            }
-            // Heartbeats, GTIDs, annotations, checkpoints and the rest carry nothing for us.
+            // Heartbeats, format descriptions and the rest carry nothing for us.
             _ => {}
         }
         Ok(true)
-    }
-
-    fn qualified(&self) -> String {
-        format!("{}.{}", self.database, self.table)
     }
 
     /// Sends a committed transaction's updates and records the position after it.
@@ -1681,139 +1612,101 @@ impl Follower {
         if !updates.is_empty() && self.sender.send(Ok(updates)).is_err() {
             return Ok(false);
         }
-        *lock(&self.shared.position) = position.clone();
-        self.committed = position;
+        self.set_committed(position);
         Ok(true)
     }
 
-    /// Decodes the rows of a rows event into updates.
-    fn rows(
-        &mut self,
-        r: &mut Reader<'_>,
-        map: &TableMap,
-        action: RowsAction,
-        out: &mut Vec<(Demographic, isize)>,
-    ) -> Result<(), StreamEnd> {
-        let parse = |e: String| self.fatal(format!("malformed rows event: {e}"));
-        let columns = r.lenenc().map_err(parse)? as usize;
-        if columns != map.types.len() {
-            return Err(self.fatal(format!(
-                "rows event has {columns} columns, its table map {}",
-                map.types.len()
-            )));
-        }
-        let bitmap_len = columns.div_ceil(8);
-        let before = r.take(bitmap_len).map_err(parse)?.to_vec();
-        let after = if action == RowsAction::Update {
-            r.take(bitmap_len).map_err(parse)?.to_vec()
-        } else {
-            before.clone()
+    fn set_committed(&mut self, position: BinlogPosition) {
+        *lock(&self.shared.position) = position.clone();
+        self.committed = position;
+    }
+
+    /// A row image (`None` for the missing side of an insert or a delete) as a demographic;
+    /// one that does not convert is skipped and counted.
+    fn convert_image(&mut self, row: Option<BinlogRow>) -> Result<Option<Demographic>, StreamEnd> {
+        let Some(mut row) = row else {
+            return Ok(None);
         };
-        while r.remaining() > 0 {
-            let first = self.row_image(r, map, &before)?;
-            match action {
-                RowsAction::Insert => {
-                    if let Some(row) = self.checked(first) {
-                        out.push((row, 1));
-                    }
-                }
-                RowsAction::Delete => {
-                    if let Some(row) = self.checked(first) {
-                        out.push((row, -1));
-                    }
-                }
-                RowsAction::Update => {
-                    let second = self.row_image(r, map, &after)?;
-                    let old = self.checked(first);
-                    let new = self.checked(second);
-                    if old.is_some() && old == new {
-                        continue; // only columns we do not read changed
-                    }
-                    if let Some(old) = old {
-                        out.push((old, -1));
-                    }
-                    if let Some(new) = new {
-                        out.push((new, 1));
-                    }
-                }
-            }
+        if row.len() != self.layout.columns {
+            return Err(StreamEnd::Fatal(MysqlError::Setting {
+                setting: "binlog_row_image",
+                found: "not FULL for a change".into(),
+                expected: format!(
+                    "a row image of {} has {} of its {} columns: the writer's session must use binlog_row_image=FULL",
+                    self.qualified(),
+                    row.len(),
+                    self.layout.columns
+                ),
+            }));
         }
-        Ok(())
-    }
-
-    fn checked(&mut self, row: Result<Demographic, String>) -> Option<Demographic> {
-        row.map_err(|reason| self.skips.skip(&reason)).ok()
-    }
-
-    /// One row image: `Ok(Err(reason))` when it does not convert.
-    fn row_image(
-        &self,
-        r: &mut Reader<'_>,
-        map: &TableMap,
-        present: &[u8],
-    ) -> Result<Result<Demographic, String>, StreamEnd> {
-        let parse = |e: String| self.fatal(format!("malformed row image: {e}"));
-        let is_present = |i: usize| present[i / 8] & (1 << (i % 8)) != 0;
-        let count = (0..map.types.len()).filter(|&i| is_present(i)).count();
-        let nulls = r.take(count.div_ceil(8)).map_err(parse)?;
-        let mut cells: [Option<Cell<'_>>; 5] = Default::default();
-        let mut ordinal = 0;
-        for (i, (&kind, &meta)) in map.types.iter().zip(&map.meta).enumerate() {
-            if !is_present(i) {
-                continue;
-            }
-            let null = nulls[ordinal / 8] & (1 << (ordinal % 8)) != 0;
-            ordinal += 1;
-            let cell = if null {
-                Cell::Null
-            } else {
-                read_cell(r, kind, meta, self.layout.unsigned[i]).map_err(parse)?
-            };
-            if let Some(slot) = self.layout.positions.iter().position(|&p| p == i) {
-                cells[slot] = Some(cell);
-            }
-        }
-        for (slot, cell) in cells.iter().enumerate() {
-            if cell.is_none() {
-                return Err(StreamEnd::Fatal(MysqlError::Setting {
-                    setting: "binlog_row_image",
-                    found: "not FULL for a change".into(),
-                    expected: format!(
-                        "a row image of {} lacks column {}: the writer's session must use binlog_row_image=FULL",
-                        self.qualified(),
-                        WANTED[slot]
-                    ),
-                }));
-            }
-        }
-        let [id, age, gender, state, country] = cells;
-        let charset = |slot: usize| self.layout.charsets[self.layout.positions[slot]];
+        let columns = row.columns();
+        let layout = &self.layout;
+        let mut cell = |slot: usize| {
+            let i = layout.positions[slot];
+            binlog_value(
+                row.take(i),
+                &columns[i],
+                layout.unsigned[i],
+                layout.charsets[i],
+            )
+        };
         let converted = (|| {
-            let raw = RawRow {
-                id: id.unwrap_or(Cell::Null).int()?,
-                age: age.unwrap_or(Cell::Null).int()?,
-                gender: gender.unwrap_or(Cell::Null).text(charset(2))?,
-                state: state.unwrap_or(Cell::Null).text(charset(3))?,
-                country: country.unwrap_or(Cell::Null).text(charset(4))?,
-            };
-            convert(raw)
+            convert(RawRow {
+                id: value_int(cell(0)?)?,
+                age: value_int(cell(1)?)?,
+                gender: value_text(cell(2)?)?,
+                state: value_text(cell(3)?)?,
+                country: value_text(cell(4)?)?,
+            })
         })();
-        Ok(converted)
+        Ok(converted.map_err(|reason| self.skips.skip(&reason)).ok())
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RowsAction {
-    Insert,
-    Update,
-    Delete,
+/// A binlog value as the snapshot's query gives it. Without `binlog_row_metadata=FULL` the binlog
+/// does not say which integer columns are unsigned, so the crate reads them all as signed, nor
+/// in which character set text is, so the crate leaves it as bytes: `information_schema` says.
+fn binlog_value(
+    value: Option<BinlogValue<'_>>,
+    column: &Column,
+    unsigned: bool,
+    charset: Charset,
+) -> Result<Value, String> {
+    let value = match value {
+        Some(value) => Value::try_from(value).map_err(|e| e.to_string())?,
+        None => Value::NULL,
+    };
+    Ok(match value {
+        Value::Int(v) if unsigned && v < 0 => {
+            let bits = match column.column_type() {
+                ColumnType::MYSQL_TYPE_TINY => 8,
+                ColumnType::MYSQL_TYPE_SHORT => 16,
+                ColumnType::MYSQL_TYPE_INT24 => 24,
+                ColumnType::MYSQL_TYPE_LONG => 32,
+                _ => 64,
+            };
+            Value::UInt(v as u64 & (u64::MAX >> (64 - bits)))
+        }
+        Value::Bytes(bytes) if charset == Charset::Latin1 => Value::Bytes(
+            bytes
+                .iter()
+                .map(|&b| cp1252(b))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        value => value,
+    })
 }
 
-/// Server errors after which reconnecting is pointless: the position is gone, or access is.
-fn is_fatal_server_error(code: u16) -> bool {
-    // 1236: binlog position unreadable (purged, or past the end). 1045: access denied.
-    // 1227, 1044, 1142: missing privilege (REPLICATION SLAVE).
-    matches!(code, 1236 | 1045 | 1227 | 1044 | 1142)
+/// Whether an event's CRC32, when it carries one, matches its bytes: the crate strips checksums
+/// without checking them.
+fn checksum_matches(event: &Event) -> bool {
+    match (event.checksum(), event.footer().get_checksum_alg()) {
+        (Some(sum), Ok(Some(alg @ BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32))) => {
+            u32::from_le_bytes(sum) == event.calc_checksum(alg)
+        }
+        _ => true,
+    }
 }
 
 /// The first word of a statement, upper-cased, after comments and whitespace.
@@ -1866,144 +1759,6 @@ fn ddl_touches(statement: &str, statement_db: &str, db: &str, table: &str) -> bo
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Binlog events
-// ---------------------------------------------------------------------------------------------
-
-const EVENT_HEADER: usize = 19;
-const QUERY_EVENT: u8 = 2;
-const ROTATE_EVENT: u8 = 4;
-const FORMAT_DESCRIPTION_EVENT: u8 = 15;
-const XID_EVENT: u8 = 16;
-const TABLE_MAP_EVENT: u8 = 19;
-const WRITE_ROWS_V1: u8 = 23;
-const UPDATE_ROWS_V1: u8 = 24;
-const DELETE_ROWS_V1: u8 = 25;
-const WRITE_ROWS_V2: u8 = 30;
-const UPDATE_ROWS_V2: u8 = 31;
-const DELETE_ROWS_V2: u8 = 32;
-const TRANSACTION_PAYLOAD_EVENT: u8 = 40;
-const MARIADB_COMPRESSED_FIRST: u8 = 165;
-const MARIADB_COMPRESSED_LAST: u8 = 171;
-
-fn post_header_len(state: &StreamState, kind: u8, default: usize) -> usize {
-    state
-        .post_header
-        .get(usize::from(kind) - 1)
-        .map_or(default, |&n| usize::from(n))
-}
-
-fn crc_matches(event: &[u8]) -> bool {
-    let (data, sum) = event.split_at(event.len() - 4);
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    crc.sum().to_le_bytes() == sum
-}
-
-/// Column types of the binlog (`enum_field_types`).
-mod field {
-    pub const DECIMAL: u8 = 0;
-    pub const TINY: u8 = 1;
-    pub const SHORT: u8 = 2;
-    pub const LONG: u8 = 3;
-    pub const FLOAT: u8 = 4;
-    pub const DOUBLE: u8 = 5;
-    pub const NULL: u8 = 6;
-    pub const TIMESTAMP: u8 = 7;
-    pub const LONGLONG: u8 = 8;
-    pub const INT24: u8 = 9;
-    pub const DATE: u8 = 10;
-    pub const TIME: u8 = 11;
-    pub const DATETIME: u8 = 12;
-    pub const YEAR: u8 = 13;
-    pub const NEWDATE: u8 = 14;
-    pub const VARCHAR: u8 = 15;
-    pub const BIT: u8 = 16;
-    pub const TIMESTAMP2: u8 = 17;
-    pub const DATETIME2: u8 = 18;
-    pub const TIME2: u8 = 19;
-    pub const JSON: u8 = 245;
-    pub const NEWDECIMAL: u8 = 246;
-    pub const ENUM: u8 = 247;
-    pub const SET: u8 = 248;
-    pub const TINY_BLOB: u8 = 249;
-    pub const MEDIUM_BLOB: u8 = 250;
-    pub const LONG_BLOB: u8 = 251;
-    pub const BLOB: u8 = 252;
-    pub const VAR_STRING: u8 = 253;
-    pub const STRING: u8 = 254;
-    pub const GEOMETRY: u8 = 255;
-}
-
-/// The table map's per-column metadata, one number per column.
-fn parse_column_meta(types: &[u8], meta: &[u8]) -> Result<Vec<u16>, String> {
-    let mut r = Reader::new(meta);
-    types
-        .iter()
-        .map(|&kind| {
-            Ok(match kind {
-                field::FLOAT
-                | field::DOUBLE
-                | field::BLOB
-                | field::TINY_BLOB
-                | field::MEDIUM_BLOB
-                | field::LONG_BLOB
-                | field::GEOMETRY
-                | field::JSON
-                | field::TIMESTAMP2
-                | field::DATETIME2
-                | field::TIME2 => u16::from(r.u8()?),
-                field::VARCHAR | field::VAR_STRING => r.u16()?,
-                // Big-endian: the real type, then the length (or its low byte).
-                field::STRING | field::ENUM | field::SET | field::NEWDECIMAL | field::BIT => {
-                    let high = r.u8()?;
-                    let low = r.u8()?;
-                    u16::from(high) << 8 | u16::from(low)
-                }
-                _ => 0,
-            })
-        })
-        .collect()
-}
-
-/// A decoded value of a column we read.
-#[derive(Clone, Copy, Debug)]
-enum Cell<'a> {
-    Null,
-    Int(i128),
-    Bytes(&'a [u8]),
-    Other,
-}
-
-impl Cell<'_> {
-    fn int(self) -> Result<Option<i128>, String> {
-        match self {
-            Cell::Null => Ok(None),
-            Cell::Int(v) => Ok(Some(v)),
-            Cell::Bytes(bytes) => std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .map(Some)
-                .ok_or_else(|| "a non-integer in an integer column".into()),
-            Cell::Other => Err("a column of an unexpected type".into()),
-        }
-    }
-
-    fn text(self, charset: Charset) -> Result<Option<String>, String> {
-        match self {
-            Cell::Null => Ok(None),
-            Cell::Int(v) => Ok(Some(v.to_string())),
-            Cell::Bytes(bytes) => match charset {
-                Charset::Utf8 => String::from_utf8(bytes.to_vec())
-                    .map(Some)
-                    .map_err(|_| "a text column is not UTF-8".into()),
-                Charset::Latin1 => Ok(Some(bytes.iter().map(|&b| cp1252(b)).collect())),
-            },
-            Cell::Other => Err("a column of an unexpected type".into()),
-        }
-    }
-}
-
 /// MySQL's latin1 (Windows-1252) byte as a character.
 fn cp1252(byte: u8) -> char {
     const HIGH: [u16; 32] = [
@@ -2015,555 +1770,6 @@ fn cp1252(byte: u8) -> char {
         0x80..=0x9F => char::from_u32(u32::from(HIGH[usize::from(byte - 0x80)])).unwrap_or('?'),
         _ => char::from(byte),
     }
-}
-
-/// Bytes of a packed DECIMAL(precision, scale).
-fn decimal_size(precision: u16, scale: u16) -> usize {
-    const DIGITS: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
-    let (precision, scale) = (usize::from(precision), usize::from(scale));
-    let integral = precision.saturating_sub(scale);
-    integral / 9 * 4 + DIGITS[integral % 9] + scale / 9 * 4 + DIGITS[scale % 9]
-}
-
-/// Reads one non-NULL value of a column of type `kind`.
-fn read_cell<'a>(
-    r: &mut Reader<'a>,
-    kind: u8,
-    meta: u16,
-    unsigned: bool,
-) -> Result<Cell<'a>, String> {
-    let int = |r: &mut Reader<'a>, n: usize| -> Result<Cell<'a>, String> {
-        let raw = r.uint(n)?;
-        let bits = n * 8;
-        Ok(Cell::Int(if unsigned {
-            i128::from(raw)
-        } else {
-            // Sign-extend.
-            let shift = 128 - bits;
-            (i128::from(raw) << shift) >> shift
-        }))
-    };
-    let fraction = |fsp: u16| usize::from(fsp).div_ceil(2);
-    Ok(match kind {
-        field::TINY => int(r, 1)?,
-        field::SHORT => int(r, 2)?,
-        field::INT24 => int(r, 3)?,
-        field::LONG => int(r, 4)?,
-        field::LONGLONG => int(r, 8)?,
-        field::YEAR => {
-            r.take(1)?;
-            Cell::Other
-        }
-        field::FLOAT | field::TIMESTAMP => {
-            r.take(4)?;
-            Cell::Other
-        }
-        field::DOUBLE | field::DATETIME => {
-            r.take(8)?;
-            Cell::Other
-        }
-        field::DATE | field::NEWDATE | field::TIME => {
-            r.take(3)?;
-            Cell::Other
-        }
-        field::TIMESTAMP2 => {
-            r.take(4 + fraction(meta))?;
-            Cell::Other
-        }
-        field::DATETIME2 => {
-            r.take(5 + fraction(meta))?;
-            Cell::Other
-        }
-        field::TIME2 => {
-            r.take(3 + fraction(meta))?;
-            Cell::Other
-        }
-        field::NEWDECIMAL => {
-            r.take(decimal_size(meta >> 8, meta & 0xff))?;
-            Cell::Other
-        }
-        field::BIT => {
-            let (bits, bytes) = (meta >> 8, meta & 0xff);
-            r.take(usize::from(bytes) + usize::from(bits > 0))?;
-            Cell::Other
-        }
-        field::VARCHAR | field::VAR_STRING => {
-            let len = if meta < 256 {
-                usize::from(r.u8()?)
-            } else {
-                usize::from(r.u16()?)
-            };
-            Cell::Bytes(r.take(len)?)
-        }
-        field::STRING | field::ENUM | field::SET => {
-            let real = (meta >> 8) as u8;
-            if real == field::ENUM || real == field::SET {
-                r.take(usize::from(meta & 0xff))?;
-                Cell::Other
-            } else {
-                let max = (((meta >> 4) & 0x300) ^ 0x300) + (meta & 0xff);
-                let len = if max > 255 {
-                    usize::from(r.u16()?)
-                } else {
-                    usize::from(r.u8()?)
-                };
-                Cell::Bytes(r.take(len)?)
-            }
-        }
-        field::BLOB
-        | field::TINY_BLOB
-        | field::MEDIUM_BLOB
-        | field::LONG_BLOB
-        | field::GEOMETRY
-        | field::JSON => {
-            let len = r.uint(usize::from(meta))? as usize;
-            Cell::Bytes(r.take(len)?)
-        }
-        field::NULL => Cell::Null,
-        field::DECIMAL => return Err("the old DECIMAL column type is not supported".into()),
-        other => return Err(format!("column type {other} is not supported")),
-    })
-}
-
-/// A little-endian reader over a byte slice.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(data: &'a [u8]) -> Reader<'a> {
-        Reader { data, pos: 0 }
-    }
-
-    fn remaining(&self) -> usize {
-        self.data.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.remaining() < n {
-            return Err(format!(
-                "wanted {n} bytes at offset {} of {}",
-                self.pos,
-                self.data.len()
-            ));
-        }
-        let out = &self.data[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let out = &self.data[self.pos..];
-        self.pos = self.data.len();
-        out
-    }
-
-    fn uint(&mut self, n: usize) -> Result<u64, String> {
-        if n > 8 {
-            return Err(format!("an integer of {n} bytes"));
-        }
-        let mut bytes = [0u8; 8];
-        bytes[..n].copy_from_slice(self.take(n)?);
-        Ok(u64::from_le_bytes(bytes))
-    }
-
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(self.uint(2)? as u16)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(self.uint(4)? as u32)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        self.uint(8)
-    }
-
-    /// A length-encoded integer.
-    fn lenenc(&mut self) -> Result<u64, String> {
-        match self.u8()? {
-            0xfc => self.uint(2),
-            0xfd => self.uint(3),
-            0xfe => self.uint(8),
-            n if n < 0xfb => Ok(u64::from(n)),
-            n => Err(format!("length prefix {n:#x}")),
-        }
-    }
-
-    /// Bytes up to a NUL (consumed), or to the end.
-    fn nul_terminated(&mut self) -> &'a [u8] {
-        let rest = &self.data[self.pos..];
-        match rest.iter().position(|&b| b == 0) {
-            Some(i) => {
-                self.pos += i + 1;
-                &rest[..i]
-            }
-            None => self.rest(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The binlog client: the MySQL protocol, as much as a replica needs
-// ---------------------------------------------------------------------------------------------
-
-/// A binlog client failure.
-#[derive(Debug, thiserror::Error)]
-enum ClientError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("server error {code}: {message}")]
-    Server { code: u16, message: String },
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-/// MySQL packets over a socket.
-struct Wire {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    seq: u8,
-}
-
-impl Wire {
-    fn read_packet(&mut self) -> Result<Vec<u8>, ClientError> {
-        let mut out = Vec::new();
-        loop {
-            let mut header = [0u8; 4];
-            self.reader.read_exact(&mut header)?;
-            let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-            self.seq = header[3].wrapping_add(1);
-            let start = out.len();
-            out.resize(start + len, 0);
-            self.reader.read_exact(&mut out[start..])?;
-            if len < 0xff_ffff {
-                return Ok(out);
-            }
-        }
-    }
-
-    fn write_packet(&mut self, payload: &[u8]) -> Result<(), ClientError> {
-        if payload.len() >= 0xff_ffff {
-            return Err(ClientError::Protocol("a command over 16 MiB".into()));
-        }
-        let mut packet = Vec::with_capacity(payload.len() + 4);
-        packet.extend_from_slice(&(payload.len() as u32).to_le_bytes()[..3]);
-        packet.push(self.seq);
-        packet.extend_from_slice(payload);
-        self.seq = self.seq.wrapping_add(1);
-        self.writer.write_all(&packet)?;
-        Ok(())
-    }
-
-    /// Sends a command (sequence 0).
-    fn command(&mut self, payload: &[u8]) -> Result<(), ClientError> {
-        self.seq = 0;
-        self.write_packet(payload)
-    }
-
-    /// Reads an OK packet, or returns the server's error.
-    fn expect_ok(&mut self) -> Result<(), ClientError> {
-        let packet = self.read_packet()?;
-        match packet.first() {
-            Some(0x00) => Ok(()),
-            Some(0xff) => Err(server_error(&packet)),
-            _ => Err(ClientError::Protocol(format!(
-                "expected OK, got a packet starting {:#x?}",
-                packet.first()
-            ))),
-        }
-    }
-}
-
-fn server_error(packet: &[u8]) -> ClientError {
-    let mut r = Reader::new(packet.get(1..).unwrap_or_default());
-    let code = r.u16().unwrap_or(0);
-    let mut message = r.rest();
-    if message.first() == Some(&b'#') && message.len() >= 6 {
-        message = &message[6..];
-    }
-    ClientError::Server {
-        code,
-        message: String::from_utf8_lossy(message).into_owned(),
-    }
-}
-
-const CLIENT_LONG_PASSWORD: u32 = 0x1;
-const CLIENT_LONG_FLAG: u32 = 0x4;
-const CLIENT_PROTOCOL_41: u32 = 0x200;
-const CLIENT_TRANSACTIONS: u32 = 0x2000;
-const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
-const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
-const NATIVE_PASSWORD: &str = "mysql_native_password";
-
-/// A connection streaming the binlog.
-struct BinlogConn {
-    wire: Wire,
-    connection_id: u32,
-    /// The first packet, read while opening to surface errors early.
-    first: Option<Vec<u8>>,
-}
-
-impl BinlogConn {
-    /// Connects, authenticates, registers as a replica and asks for the binlog from `position`.
-    fn open(target: &BinlogTarget, position: &BinlogPosition) -> Result<BinlogConn, ClientError> {
-        let stream = connect_tcp(&target.host, target.port, target.connect_timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(target.connect_timeout.max(STREAM_READ_TIMEOUT)))?;
-        stream.set_write_timeout(Some(target.connect_timeout.max(STREAM_READ_TIMEOUT)))?;
-        let mut wire = Wire {
-            reader: BufReader::with_capacity(256 * 1024, stream.try_clone()?),
-            writer: stream,
-            seq: 0,
-        };
-        let connection_id = authenticate(&mut wire, target)?;
-        for statement in [
-            "SET @master_binlog_checksum = @@global.binlog_checksum".to_owned(),
-            // MariaDB: send GTID and annotate events as they are; MySQL ignores it.
-            "SET @mariadb_slave_capability = 4".to_owned(),
-            format!("SET @master_heartbeat_period = {}", HEARTBEAT.as_nanos()),
-        ] {
-            let mut payload = vec![0x03];
-            payload.extend_from_slice(statement.as_bytes());
-            wire.command(&payload)?;
-            wire.expect_ok()?;
-        }
-        // COM_REGISTER_SLAVE: shows the follower in SHOW SLAVE HOSTS.
-        let mut payload = vec![0x15];
-        payload.extend_from_slice(&target.server_id.to_le_bytes());
-        for field in [b"shopflow".as_slice(), b"", b""] {
-            payload.push(field.len() as u8);
-            payload.extend_from_slice(field);
-        }
-        payload.extend_from_slice(&0u16.to_le_bytes()); // port
-        payload.extend_from_slice(&0u32.to_le_bytes()); // rank
-        payload.extend_from_slice(&0u32.to_le_bytes()); // master id
-        wire.command(&payload)?;
-        wire.expect_ok()?;
-        // COM_BINLOG_DUMP.
-        let pos = u32::try_from(position.pos).map_err(|_| {
-            ClientError::Unsupported(format!(
-                "binlog position {position} is past 4 GiB: COM_BINLOG_DUMP cannot ask for it"
-            ))
-        })?;
-        let mut payload = vec![0x12];
-        payload.extend_from_slice(&pos.to_le_bytes());
-        payload.extend_from_slice(&0u16.to_le_bytes());
-        payload.extend_from_slice(&target.server_id.to_le_bytes());
-        payload.extend_from_slice(position.file.as_bytes());
-        wire.command(&payload)?;
-        let mut conn = BinlogConn {
-            wire,
-            connection_id,
-            first: None,
-        };
-        let first = conn.next_packet()?;
-        conn.first = Some(first);
-        Ok(conn)
-    }
-
-    /// The next event (without the OK marker).
-    fn next_packet(&mut self) -> Result<Vec<u8>, ClientError> {
-        if let Some(first) = self.first.take() {
-            return Ok(first);
-        }
-        let mut packet = self.wire.read_packet()?;
-        match packet.first() {
-            Some(0x00) => {
-                packet.remove(0);
-                Ok(packet)
-            }
-            Some(0xff) => Err(server_error(&packet)),
-            Some(0xfe) if packet.len() < 9 => Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server ended the binlog stream",
-            ))),
-            _ => Err(ClientError::Protocol(format!(
-                "unexpected packet starting {:#x?}",
-                packet.first()
-            ))),
-        }
-    }
-}
-
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{host}:{port} resolves to no address"),
-    );
-    for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = e,
-        }
-    }
-    Err(ClientError::Io(last))
-}
-
-/// Reads the server's greeting and logs in with `mysql_native_password`; returns the
-/// connection id.
-fn authenticate(wire: &mut Wire, target: &BinlogTarget) -> Result<u32, ClientError> {
-    let greeting = wire.read_packet()?;
-    if greeting.first() == Some(&0xff) {
-        return Err(server_error(&greeting));
-    }
-    let protocol = |e: String| ClientError::Protocol(format!("server greeting: {e}"));
-    let mut r = Reader::new(&greeting);
-    if r.u8().map_err(protocol)? != 10 {
-        return Err(ClientError::Unsupported(
-            "the server speaks a protocol older than 4.1".into(),
-        ));
-    }
-    r.nul_terminated(); // server version
-    let connection_id = r.u32().map_err(protocol)?;
-    let mut scramble = r.take(8).map_err(protocol)?.to_vec();
-    r.take(1).map_err(protocol)?;
-    let mut capabilities = u32::from(r.u16().map_err(protocol)?);
-    r.take(3).map_err(protocol)?; // charset, status
-    capabilities |= u32::from(r.u16().map_err(protocol)?) << 16;
-    let auth_len = usize::from(r.u8().map_err(protocol)?);
-    r.take(10).map_err(protocol)?;
-    if capabilities & CLIENT_PROTOCOL_41 == 0 || capabilities & CLIENT_SECURE_CONNECTION == 0 {
-        return Err(ClientError::Unsupported(
-            "the server lacks protocol 4.1 authentication".into(),
-        ));
-    }
-    let part2 = r
-        .take(auth_len.saturating_sub(8).max(13))
-        .map_err(protocol)?;
-    scramble.extend_from_slice(&part2[..part2.len() - 1]);
-    let plugin = if capabilities & CLIENT_PLUGIN_AUTH != 0 {
-        String::from_utf8_lossy(r.nul_terminated()).into_owned()
-    } else {
-        NATIVE_PASSWORD.to_owned()
-    };
-    let client = CLIENT_LONG_PASSWORD
-        | CLIENT_LONG_FLAG
-        | CLIENT_PROTOCOL_41
-        | CLIENT_TRANSACTIONS
-        | CLIENT_SECURE_CONNECTION
-        | (capabilities & CLIENT_PLUGIN_AUTH);
-    // Whatever the server's default plugin, answer as mysql_native_password: the server asks
-    // to switch when the account uses another.
-    tracing::trace!(plugin, "server's default authentication plugin");
-    let auth = native_password(&target.password, &scramble);
-    let mut payload = Vec::with_capacity(128);
-    payload.extend_from_slice(&client.to_le_bytes());
-    payload.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    payload.push(45); // utf8mb4_general_ci
-    payload.extend_from_slice(&[0; 23]);
-    payload.extend_from_slice(target.user.as_bytes());
-    payload.push(0);
-    payload.push(auth.len() as u8);
-    payload.extend_from_slice(&auth);
-    if client & CLIENT_PLUGIN_AUTH != 0 {
-        payload.extend_from_slice(NATIVE_PASSWORD.as_bytes());
-        payload.push(0);
-    }
-    wire.write_packet(&payload)?;
-    loop {
-        let packet = wire.read_packet()?;
-        match packet.first() {
-            Some(0x00) => return Ok(connection_id),
-            Some(0xff) => return Err(server_error(&packet)),
-            Some(0xfe) => {
-                let mut r = Reader::new(&packet[1..]);
-                let plugin = String::from_utf8_lossy(r.nul_terminated()).into_owned();
-                let data = r.rest();
-                let data = data.strip_suffix(&[0]).unwrap_or(data);
-                if plugin != NATIVE_PASSWORD {
-                    return Err(unsupported_plugin(&target.user, &plugin));
-                }
-                wire.write_packet(&native_password(&target.password, data))?;
-            }
-            Some(0x01) => return Err(unsupported_plugin(&target.user, "caching_sha2_password")),
-            _ => {
-                return Err(ClientError::Protocol(
-                    "unexpected packet during authentication".into(),
-                ));
-            }
-        }
-    }
-}
-
-fn unsupported_plugin(user: &str, plugin: &str) -> ClientError {
-    ClientError::Unsupported(format!(
-        "user {user} authenticates with {plugin}; the binlog client speaks only mysql_native_password \
-         (ALTER USER ... IDENTIFIED WITH mysql_native_password BY '...')"
-    ))
-}
-
-/// The `mysql_native_password` answer: SHA1(pw) XOR SHA1(scramble, SHA1(SHA1(pw))).
-fn native_password(password: &str, scramble: &[u8]) -> Vec<u8> {
-    if password.is_empty() {
-        return Vec::new();
-    }
-    let stage1 = sha1(&[password.as_bytes()]);
-    let stage2 = sha1(&[&stage1]);
-    let mix = sha1(&[scramble, &stage2]);
-    stage1.iter().zip(mix).map(|(a, b)| a ^ b).collect()
-}
-
-/// SHA-1, for `mysql_native_password` only.
-fn sha1(parts: &[&[u8]]) -> [u8; 20] {
-    let mut message: Vec<u8> = parts.concat();
-    let bits = (message.len() as u64).wrapping_mul(8);
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
-    }
-    message.extend_from_slice(&bits.to_be_bytes());
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-    for block in message.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, &wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2683,27 +1889,6 @@ pub fn apply_changes(
 mod tests {
     use super::*;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn sha1_matches_known_digests() {
-        assert_eq!(
-            hex(&sha1(&[b"abc"])),
-            "a9993e364706816aba3e25717850c26c9cd0d89d"
-        );
-        assert_eq!(
-            hex(&sha1(&[b""])),
-            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
-        );
-        let long = vec![b'a'; 1000];
-        assert_eq!(
-            hex(&sha1(&[&long[..500], &long[500..]])),
-            "291e9a6c66994949b57ba5e650361e98fc36b1ba"
-        );
-    }
-
     #[test]
     fn identifiers_and_masks() {
         assert!(is_identifier("demographics"));
@@ -2757,35 +1942,66 @@ mod tests {
     }
 
     #[test]
-    fn column_sizes() {
-        assert_eq!(decimal_size(10, 2), 5);
-        assert_eq!(decimal_size(18, 9), 8);
-        // CHAR(1) utf8mb4: real type STRING, 4 bytes.
-        let meta = parse_column_meta(&[field::STRING, field::VARCHAR], &[0xfe, 4, 0, 1]).unwrap();
-        assert_eq!(meta, vec![0xfe04, 256]);
-        let data = [1, b'F', 3, 0, b'a', b'b', b'c'];
-        let mut r = Reader::new(&data);
-        assert!(matches!(
-            read_cell(&mut r, field::STRING, meta[0], false),
-            Ok(Cell::Bytes(b"F"))
-        ));
-        assert!(matches!(
-            read_cell(&mut r, field::VARCHAR, meta[1], false),
-            Ok(Cell::Bytes(b"abc"))
-        ));
-        let mut r = Reader::new(&[0xff]);
-        assert!(matches!(
-            read_cell(&mut r, field::TINY, 0, false),
-            Ok(Cell::Int(-1))
-        ));
-        let mut r = Reader::new(&[0xff]);
-        assert!(matches!(
-            read_cell(&mut r, field::TINY, 0, true),
-            Ok(Cell::Int(255))
-        ));
-        assert_eq!(cp1252(0x80), '€');
-        assert_eq!(cp1252(b'a'), 'a');
-        assert_eq!(cp1252(0xe9), 'é');
+    fn binlog_values_get_their_signedness_and_charset() {
+        let value = |v: Value, ty: ColumnType, unsigned: bool, charset: Charset| {
+            binlog_value(
+                Some(BinlogValue::Value(v)),
+                &Column::new(ty),
+                unsigned,
+                charset,
+            )
+            .unwrap()
+        };
+        let tiny = ColumnType::MYSQL_TYPE_TINY;
+        assert_eq!(
+            value(Value::Int(-1), tiny, true, Charset::Utf8),
+            Value::UInt(255)
+        );
+        assert_eq!(
+            value(Value::Int(-1), tiny, false, Charset::Utf8),
+            Value::Int(-1)
+        );
+        assert_eq!(
+            value(
+                Value::Int(-2),
+                ColumnType::MYSQL_TYPE_LONG,
+                true,
+                Charset::Utf8
+            ),
+            Value::UInt(u64::from(u32::MAX) - 1)
+        );
+        assert_eq!(
+            value(
+                Value::Int(i64::MIN),
+                ColumnType::MYSQL_TYPE_LONGLONG,
+                true,
+                Charset::Utf8
+            ),
+            Value::UInt(1 << 63)
+        );
+        let varchar = ColumnType::MYSQL_TYPE_VARCHAR;
+        assert_eq!(
+            value(
+                Value::Bytes(vec![0x80, b'a', 0xe9]),
+                varchar,
+                false,
+                Charset::Latin1
+            ),
+            Value::Bytes("€aé".as_bytes().to_vec())
+        );
+        assert_eq!(
+            value(
+                Value::Bytes("é".as_bytes().to_vec()),
+                varchar,
+                false,
+                Charset::Utf8
+            ),
+            Value::Bytes("é".as_bytes().to_vec())
+        );
+        assert_eq!(
+            binlog_value(None, &Column::new(varchar), false, Charset::Utf8).unwrap(),
+            Value::NULL
+        );
     }
 
     #[test]
