@@ -22,6 +22,7 @@ use timely::dataflow::operators::vec::Input as _;
 use crate::config::Config;
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
+use crate::sinks::line_protocol::RuntimeMetrics;
 use crate::sinks::{Sink, SinkError};
 use crate::sources::kafka::{KafkaConfig, PartitionReader};
 use crate::sources::mysql::{ChangeFeed, DemographicsSource, MysqlConfig};
@@ -158,8 +159,10 @@ pub struct Status {
     pub completed_until: AtomicU64,
     /// Batches handed to the sink.
     pub batches: AtomicU64,
-    /// Messages not yet read from the worker's partitions, at the last look (Kafka only).
-    pub consumer_lag: AtomicU64,
+    /// Messages not yet read from each worker's partitions, at its last look (Kafka only).
+    pub consumer_lags: Mutex<BTreeMap<usize, u64>>,
+    /// The newest event time each worker sent in a tick, as `(tick end, time)`, until written.
+    pub event_times: Mutex<Vec<(Tick, u64)>>,
     /// The latest all-time rows and counters, for display.
     pub table: Mutex<BTreeMap<OutputKey, OutputValue>>,
 }
@@ -253,6 +256,7 @@ enum WorkerEvents {
 pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Report, RunError> {
     let timely_config = plan.workers.timely_config()?;
     let local_workers = plan.workers.threads_per_process();
+    let process = plan.workers.process;
     let knobs = plan.config.generator.clone();
     let tick_ms = plan.config.engine.tick_ms;
     let start_ms = match &plan.events {
@@ -277,7 +281,13 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .name("shopflow-sink".into())
         .spawn(move || -> Result<u64, SinkError> {
             let _span = tracing::info_span!("sink").entered();
-            let result = forward_batches(receiver, local_workers, sink.as_mut(), &sink_status);
+            let result = forward_batches(
+                receiver,
+                local_workers,
+                process,
+                sink.as_mut(),
+                &sink_status,
+            );
             if result.is_err() {
                 // Stop the sources: nothing they read could be written.
                 sink_status.stop.store(true, Ordering::Relaxed);
@@ -380,6 +390,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             }
             let mut end = tick + tick_ms;
             let mut sent = 0u64;
+            let mut newest = 0u64;
             let mut finished = false;
             match &mut events {
                 WorkerEvents::Generator {
@@ -401,7 +412,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     let last = generator.first_at_or_after(end).min(*last_event);
                     let mut n = first + (index as u64 + peers - first % peers) % peers;
                     while n < last {
-                        events_in.send(generator.event(n));
+                        let event = generator.event(n);
+                        newest = newest.max(event.event_time.0);
+                        events_in.send(event);
                         sent += 1;
                         n += peers;
                     }
@@ -415,6 +428,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     loop {
                         let polled = reader
                             .poll(tick, |event| {
+                                newest = newest.max(event.event_time.0);
                                 events_in.send(event);
                                 sent += 1;
                             })
@@ -446,11 +460,14 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     let now = now_ms();
                     end = end.max(now - now % tick_ms);
                     if let Some(lag) = reader.lag() {
-                        status.consumer_lag.store(lag as u64, Ordering::Relaxed);
+                        lock(&status.consumer_lags).insert(index, lag as u64);
                     }
                 }
             }
             status.generated.fetch_add(sent, Ordering::Relaxed);
+            if sent > 0 {
+                lock(&status.event_times).push((end, newest));
+            }
             tracing::debug!(tick, sent, "tick produced");
             match changes.as_mut() {
                 Some(WorkerDemographics::Generated(changes)) => {
@@ -531,9 +548,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
 fn forward_batches(
     receiver: Receiver<(usize, Progress)>,
     local_workers: usize,
+    process: usize,
     sink: &mut dyn Sink,
     status: &Status,
 ) -> Result<(), SinkError> {
+    let mut runtime = RuntimeReport::new(process);
     let mut frontiers: BTreeMap<usize, Option<Tick>> = BTreeMap::new();
     let mut pending: BTreeMap<Tick, Vec<Change>> = BTreeMap::new();
     while let Ok((worker, progress)) = receiver.recv() {
@@ -562,11 +581,82 @@ fn forward_batches(
         status
             .completed_until
             .fetch_max(complete_below.unwrap_or(Tick::MAX), Ordering::Relaxed);
+        runtime.maybe_write(sink, status, false)?;
         if frontiers.len() == local_workers && frontiers.values().all(Option::is_none) {
             break;
         }
     }
+    runtime.maybe_write(sink, status, true)?;
     Ok(())
+}
+
+/// Locks a mutex, taking over one a panicking thread left behind (the data are plain figures).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The sink thread's `runtime` points: at most one a second, and one at the end.
+struct RuntimeReport {
+    process: usize,
+    last: Option<(Instant, u64)>,
+    newest_written: u64,
+}
+
+impl RuntimeReport {
+    fn new(process: usize) -> RuntimeReport {
+        RuntimeReport {
+            process,
+            last: None,
+            newest_written: 0,
+        }
+    }
+
+    fn maybe_write(
+        &mut self,
+        sink: &mut dyn Sink,
+        status: &Status,
+        last: bool,
+    ) -> Result<(), SinkError> {
+        if !last
+            && self
+                .last
+                .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        let completed = status.completed_until.load(Ordering::Relaxed);
+        lock(&status.event_times).retain(|&(tick_end, time)| {
+            let written = tick_end <= completed;
+            if written {
+                self.newest_written = self.newest_written.max(time);
+            }
+            !written
+        });
+        let generated = status.generated.load(Ordering::Relaxed);
+        let events_per_second = match self.last {
+            Some((at, before)) => {
+                (generated - before) as f64 / at.elapsed().as_secs_f64().max(1e-3)
+            }
+            None => 0.0,
+        };
+        let now = now_ms();
+        let metrics = RuntimeMetrics {
+            time_ms: now,
+            process: self.process,
+            consumer_lag: lock(&status.consumer_lags).values().sum(),
+            freshness_ms: if self.newest_written == 0 {
+                0
+            } else {
+                now.saturating_sub(self.newest_written)
+            },
+            sink_retries: sink.retries(),
+            events_per_second,
+        };
+        self.last = Some((Instant::now(), generated));
+        sink.write_runtime(&metrics)
+    }
 }
 
 /// Keeps the all-time rows and counters of a batch for the terminal view.

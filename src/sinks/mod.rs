@@ -30,6 +30,14 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), SinkError>;
     /// Lines (or records) written so far.
     fn written(&self) -> u64;
+    /// Writes the engine's runtime metrics; sinks with no place for them ignore them.
+    fn write_runtime(&mut self, _metrics: &line_protocol::RuntimeMetrics) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Write retries so far.
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 /// Discards batches: measures the engine alone.
@@ -110,5 +118,13 @@ impl Sink for LineProtocolWriter {
     }
     fn written(&self) -> u64 {
         self.lines
+    }
+    fn write_runtime(&mut self, metrics: &line_protocol::RuntimeMetrics) -> Result<(), SinkError> {
+        self.buffer.clear();
+        line_protocol::encode_runtime(metrics, &mut self.buffer);
+        self.lines += 1;
+        self.out
+            .write_all(self.buffer.as_bytes())
+            .map_err(|e| self.io(e))
     }
 }

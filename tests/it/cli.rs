@@ -28,6 +28,10 @@ fn final_state(lines: &str) -> BTreeMap<String, String> {
         let (series, rest) = split_unescaped(line, ' ').expect("series and fields");
         let (fields, time) = split_unescaped(rest, ' ').expect("fields and time");
         time.parse::<u64>().expect("an integer timestamp");
+        if series.starts_with("runtime,") {
+            // The engine's own figures (lag, freshness), not results.
+            continue;
+        }
         if series == "pipeline" {
             for field in fields.split(',') {
                 let (name, value) = field.split_once('=').expect("name=value");

@@ -396,4 +396,30 @@ fn pipeline_on_real_services_equals_sql_group_by() {
     .map(|c| count(c))
     .sum();
     assert_eq!(malformed, 4, "{counters:?}");
+
+    // The engine's own figures: read to the end, written without retries, fresh.
+    let params = [
+        ("db", database.as_str()),
+        (
+            "q",
+            "SELECT last(consumer_lag), last(sink_retries), max(freshness_ms) FROM runtime",
+        ),
+    ];
+    let url =
+        reqwest::Url::parse_with_params(&format!("{influx_url}/query"), &params).expect("a URL");
+    let body = reqwest::blocking::get(url)
+        .and_then(|r| r.text())
+        .expect("InfluxDB answers");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let row = &answer["results"][0]["series"][0]["values"][0];
+    assert_eq!(
+        (row[1].as_i64(), row[2].as_i64()),
+        (Some(0), Some(0)),
+        "lag and retries: {body}"
+    );
+    // Late events carry event times up to 3 minutes old; fresh ones are seconds behind.
+    assert!(
+        row[3].as_i64().is_some_and(|f| f < 200_000),
+        "freshness: {body}"
+    );
 }

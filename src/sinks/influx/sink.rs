@@ -10,7 +10,7 @@ use dataflows::output::Batch;
 
 use super::config::InfluxConfig;
 use super::service::{InfluxClient, SetupError, SinkStats, WriteError};
-use crate::sinks::line_protocol::Encoder;
+use crate::sinks::line_protocol::{Encoder, RuntimeMetrics, encode_runtime};
 use crate::sinks::{Sink, SinkError};
 
 /// How many requests wait for the writer at most. With the one being written, at most
@@ -262,20 +262,20 @@ impl Sink for InfluxSink {
         }
         self.buffer.clear();
         self.encoder.encode(batch, &mut self.buffer);
-        for (body, lines) in split_lines(&self.buffer, self.batch_lines) {
-            let request = Request {
-                body: body.to_owned(),
-                lines,
-            };
-            if !self.queue.push(request, &self.stats) {
-                let error = self.fatal().map_or_else(
-                    || self.error(std::io::Error::other("the writer thread ended")),
-                    |error| self.write_error(error),
-                );
-                return Err(error);
-            }
+        self.send_buffer()
+    }
+
+    fn write_runtime(&mut self, metrics: &RuntimeMetrics) -> Result<(), SinkError> {
+        if let Some(error) = self.fatal() {
+            return Err(self.write_error(error));
         }
-        Ok(())
+        self.buffer.clear();
+        encode_runtime(metrics, &mut self.buffer);
+        self.send_buffer()
+    }
+
+    fn retries(&self) -> u64 {
+        self.stats.retries()
     }
 
     /// Waits until everything queued is written, then ends the writer; the first fatal error, if
@@ -293,6 +293,26 @@ impl Sink for InfluxSink {
     /// Lines InfluxDB accepted.
     fn written(&self) -> u64 {
         self.stats.lines_written()
+    }
+}
+
+impl InfluxSink {
+    /// Splits the encoded buffer into requests and queues them, waiting while the queue is full.
+    fn send_buffer(&mut self) -> Result<(), SinkError> {
+        for (body, lines) in split_lines(&self.buffer, self.batch_lines) {
+            let request = Request {
+                body: body.to_owned(),
+                lines,
+            };
+            if !self.queue.push(request, &self.stats) {
+                let error = self.fatal().map_or_else(
+                    || self.error(std::io::Error::other("the writer thread ended")),
+                    |error| self.write_error(error),
+                );
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 }
 
