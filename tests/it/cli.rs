@@ -347,3 +347,110 @@ fn assert_same_state(got: &BTreeMap<String, String>, want: &BTreeMap<String, Str
         differing.len()
     );
 }
+
+/// Two processes of two workers each, on loopback, write exactly the lines one process of one
+/// worker writes: the same changes at the same timestamps, each key by exactly one process.
+#[test]
+fn two_processes_write_what_one_process_writes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("a free port")
+                .local_addr()
+                .expect("an address")
+                .port()
+        })
+        .collect();
+    let hostfile = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .expect("the hostfile");
+    let env = [
+        ("SHOPFLOW__GENERATOR__USERS", "400"),
+        ("SHOPFLOW__GENERATOR__NEW_USERS", "40"),
+        ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
+        ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "10"),
+        ("SHOPFLOW__GENERATOR__LATE_SHARE", "0.2"),
+        ("SHOPFLOW__ENGINE__WINDOW_MS", "10000"),
+        ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "20000"),
+    ];
+    let common = "demo --source generator --pace unbounded --rate 200 --events 12000 --start-ms 1700000000000 --seed 3 --quiet";
+    let output = |name: &str| {
+        dir.path()
+            .join(name)
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_owned()
+    };
+    let spawn = |process: usize| {
+        let mut args: Vec<String> = common.split(' ').map(str::to_owned).collect();
+        let hosts = hostfile.to_str().expect("a UTF-8 path").to_owned();
+        args.extend(
+            [
+                "-w",
+                "2",
+                "-n",
+                "2",
+                "-p",
+                &process.to_string(),
+                "--hostfile",
+                &hosts,
+                "--output",
+                &output("cluster.lp"),
+            ]
+            .map(String::from),
+        );
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+        command.args(&args).envs(env);
+        command.spawn().expect("a process starts")
+    };
+    let cluster: Vec<_> = (0..2).map(spawn).collect();
+    let mut single: Vec<&str> = common.split(' ').collect();
+    let single_output = output("single.lp");
+    single.extend(["-w", "1", "--output", &single_output]);
+    let run = shopflow(&single, &env);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    for mut process in cluster {
+        assert!(process.wait().expect("the process ends").success());
+    }
+
+    // Results, without the per-process lines: `pipeline` (counters grouped per process and batch)
+    // and `runtime` (wall-clock figures).
+    let results = |text: &str| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("pipeline ") && !l.starts_with("runtime,"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let read = |path: String| std::fs::read_to_string(path).expect("an output file");
+    let (part0, part1) = (read(output("cluster.lp.0")), read(output("cluster.lp.1")));
+    assert!(
+        !results(&part0).is_empty() && !results(&part1).is_empty(),
+        "both processes own keys"
+    );
+    let mut together = results(&part0);
+    together.extend(results(&part1));
+    together.sort();
+    let alone = results(&read(single_output.clone()));
+    assert!(
+        alone.len() > 1_000,
+        "a meaningful run: {} lines",
+        alone.len()
+    );
+    assert_eq!(together, alone);
+    let counters = |text: &str| {
+        final_state(text)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("pipeline"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut cluster_counters = counters(&part0);
+    cluster_counters.extend(counters(&part1));
+    assert_eq!(cluster_counters, counters(&read(single_output)));
+}
