@@ -119,27 +119,7 @@ fn demo_output_equals_the_reference() {
     assert!(stdout.contains("top campaigns"), "{stdout}");
 
     // The same inputs, replayed through the reference.
-    let mut config = temp_env_config(&env);
-    config.generator.seed = 11;
-    config.generator.events_per_second = 100.0;
-    let inputs = shopflow::generators::recorded_run(
-        &config.generator,
-        1_700_000_000_000,
-        config.engine.tick_ms,
-        20_000,
-    )
-    .expect("valid knobs");
-    let expected = dataflows::reference::evaluate(&inputs, config.params(), u64::MAX);
-    let changes = expected
-        .into_iter()
-        .map(|(key, value)| Change {
-            key,
-            value: Some(value),
-        })
-        .collect();
-    let mut lines = String::new();
-    Encoder::new(config.engine.window_ms).encode(&Batch { time: 0, changes }, &mut lines);
-
+    let lines = reference_lines(&env, 11, 100.0, 20_000);
     let written = std::fs::read_to_string(&output).expect("the line protocol file");
     let (got, want) = (final_state(&written), final_state(&lines));
     assert!(
@@ -156,6 +136,32 @@ fn demo_output_equals_the_reference() {
         "refunds took part"
     );
     assert_same_state(&got, &want);
+}
+
+/// The line protocol of the reference's final values for a demo run of `events` generated events
+/// (seed, rate, and `env` as the binary saw them, starting at 1,700,000,000,000 ms).
+fn reference_lines(env: &[(&str, &str)], seed: u64, rate: f64, events: u64) -> String {
+    let mut config = temp_env_config(env);
+    config.generator.seed = seed;
+    config.generator.events_per_second = rate;
+    let inputs = shopflow::generators::recorded_run(
+        &config.generator,
+        1_700_000_000_000,
+        config.engine.tick_ms,
+        events,
+    )
+    .expect("valid knobs");
+    let expected = dataflows::reference::evaluate(&inputs, config.params(), u64::MAX);
+    let changes = expected
+        .into_iter()
+        .map(|(key, value)| Change {
+            key,
+            value: Some(value),
+        })
+        .collect();
+    let mut lines = String::new();
+    Encoder::new(config.engine.window_ms).encode(&Batch { time: 0, changes }, &mut lines);
+    lines
 }
 
 /// The configuration the binary sees under `env`.
@@ -287,23 +293,7 @@ fn embedded_kafka_demo_equals_the_reference() {
         text(&run.stdout)
     );
 
-    let mut config = temp_env_config(&env);
-    config.generator.seed = 5;
-    config.generator.events_per_second = 1000.0;
-    let start = 1_700_000_000_000;
-    let inputs =
-        shopflow::generators::recorded_run(&config.generator, start, config.engine.tick_ms, 15_000)
-            .expect("valid knobs");
-    let expected = dataflows::reference::evaluate(&inputs, config.params(), u64::MAX);
-    let changes = expected
-        .into_iter()
-        .map(|(key, value)| Change {
-            key,
-            value: Some(value),
-        })
-        .collect();
-    let mut lines = String::new();
-    Encoder::new(config.engine.window_ms).encode(&Batch { time: 0, changes }, &mut lines);
+    let lines = reference_lines(&env, 5, 1000.0, 15_000);
     let written = std::fs::read_to_string(&output).expect("the line protocol file");
     let (got, want) = (final_state(&written), final_state(&lines));
     assert!(
