@@ -198,7 +198,12 @@ impl Config {
 
     /// The configuration as TOML, for `check-config`.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+        // Passwords inside URLs are secrets too.
+        let mut shown = self.clone();
+        shown.mysql.url = crate::sources::mysql::mask_url(&shown.mysql.url).into_owned();
+        shown.kafka.schema_registry_url =
+            crate::sources::mysql::mask_url(&shown.kafka.schema_registry_url).into_owned();
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
     }
 }
 
@@ -224,6 +229,7 @@ const KAFKA_KEYS: &[&str] = &[
     "kafka.partitions",
     "kafka.group-id",
     "kafka.max-poll-messages",
+    "kafka.schema-registry-url",
 ];
 
 /// The generator's keys, to name the one a validation message is about.

@@ -259,6 +259,15 @@ impl Decoder {
         Decoder::with_bundled(DEFAULT_SCHEMA_ID)
     }
 
+    /// A decoder that knows no writer schema yet (they come from a schema registry), reading
+    /// into the bundled schema.
+    pub fn empty() -> Result<Decoder, SchemaError> {
+        Ok(Decoder {
+            writers: FxHashMap::default(),
+            reader: event_schema()?.clone(),
+        })
+    }
+
     /// A decoder that knows the bundled schema under `id`.
     pub fn with_bundled(id: u32) -> Result<Decoder, SchemaError> {
         let reader = event_schema()?.clone();

@@ -18,7 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::sources::avro::{self, DecodeError, Decoder};
+use crate::sources::avro::{self, DecodeError, Decoder, SchemaError};
+use crate::sources::registry::{self, RegistryClient, RegistryError, SchemaCache};
 
 /// The `[kafka]` section: what the event topic is and how to reach it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,11 @@ pub struct KafkaConfig {
     /// The schema id written in the Confluent header, and the id the bundled schema answers to
     /// when no schema registry is configured.
     pub schema_id: u32,
+    /// A Confluent schema registry's URL (basic-auth credentials may be in it; they are never
+    /// logged); empty for none. With one, the producer registers the bundled schema under
+    /// `<topic>-value` and writes the id it is given instead of `schema_id`, and readers fetch
+    /// the writer schema of each id they meet once.
+    pub schema_registry_url: String,
     /// A topic that receives a copy of every malformed message (with its reason, topic, partition
     /// and offset as headers); empty for none.
     pub dead_letter_topic: String,
@@ -73,6 +79,9 @@ pub enum KafkaSourceError {
     /// The bundled schema could not be loaded.
     #[error("avro schema: {0}")]
     Schema(String),
+    /// The schema registry could not be reached, or refused a request.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// The topic does not exist or has no partitions.
     #[error("kafka topic {0} has no partitions (does it exist?)")]
     NoPartitions(String),
@@ -107,6 +116,11 @@ impl KafkaConfig {
         if self.group_id.is_empty() {
             return Err("kafka.group-id: must not be empty".into());
         }
+        if !self.schema_registry_url.is_empty()
+            && let Err(error) = RegistryClient::new(&self.schema_registry_url)
+        {
+            return Err(format!("kafka.schema-registry-url: {error}"));
+        }
         if self.max_poll_messages == 0 {
             return Err("kafka.max-poll-messages: must be at least 1".into());
         }
@@ -139,8 +153,18 @@ pub struct EventProducer {
 }
 
 impl EventProducer {
-    /// Connects a producer.
+    /// Connects a producer. With a schema registry, first registers the bundled schema under
+    /// `<topic>-value` and writes the id it is given in every message.
     pub fn new(config: &KafkaConfig) -> Result<EventProducer, KafkaSourceError> {
+        let schema_id = if config.schema_registry_url.is_empty() {
+            config.schema_id
+        } else {
+            let client = RegistryClient::new(&config.schema_registry_url)?;
+            let subject = registry::value_subject(&config.topic);
+            let id = client.register(&subject, avro::EVENT_SCHEMA)?;
+            tracing::info!(registry = client.url(), %subject, id, "registered the event schema");
+            id
+        };
         let producer: BaseProducer = config
             .client()
             .set("linger.ms", "5")
@@ -151,7 +175,7 @@ impl EventProducer {
         Ok(EventProducer {
             producer,
             topic: config.topic.clone(),
-            schema_id: config.schema_id,
+            schema_id,
             buffer: Vec::new(),
             sent: 0,
         })
@@ -255,6 +279,8 @@ pub struct PartitionReader {
     consumer: BaseConsumer,
     topic: String,
     decoder: Decoder,
+    /// The schema registry's writer schemas, when there is one.
+    schemas: Option<SchemaCache>,
     partitions: Vec<i32>,
     /// The next offset to read, per partition, once something was read.
     next_offsets: BTreeMap<i32, i64>,
@@ -324,12 +350,27 @@ impl PartitionReader {
                 .map_err(kafka("cannot create the dead-letter producer"))?;
             Some((producer, config.dead_letter_topic.clone()))
         };
+        // With a registry, writer schemas are known by the ids it gives; without, the configured
+        // id names the bundled schema.
+        let schema = |e: SchemaError| KafkaSourceError::Schema(e.to_string());
+        let (decoder, schemas) = if config.schema_registry_url.is_empty() {
+            (
+                Decoder::with_bundled(config.schema_id).map_err(schema)?,
+                None,
+            )
+        } else {
+            let client = RegistryClient::new(&config.schema_registry_url)?;
+            (
+                Decoder::empty().map_err(schema)?,
+                Some(SchemaCache::new(client)),
+            )
+        };
         tracing::info!(topic = %config.topic, ?partitions, "assigned partitions");
         Ok(PartitionReader {
             consumer,
             topic: config.topic.clone(),
-            decoder: Decoder::with_bundled(config.schema_id)
-                .map_err(|e| KafkaSourceError::Schema(e.to_string()))?,
+            decoder,
+            schemas,
             partitions,
             next_offsets: BTreeMap::new(),
             uncommitted: VecDeque::new(),
@@ -370,6 +411,17 @@ impl PartitionReader {
             polled.messages += 1;
             let (partition, offset) = (message.partition(), message.offset());
             self.next_offsets.insert(partition, offset + 1);
+            // An id the decoder does not know is fetched from the registry once; when that
+            // fails, the message is counted as an unknown schema id below.
+            if let Some(schemas) = &mut self.schemas
+                && let Some(id) = registry::header_schema_id(message.payload().unwrap_or(&[]))
+                && !self.decoder.knows(id)
+                && let Err(error) = schemas.resolve(&mut self.decoder, id)
+                && !matches!(error, RegistryError::RecentlyFailed { .. })
+            {
+                self.warnings
+                    .warn(format_args!("cannot fetch writer schema {id}: {error}"));
+            }
             match self.decoder.decode(message.payload().unwrap_or(&[])) {
                 Ok(decoded) => emit(decoded.into_event(EventTimeMs(arrival))),
                 Err(error) => {

@@ -4,3 +4,4 @@ pub mod avro;
 pub mod embedded;
 pub mod kafka;
 pub mod mysql;
+pub mod registry;

@@ -229,6 +229,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
         group_id: topic.clone(),
         start: StartPosition::Earliest,
         schema_id: 1,
+        schema_registry_url: String::new(),
         dead_letter_topic: String::new(),
         max_poll_messages: 10_000,
         properties: BTreeMap::new(),

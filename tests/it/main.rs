@@ -8,3 +8,4 @@ mod dataflows;
 mod e2e;
 mod influx;
 mod mysql;
+mod registry;

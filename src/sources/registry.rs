@@ -1,0 +1,756 @@
+//! A blocking client of a Confluent schema registry, and the reader's cache of writer schemas.
+//!
+//! Producers register the bundled schema under the subject `<topic>-value` ([`value_subject`])
+//! and write the id the registry assigns in every message header. Readers meet ids they do not
+//! know and fetch the writer schema by id, once per id: [`SchemaCache::resolve`] registers it in
+//! the [`Decoder`], and remembers ids whose fetch failed for a while
+//! ([`SchemaCache::with_retry_after`]) so that a bad id costs one request, not one per message.
+//!
+//! The registry URL may carry basic-auth credentials (`https://user:password@host:8081`). They
+//! are taken out of the URL when the client is built and sent as an `Authorization` header; the
+//! client's `Debug`, its [`RegistryClient::url`] and its errors never show them.
+//!
+//! reqwest is built without its `json` feature and serde_json is not a dependency, so the two
+//! tiny request and response shapes are written and read here by hand ([`json_string`],
+//! [`json_field`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use reqwest::blocking::{Client, Response};
+
+use crate::sources::avro::{Decoder, HEADER_LEN, MAGIC, SchemaError};
+
+/// The content type of Confluent schema registry requests.
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// How long one request may take, connecting included, unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a request is sent at most when the registry is unreachable or answers 5xx.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// How long [`SchemaCache`] waits before asking again about an id whose fetch failed.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The subject the values of `topic` are registered under (Confluent's `TopicNameStrategy`).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// The schema id in a Confluent-framed message's header, if it has one.
+pub fn header_schema_id(message: &[u8]) -> Option<u32> {
+    match message {
+        [magic, a, b, c, d, ..] if *magic == MAGIC && message.len() >= HEADER_LEN => {
+            Some(u32::from_be_bytes([*a, *b, *c, *d]))
+        }
+        _ => None,
+    }
+}
+
+/// A schema registry request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The configured URL is not an absolute http(s) URL.
+    #[error("schema registry url: {0}")]
+    InvalidUrl(String),
+    /// The HTTP client could not be built (TLS setup).
+    #[error("schema registry client: {0}")]
+    Client(String),
+    /// No answer: the connection failed or timed out, on every attempt.
+    #[error("schema registry {url} unreachable after {attempts} attempt(s): {source}")]
+    Unreachable {
+        /// The request's URL, without credentials.
+        url: String,
+        /// How many times it was sent.
+        attempts: u32,
+        /// The last attempt's error.
+        source: reqwest::Error,
+    },
+    /// The registry refused the request (4xx), with its own explanation.
+    #[error("schema registry refused {url}: HTTP {status}{}: {message}", error_code.map(|c| format!(" (error code {c})")).unwrap_or_default())]
+    Rejected {
+        /// The request's URL, without credentials.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Confluent's `error_code`, e.g. 40401 (subject not found) or 40403 (schema not found).
+        error_code: Option<u32>,
+        /// Confluent's `message`, or the body as sent when it has none.
+        message: String,
+    },
+    /// The registry failed (5xx) on every attempt.
+    #[error(
+        "schema registry failed on {url} after {attempts} attempt(s): HTTP {status}: {message}"
+    )]
+    Server {
+        /// The request's URL, without credentials.
+        url: String,
+        /// How many times it was sent.
+        attempts: u32,
+        /// The last HTTP status.
+        status: u16,
+        /// The registry's message, or the body as sent.
+        message: String,
+    },
+    /// A 2xx answer without the expected field.
+    #[error("schema registry answered {url} with an unexpected body: {body}")]
+    BadResponse {
+        /// The request's URL, without credentials.
+        url: String,
+        /// The body (cut to 200 characters).
+        body: String,
+    },
+    /// The registry's schema cannot be used as a writer schema of the event.
+    #[error("schema registry id {id}: {source}")]
+    Schema {
+        /// The schema id.
+        id: u32,
+        /// Why the decoder refused it.
+        source: SchemaError,
+    },
+    /// The id's fetch failed recently; it is not asked about again until the wait is over.
+    #[error("schema id {id}: its fetch failed recently ({reason}); not retried yet")]
+    RecentlyFailed {
+        /// The schema id.
+        id: u32,
+        /// Why the fetch failed.
+        reason: String,
+    },
+}
+
+/// A blocking client of a Confluent schema registry.
+#[derive(Clone)]
+pub struct RegistryClient {
+    client: Client,
+    /// The base URL, without credentials, ending in `/`.
+    base: Url,
+    /// Basic-auth user and password from the configured URL.
+    auth: Option<(String, Option<String>)>,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.base.as_str())
+            .field("auth", &self.auth.as_ref().map(|_| "***"))
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    /// A client of the registry at `url` with [`DEFAULT_TIMEOUT`] per request.
+    pub fn new(url: &str) -> Result<RegistryClient, RegistryError> {
+        RegistryClient::with_timeout(url, DEFAULT_TIMEOUT)
+    }
+
+    /// A client of the registry at `url` (`http[s]://[user:password@]host[:port][/path]`) whose
+    /// requests each take at most `timeout`.
+    pub fn with_timeout(url: &str, timeout: Duration) -> Result<RegistryClient, RegistryError> {
+        // The parse error never quotes the URL, so the credentials stay out of it.
+        let mut base =
+            Url::parse(url.trim()).map_err(|e| RegistryError::InvalidUrl(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(RegistryError::InvalidUrl(
+                "must be an http:// or https:// URL with a host".into(),
+            ));
+        }
+        let auth = if base.username().is_empty() && base.password().is_none() {
+            None
+        } else {
+            let decode = |s: &str| {
+                percent_decode(s).ok_or_else(|| {
+                    RegistryError::InvalidUrl(
+                        "credentials are not valid percent-encoded UTF-8".into(),
+                    )
+                })
+            };
+            let user = decode(base.username())?;
+            let password = base.password().map(decode).transpose()?;
+            Some((user, password))
+        };
+        // Setting these fails only for URLs that cannot have credentials, ruled out above.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let client = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| RegistryError::Client(e.to_string()))?;
+        Ok(RegistryClient {
+            client,
+            base,
+            auth,
+            attempts: DEFAULT_ATTEMPTS,
+            backoff: Duration::from_millis(100),
+        })
+    }
+
+    /// Sends each request at most `attempts` times (at least once), waiting `backoff`, then
+    /// twice that, and so on, between attempts.
+    pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> RegistryClient {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// The registry's base URL, without credentials.
+    pub fn url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// Registers `schema_json` (an Avro schema) under `subject`; returns its id. Registering a
+    /// schema the subject already has returns the existing id.
+    pub fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
+        let url = self.endpoint(&["subjects", subject, "versions"])?;
+        let body = format!("{{\"schema\":{}}}", json_string(schema_json));
+        let text = self.send(&url, Some(body))?;
+        match json_field(&text, "id") {
+            Some(Json::Number(n)) => n.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| bad_response(&url, &text))
+    }
+
+    /// The schema registered under `id`, as JSON text.
+    pub fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+        let url = self.endpoint(&["schemas", "ids", &id.to_string()])?;
+        let text = self.send(&url, None)?;
+        match json_field(&text, "schema") {
+            Some(Json::String(schema)) => Ok(schema),
+            _ => Err(bad_response(&url, &text)),
+        }
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded as one path segment.
+    fn endpoint(&self, segments: &[&str]) -> Result<Url, RegistryError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| RegistryError::InvalidUrl("cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends a GET (no body) or a POST, retrying unreachable and 5xx answers; returns the body of
+    /// a 2xx answer.
+    fn send(&self, url: &Url, body: Option<String>) -> Result<String, RegistryError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.attempts;
+            let mut request = match &body {
+                Some(body) => self
+                    .client
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .body(body.clone()),
+                None => self.client.get(url.clone()),
+            }
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+            if let Some((user, password)) = &self.auth {
+                request = request.basic_auth(user, password.as_ref());
+            }
+            let outcome = request.send().and_then(|response| {
+                let status = response.status();
+                read_text(response).map(|text| (status, text))
+            });
+            match outcome {
+                Ok((status, text)) if status.is_success() => return Ok(text),
+                Ok((status, text)) if status.is_server_error() => {
+                    if last {
+                        return Err(RegistryError::Server {
+                            url: url.to_string(),
+                            attempts: attempt,
+                            status: status.as_u16(),
+                            message: error_message(&text).1,
+                        });
+                    }
+                }
+                Ok((status, text)) => {
+                    let (error_code, message) = error_message(&text);
+                    return Err(RegistryError::Rejected {
+                        url: url.to_string(),
+                        status: status.as_u16(),
+                        error_code,
+                        message,
+                    });
+                }
+                Err(source) => {
+                    if last {
+                        return Err(RegistryError::Unreachable {
+                            url: url.to_string(),
+                            attempts: attempt,
+                            source: source.without_url(),
+                        });
+                    }
+                }
+            }
+            std::thread::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+        }
+    }
+}
+
+fn read_text(response: Response) -> reqwest::Result<String> {
+    response.text()
+}
+
+fn bad_response(url: &Url, text: &str) -> RegistryError {
+    RegistryError::BadResponse {
+        url: url.to_string(),
+        body: text.chars().take(200).collect(),
+    }
+}
+
+/// Confluent's `error_code` and `message` from an error body, or the body itself (cut to 200
+/// characters) when it is not one.
+fn error_message(text: &str) -> (Option<u32>, String) {
+    let code = match json_field(text, "error_code") {
+        Some(Json::Number(n)) => n.parse().ok(),
+        _ => None,
+    };
+    let message = match json_field(text, "message") {
+        Some(Json::String(message)) => message,
+        _ => text.trim().chars().take(200).collect(),
+    };
+    (code, message)
+}
+
+/// Decodes `%XX` escapes (URL userinfo); `None` if the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = s
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The writer schemas a reader fetched, and the ids whose fetch failed recently.
+#[derive(Debug)]
+pub struct SchemaCache {
+    client: RegistryClient,
+    retry_after: Duration,
+    /// When each failed id's fetch failed, and why.
+    failed: HashMap<u32, (Instant, String)>,
+    fetches: u64,
+}
+
+impl SchemaCache {
+    /// A cache fetching from `client`, which waits [`DEFAULT_RETRY_AFTER`] before asking again
+    /// about an id whose fetch failed.
+    pub fn new(client: RegistryClient) -> SchemaCache {
+        SchemaCache {
+            client,
+            retry_after: DEFAULT_RETRY_AFTER,
+            failed: HashMap::new(),
+            fetches: 0,
+        }
+    }
+
+    /// Waits `retry_after` before asking again about an id whose fetch failed.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> SchemaCache {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The client.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// How many times the registry was asked for a schema (attempts not counted).
+    pub fn fetches(&self) -> u64 {
+        self.fetches
+    }
+
+    /// Makes `decoder` know the writer schema `id`: nothing to do if it does; otherwise fetches
+    /// it from the registry and registers it. An id whose fetch (or registration) failed less
+    /// than the retry wait ago fails at once with [`RegistryError::RecentlyFailed`].
+    pub fn resolve(&mut self, decoder: &mut Decoder, id: u32) -> Result<(), RegistryError> {
+        if decoder.knows(id) {
+            return Ok(());
+        }
+        if let Some((at, reason)) = self.failed.get(&id) {
+            if at.elapsed() < self.retry_after {
+                return Err(RegistryError::RecentlyFailed {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
+            self.failed.remove(&id);
+        }
+        self.fetches += 1;
+        let outcome = self.client.schema_by_id(id).and_then(|schema| {
+            decoder
+                .register(id, &schema)
+                .map_err(|source| RegistryError::Schema { id, source })
+        });
+        if let Err(error) = &outcome {
+            // A failure map cannot grow past the ids a topic's messages carry; bound it anyway.
+            if self.failed.len() >= 10_000 {
+                self.failed.clear();
+            }
+            self.failed.insert(id, (Instant::now(), error.to_string()));
+        }
+        outcome
+    }
+}
+
+/// `s` as a JSON string literal, quotes included.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A scalar top-level field of a JSON object, as [`json_field`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Json {
+    /// A string, unescaped.
+    String(String),
+    /// A number, as written.
+    Number(String),
+    /// `true`, `false`, `null`, an object or an array (not read further).
+    Other,
+}
+
+/// The value of the top-level field `key` of the JSON object `text`; `None` if `text` is not a
+/// well-formed object up to that field, or has no such field.
+pub fn json_field(text: &str, key: &str) -> Option<Json> {
+    let mut p = JsonParser {
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    p.expect(b'{')?;
+    if p.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        let name = p.string()?;
+        p.expect(b':')?;
+        let value = p.value(0)?;
+        if name == key {
+            return Some(value);
+        }
+        match p.next()? {
+            b',' => {}
+            _ => return None,
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl JsonParser<'_> {
+    /// The next byte that is not whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(b) = self.bytes.get(self.pos) {
+            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(*b);
+            }
+            self.pos += 1;
+        }
+        None
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.next()? == b).then_some(())
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let hex = self.bytes.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+
+    fn string(&mut self) -> Option<String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            let b = *self.bytes.get(self.pos)?;
+            self.pos += 1;
+            match b {
+                b'"' => return String::from_utf8(out).ok(),
+                b'\\' => {
+                    let escape = *self.bytes.get(self.pos)?;
+                    self.pos += 1;
+                    let c = match escape {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let high = self.hex4()?;
+                            if (0xd800..0xdc00).contains(&high) {
+                                if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                self.pos += 2;
+                                let low = self.hex4()?;
+                                if !(0xdc00..0xe000).contains(&low) {
+                                    return None;
+                                }
+                                char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                            } else {
+                                char::from_u32(high)?
+                            }
+                        }
+                        _ => return None,
+                    };
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+                b if b < 0x20 => return None,
+                b => out.push(b),
+            }
+        }
+    }
+
+    /// One value; objects and arrays are checked and skipped.
+    fn value(&mut self, depth: u32) -> Option<Json> {
+        if depth > 64 {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(Json::String),
+            b'{' | b'[' => {
+                let close = if self.next()? == b'{' { b'}' } else { b']' };
+                if self.peek()? == close {
+                    self.pos += 1;
+                    return Some(Json::Other);
+                }
+                loop {
+                    if close == b'}' {
+                        self.string()?;
+                        self.expect(b':')?;
+                    }
+                    self.value(depth + 1)?;
+                    match self.next()? {
+                        b',' => {}
+                        b if b == close => return Some(Json::Other),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => {
+                let start = self.pos;
+                while self
+                    .bytes
+                    .get(self.pos)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                {
+                    self.pos += 1;
+                }
+                let token = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
+                match token {
+                    "true" | "false" | "null" => Some(Json::Other),
+                    "" => None,
+                    number if number.parse::<f64>().is_ok() => {
+                        Some(Json::Number(number.to_owned()))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_escapes_what_json_requires() {
+        assert_eq!(json_string("plain"), "\"plain\"");
+        assert_eq!(
+            json_string("{\"a\":\"b\\c\"}\n\t\u{1}é"),
+            "\"{\\\"a\\\":\\\"b\\\\c\\\"}\\n\\t\\u0001é\""
+        );
+    }
+
+    #[test]
+    fn json_string_round_trips_through_json_field() {
+        for s in ["", "x", "{\"type\":\"record\"}", "a\\b\"c\n\r\t\u{1f}é😀/"] {
+            let object = format!("{{\"schema\":{}}}", json_string(s));
+            assert_eq!(json_field(&object, "schema"), Some(Json::String(s.into())));
+        }
+    }
+
+    #[test]
+    fn json_field_reads_registry_answers() {
+        assert_eq!(
+            json_field("{\"id\":42}", "id"),
+            Some(Json::Number("42".into()))
+        );
+        assert_eq!(
+            json_field(" { \"id\" : 7 } ", "id"),
+            Some(Json::Number("7".into()))
+        );
+        let error = r#"{"error_code":40401,"message":"Schema not found"}"#;
+        assert_eq!(
+            json_field(error, "error_code"),
+            Some(Json::Number("40401".into()))
+        );
+        assert_eq!(
+            json_field(error, "message"),
+            Some(Json::String("Schema not found".into()))
+        );
+        // Confluent adds fields around the one wanted, nested ones included.
+        let by_id = r#"{"schemaType":"AVRO","references":[{"name":"x","v":[1,true,null]}],"meta":{},"schema":"{\"type\":\"string\"}","n":-1.5e3}"#;
+        assert_eq!(
+            json_field(by_id, "schema"),
+            Some(Json::String("{\"type\":\"string\"}".into()))
+        );
+        assert_eq!(json_field(by_id, "n"), Some(Json::Number("-1.5e3".into())));
+        assert_eq!(
+            json_field(r#"{"s":"\ud83d\ude00\u00e9"}"#, "s"),
+            Some(Json::String("😀é".into()))
+        );
+    }
+
+    #[test]
+    fn json_field_rejects_what_it_cannot_read() {
+        for text in [
+            "",
+            "{}",
+            "[1]",
+            "{\"id\"}",
+            "{\"id\":}",
+            "{\"other\":1}",
+            "{\"other\":[1,}, \"id\":1}",
+            "{\"id\":\"unterminated}",
+            "{\"id\":\"\\ud800\"}",
+            "{\"id\":bogus}",
+            "<html>502 Bad Gateway</html>",
+        ] {
+            assert!(
+                matches!(json_field(text, "id"), None | Some(Json::Other)),
+                "{text}"
+            );
+        }
+        assert_eq!(json_field("{\"id\":null}", "id"), Some(Json::Other));
+    }
+
+    #[test]
+    fn error_message_prefers_the_registry_message() {
+        assert_eq!(
+            error_message(r#"{"error_code":40403,"message":"Schema 9 not found"}"#),
+            (Some(40403), "Schema 9 not found".into())
+        );
+        assert_eq!(
+            error_message(" gateway down \n"),
+            (None, "gateway down".into())
+        );
+    }
+
+    #[test]
+    fn urls_drop_credentials_and_encode_segments() {
+        let client = RegistryClient::new("https://al%40ice:s3cr%2Ft@registry.example:8081/base")
+            .expect("client");
+        assert_eq!(client.url(), "https://registry.example:8081/base/");
+        assert_eq!(
+            client.auth,
+            Some(("al@ice".to_owned(), Some("s3cr/t".to_owned())))
+        );
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("s3cr"), "{debug}");
+        assert!(!debug.contains("al@ice"), "{debug}");
+        assert_eq!(
+            client
+                .endpoint(&["subjects", "a/b c-value", "versions"])
+                .expect("url")
+                .as_str(),
+            "https://registry.example:8081/base/subjects/a%2Fb%20c-value/versions"
+        );
+        let plain = RegistryClient::new("http://localhost:8081").expect("client");
+        assert_eq!(plain.url(), "http://localhost:8081/");
+        assert!(plain.auth.is_none());
+        assert_eq!(
+            plain
+                .endpoint(&["schemas", "ids", "3"])
+                .expect("url")
+                .as_str(),
+            "http://localhost:8081/schemas/ids/3"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        for url in [
+            "",
+            "registry:8081",
+            "ftp://host/",
+            "not a url",
+            "http://u:secret@",
+        ] {
+            match RegistryClient::new(url) {
+                Err(RegistryError::InvalidUrl(message)) => {
+                    assert!(!message.contains("secret"), "{message}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_schema_id_reads_the_confluent_header() {
+        assert_eq!(header_schema_id(&[0, 0, 0, 1, 2, 9]), Some(258));
+        assert_eq!(header_schema_id(&[0, 0, 0, 0, 7]), Some(7));
+        assert_eq!(header_schema_id(&[1, 0, 0, 0, 7]), None);
+        assert_eq!(header_schema_id(&[0, 0, 0, 7]), None);
+        assert_eq!(header_schema_id(&[]), None);
+    }
+
+    #[test]
+    fn value_subjects_follow_the_topic_name_strategy() {
+        assert_eq!(value_subject("shopflow-events"), "shopflow-events-value");
+    }
+}
