@@ -4,6 +4,7 @@
 mod avro;
 mod cli;
 mod config;
+mod dashboards;
 mod dataflows;
 mod e2e;
 mod influx;
