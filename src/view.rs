@@ -59,7 +59,9 @@ impl LiveView {
                     rate = (events_in - last.1) as f64 / elapsed;
                     last = (Instant::now(), events_in);
                 }
-                bar.set_position(status.generated.load(Ordering::Relaxed));
+                // With Kafka in between, `--events` counts what the producer has sent.
+                let produced = status.produced.load(Ordering::Relaxed);
+                bar.set_position(produced.max(status.generated.load(Ordering::Relaxed)));
                 let reference = if realtime {
                     now_ms()
                 } else {
@@ -67,8 +69,9 @@ impl LiveView {
                 };
                 let lag = reference.saturating_sub(status.completed_until.load(Ordering::Relaxed));
                 let mut msg = format!(
-                    "{:>10.0} events/s   {} events in   lag {:.1}s   running {:.0}s\n",
+                    "{:>10.0} events/s   {} produced   {} events in   lag {:.1}s   running {:.0}s\n",
                     rate,
+                    produced,
                     events_in,
                     lag as f64 / 1_000.0,
                     started.elapsed().as_secs_f64()
