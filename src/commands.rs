@@ -36,6 +36,12 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
+    if workers.processes > 1 && args.source == DemoSource::EmbeddedKafka {
+        anyhow::bail!(
+            "the embedded Kafka lives in one process: use --source generator with --processes, \
+             or `shopflow run` with a real Kafka"
+        );
+    }
     let output = process_output(&config.output.line_protocol, &workers);
     let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
 

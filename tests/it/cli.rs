@@ -231,6 +231,14 @@ fn bad_flags_and_configuration_give_one_clear_error() {
         "error: --process 2 is out of range for --processes 2 (processes are numbered from 0)"
     );
 
+    let run = shopflow(&["demo", "--processes", "2", "--process", "1"], &[]);
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.starts_with("error: the embedded Kafka lives in one process"),
+        "{stderr}"
+    );
+
     let run = shopflow(
         &["--config", "/nonexistent/shopflow.toml", "check-config"],
         &[],
