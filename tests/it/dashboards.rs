@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::services::{Cleanup, env};
+
 const DASHBOARDS: &str = "grafana/dashboards";
 const DATASOURCES: &str = "grafana/provisioning/datasources";
 const DASHBOARD_PROVIDERS: &str = "grafana/provisioning/dashboards";
@@ -1353,35 +1355,6 @@ fn docker_compose_config_accepts_the_file_where_the_client_can() {
 // ------------------------------------------------------------------------------------------------
 // Every panel's query, after a real run.
 
-fn env_var(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run scripts/test-all"))
-}
-
-/// Drops the test's MariaDB and InfluxDB databases however the test ends.
-struct Cleanup {
-    mysql_admin: String,
-    database: String,
-    influx: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        use mysql::prelude::Queryable;
-        if let Ok(pool) = mysql::Pool::new(self.mysql_admin.as_str())
-            && let Ok(mut conn) = pool.get_conn()
-        {
-            let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database));
-        }
-        let drop = format!("DROP DATABASE \"{}\"", self.database);
-        if let Ok(url) = reqwest::Url::parse_with_params(
-            &format!("{}/query", self.influx),
-            &[("q", drop.as_str())],
-        ) {
-            let _ = reqwest::blocking::Client::new().post(url).send();
-        }
-    }
-}
-
 /// Grafana's `roundInterval`: the interval a panel gets for `range / resolution`.
 fn round_interval(ms: u64) -> u64 {
     const STEPS: &[(u64, u64)] = &[
@@ -1663,9 +1636,9 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     use shopflow::sources::kafka::{self, EventProducer};
 
     let (mysql_url, influx_url, brokers) = (
-        env_var("SHOPFLOW_TEST_MYSQL_URL"),
-        env_var("SHOPFLOW_TEST_INFLUX_URL"),
-        env_var("SHOPFLOW_TEST_KAFKA_BROKERS"),
+        env("SHOPFLOW_TEST_MYSQL_URL"),
+        env("SHOPFLOW_TEST_INFLUX_URL"),
+        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
     );
     let started_ms = shopflow::runtime::now_ms();
     let database = format!(

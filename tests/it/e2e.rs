@@ -17,38 +17,7 @@ use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
 use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
 use shopflow::sources::mysql::{self as source, MysqlConfig};
 
-fn env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run scripts/test-all"))
-}
-
-/// A unique name per test run, so runs never share a topic, database or table.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), rand::random::<u32>())
-}
-
-/// Drops the test's MariaDB and InfluxDB databases however the test ends.
-struct Cleanup {
-    mysql_admin: String,
-    database: String,
-    influx: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Ok(pool) = mysql::Pool::new(self.mysql_admin.as_str())
-            && let Ok(mut conn) = pool.get_conn()
-        {
-            let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database));
-        }
-        let drop = format!("DROP DATABASE \"{}\"", self.database);
-        if let Ok(url) = reqwest::Url::parse_with_params(
-            &format!("{}/query", self.influx),
-            &[("q", drop.as_str())],
-        ) {
-            let _ = reqwest::blocking::Client::new().post(url).send();
-        }
-    }
-}
+use crate::services::{Cleanup, env, unique};
 
 const AGE_BAND: &str = "CASE WHEN d.id IS NULL THEN 'unknown' WHEN d.age < 18 THEN '<18' WHEN d.age <= 24 THEN '18-24' \
      WHEN d.age <= 34 THEN '25-34' WHEN d.age <= 44 THEN '35-44' WHEN d.age <= 54 THEN '45-54' \

@@ -10,3 +10,4 @@ mod e2e;
 mod influx;
 mod mysql;
 mod registry;
+mod services;

@@ -1,0 +1,40 @@
+//! What the tests that need real services share: their endpoints, unique names, and cleanup.
+
+use mysql::prelude::Queryable;
+
+/// An endpoint the service tests read from the environment (`scripts/services.sh env`).
+pub fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: run scripts/test-all"))
+}
+
+/// A unique name per test run, so runs never share a topic, database or table.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), rand::random::<u32>())
+}
+
+/// Drops the test's MariaDB and InfluxDB databases however the test ends.
+pub struct Cleanup {
+    /// A MariaDB URL with the rights to drop the database.
+    pub mysql_admin: String,
+    /// The database's name, the same in MariaDB and InfluxDB.
+    pub database: String,
+    /// The InfluxDB base URL.
+    pub influx: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(pool) = mysql::Pool::new(self.mysql_admin.as_str())
+            && let Ok(mut conn) = pool.get_conn()
+        {
+            let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database));
+        }
+        let drop = format!("DROP DATABASE \"{}\"", self.database);
+        if let Ok(url) = reqwest::Url::parse_with_params(
+            &format!("{}/query", self.influx),
+            &[("q", drop.as_str())],
+        ) {
+            let _ = reqwest::blocking::Client::new().post(url).send();
+        }
+    }
+}
