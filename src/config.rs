@@ -201,10 +201,30 @@ impl Config {
         // Passwords inside URLs are secrets too.
         let mut shown = self.clone();
         shown.mysql.url = crate::sources::mysql::mask_url(&shown.mysql.url).into_owned();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = "***".to_owned();
+            }
+        }
         shown.kafka.schema_registry_url =
             crate::sources::mysql::mask_url(&shown.kafka.schema_registry_url).into_owned();
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print: {e}"))
     }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, keys, tokens, OAuth configuration).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "oauthbearer.config",
+        "ssl.key.pem",
+        "ssl_key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// One line for a figment error: the key, what is wrong, and which layer said so.

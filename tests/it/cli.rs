@@ -452,3 +452,92 @@ fn two_processes_write_what_one_process_writes() {
     cluster_counters.extend(counters(&part1));
     assert_eq!(cluster_counters, counters(&read(single_output)));
 }
+
+/// Secrets set in the configuration and the environment appear in no output of a run that logs
+/// everything and fails on every service, nor in `check-config`.
+#[test]
+fn secrets_never_reach_the_output() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+        .port();
+    let config = shopflow::config::DEFAULT_TOML
+        .replace("[kafka.properties]", "[kafka.properties]\n\"sasl.password\" = \"kafka-secret-4711\"\n\"sasl.username\" = \"shop\"")
+        .replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"127.0.0.1:{closed}\""));
+    let path = dir.path().join("secret.toml");
+    std::fs::write(&path, config).expect("a config file");
+    let path = path.to_str().expect("a UTF-8 path");
+    let env = [
+        ("RUST_LOG", "trace"),
+        (
+            "SHOPFLOW__MYSQL__URL",
+            &format!("mysql://shopflow:mysql-secret-4711@127.0.0.1:{closed}/shop") as &str,
+        ),
+        ("SHOPFLOW__MYSQL__CONNECT_RETRIES", "1"),
+        (
+            "SHOPFLOW__INFLUX__URL",
+            &format!("http://127.0.0.1:{closed}") as &str,
+        ),
+        ("SHOPFLOW__INFLUX__USERNAME", "shop"),
+        ("SHOPFLOW__INFLUX__PASSWORD", "influx-secret-4711"),
+        ("SHOPFLOW__INFLUX__MAX_RETRIES", "1"),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, *v)).collect();
+    let check = shopflow(&["--config", path, "check-config"], &env);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    // First the InfluxDB sink (refused at start), then Kafka and MySQL (line protocol sink).
+    let influx = shopflow(
+        &["--config", path, "run", "-w", "1", "--duration", "3s"],
+        &env,
+    );
+    assert!(
+        !influx.status.success(),
+        "nothing is reachable, so the run fails"
+    );
+    let output = dir.path().join("out.lp");
+    let output = output.to_str().expect("a UTF-8 path");
+    let args = [
+        "--config",
+        path,
+        "run",
+        "-w",
+        "1",
+        "--duration",
+        "3s",
+        "--sink",
+        "line-protocol",
+        "-o",
+        output,
+    ];
+    let run = shopflow(&args, &env);
+    assert!(
+        !run.status.success(),
+        "nothing is reachable, so the run fails"
+    );
+    let closed_port = format!("127.0.0.1:{closed}");
+    assert!(
+        text(&run.stderr).contains(&closed_port),
+        "{}",
+        text(&run.stderr)
+    );
+    for output in [
+        &check.stdout,
+        &check.stderr,
+        &influx.stdout,
+        &influx.stderr,
+        &run.stdout,
+        &run.stderr,
+    ] {
+        let output = text(output);
+        assert!(
+            !output.contains("secret-4711"),
+            "a secret leaked:\n{output}"
+        );
+    }
+    assert!(
+        text(&check.stdout).contains("***"),
+        "secrets are shown masked"
+    );
+}
