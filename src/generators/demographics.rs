@@ -214,10 +214,6 @@ impl Changes {
                 (self.initial_users as usize..self.rows.len()).find(|&i| self.rows[i].is_none())
         {
             let row = user(self.seed ^ 0x5EED, id as u32);
-            let row = Demographic {
-                id: UserId(id as u32),
-                ..row
-            };
             self.rows[id] = Some(row.clone());
             return vec![(row, 1)];
         }

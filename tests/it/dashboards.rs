@@ -1687,16 +1687,7 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     kafka.group_id = topic.clone();
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let mut producer = EventProducer::new(&kafka).expect("a producer");
-    for garbage in [
-        &b"\x07junk"[..],
-        &b"\x00\x00\x00\x00\x01\x02"[..],
-        &b"\x00\x00\x00\x00\x09abc"[..],
-        &b""[..],
-    ] {
-        producer
-            .send_raw(b"k", garbage, shopflow::runtime::now_ms())
-            .expect("sent");
-    }
+    crate::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
 
     // The pipeline, while the producer sends events in real time (one batch per tick).

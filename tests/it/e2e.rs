@@ -266,16 +266,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
     .expect("produced");
     assert_eq!(sent, events);
     // Malformed messages: counted, and nothing else changes.
-    for garbage in [
-        &b"\x07junk"[..],
-        &b"\x00\x00\x00\x00\x01\x02"[..],
-        &b"\x00\x00\x00\x00\x09abc"[..],
-        &b""[..],
-    ] {
-        producer
-            .send_raw(b"k", garbage, shopflow::runtime::now_ms())
-            .expect("sent");
-    }
+    crate::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
     let applied = changer.join().expect("the changer thread");
     assert_eq!(applied.changes, 300);

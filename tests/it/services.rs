@@ -38,3 +38,20 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// The malformed messages the service tests send, one per reason a source counts: a wrong magic
+/// byte, a truncated body, an unknown schema id, an empty message. Returns how many.
+pub fn send_malformed(producer: &mut shopflow::sources::kafka::EventProducer) -> i64 {
+    let messages: [&[u8]; 4] = [
+        b"\x07junk",
+        b"\x00\x00\x00\x00\x01\x02",
+        b"\x00\x00\x00\x00\x09abc",
+        b"",
+    ];
+    for message in messages {
+        producer
+            .send_raw(b"k", message, shopflow::runtime::now_ms())
+            .expect("sent");
+    }
+    messages.len() as i64
+}
