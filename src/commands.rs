@@ -100,6 +100,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         stop,
         events,
         demographics: DemographicSource::Generator,
+        checkpoints: None,
     };
     let result = runtime::run(plan, Box::new(sink), Arc::clone(&status));
     if let Some(live) = live {
@@ -161,6 +162,7 @@ pub fn bench_dataflow(
             start_ms: Some(1_700_000_000_000),
         },
         demographics: DemographicSource::Generator,
+        checkpoints: None,
     };
     runtime::run(plan, Box::new(Discard::default()), status)?;
     Ok(())
@@ -222,6 +224,8 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             producer_done: None,
         },
         demographics: DemographicSource::Mysql(config.mysql.clone()),
+        checkpoints: Some(config.engine.checkpoint_dir.clone())
+            .filter(|dir| !dir.as_os_str().is_empty()),
         stop: Stop {
             events: None,
             duration: args.duration,

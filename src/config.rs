@@ -78,6 +78,10 @@ pub struct EngineConfig {
     pub order_horizon_ms: u64,
     /// How many ticks may be in flight before sources pause.
     pub max_ticks_in_flight: u64,
+    /// Where `run` keeps checkpoints; empty for none.
+    pub checkpoint_dir: PathBuf,
+    /// How often `run` checkpoints, in milliseconds; a multiple of the tick.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// The `[output]` section.
@@ -151,6 +155,12 @@ impl Config {
         }
         if e.max_ticks_in_flight == 0 {
             return invalid("engine.max-ticks-in-flight", "must be at least 1");
+        }
+        if e.checkpoint_interval_ms == 0 || e.checkpoint_interval_ms % e.tick_ms != 0 {
+            return invalid(
+                "engine.checkpoint-interval-ms",
+                "must be a positive multiple of engine.tick-ms",
+            );
         }
         if let Err(message) = self.generator.validate() {
             let key = message.split(' ').next().unwrap_or("");

@@ -7,6 +7,7 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod config;

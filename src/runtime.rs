@@ -12,13 +12,14 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataflows::analytics;
 use dataflows::model::{OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
+use dataflows::{Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
+use crate::checkpoint::{self, WorkerCheckpoint};
 use crate::config::Config;
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
@@ -149,6 +150,8 @@ pub struct Stop {
 pub struct Status {
     /// Set to stop the run cleanly (Ctrl-C).
     pub stop: AtomicBool,
+    /// Set when the sink failed: nothing more will be written.
+    pub sink_failed: AtomicBool,
     /// Events that entered the dataflow from this process's workers.
     pub generated: AtomicU64,
     /// Events an in-process producer has sent to Kafka.
@@ -222,6 +225,8 @@ pub struct Plan {
     pub events: EventSource,
     /// Where demographics come from.
     pub demographics: DemographicSource,
+    /// Where to keep checkpoints (Kafka sources only); `None` for none.
+    pub checkpoints: Option<PathBuf>,
 }
 
 /// Worker 0's demographics input after the initial table.
@@ -272,6 +277,23 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let stop = plan.stop;
     let source = plan.events.clone();
     let demographic_source = plan.demographics.clone();
+    // Checkpoints: where, for which pipeline, and the newest complete one to restore.
+    let checkpoints = match (&plan.checkpoints, &plan.events) {
+        (Some(dir), EventSource::Kafka { config, .. }) => {
+            let pipeline = checkpoint::fingerprint(&config.topic, &params);
+            let found = checkpoint::latest(dir).map_err(|e| RunError::Source(e.to_string()))?;
+            if let Some(found) = &found {
+                tracing::info!(tick = found.tick, workers = found.files.len(), dir = %dir.display(), "restoring a checkpoint");
+            }
+            Some(Checkpoints {
+                dir: dir.clone(),
+                pipeline,
+                interval_ms: plan.config.engine.checkpoint_interval_ms,
+                found,
+            })
+        }
+        _ => None,
+    };
     let started = Instant::now();
 
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
@@ -290,6 +312,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             );
             if result.is_err() {
                 // Stop the sources: nothing they read could be written.
+                sink_status.sink_failed.store(true, Ordering::Relaxed);
                 sink_status.stop.store(true, Ordering::Relaxed);
             }
             result?;
@@ -310,18 +333,55 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         let status = Arc::clone(&worker_status);
 
         let mut events_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in, probe) =
-            worker.dataflow::<Tick, _, _>(|scope| {
-                let events = scope.input_from(&mut events_in);
-                let (demographics_in, demographics) = scope.new_collection();
-                let (counters_in, counters) = scope.new_collection();
-                let (probe, rows) = analytics(events, demographics, counters, params).probe();
-                emit_batches(rows, move |progress| {
-                    // The sink thread only stops early on a sink error, which ends the run anyway.
-                    let _ = sender.send((index, progress));
-                });
-                (demographics_in, counters_in, probe)
+        let mut orders_in = InputHandleVec::new();
+        let (
+            mut demographics_in,
+            mut counters_in,
+            mut restored_in,
+            mut segments_in,
+            probe,
+            handles,
+        ) = worker.dataflow::<Tick, _, _>(|scope| {
+            let events = scope.input_from(&mut events_in);
+            let (demographics_in, demographics) = scope.new_collection();
+            let (counters_in, counters) = scope.new_collection();
+            let (restored_in, contributions) = scope.new_collection();
+            let (segments_in, segments) = scope.new_collection();
+            let restored = Restored {
+                contributions,
+                segments,
+                orders: scope.input_from(&mut orders_in),
+            };
+            let (rows, handles) =
+                analytics_with_state(events, demographics, counters, restored, params);
+            let (probe, rows) = rows.probe();
+            emit_batches(rows, move |progress| {
+                // The sink thread only stops early on a sink error, which ends the run anyway.
+                let _ = sender.send((index, progress));
             });
+            (
+                demographics_in,
+                counters_in,
+                restored_in,
+                segments_in,
+                probe,
+                handles,
+            )
+        });
+        // Holding the handles constrains compaction: only keep them to checkpoint.
+        let mut handles = checkpoints.as_ref().map(|_| handles);
+        // This worker's share of the checkpoint restored, and every partition's offset in it.
+        let (restored_state, resume_offsets) = match checkpoints
+            .as_ref()
+            .and_then(|c| c.found.as_ref().map(|found| (found, &c.pipeline)))
+        {
+            Some((found, pipeline)) => {
+                let (state, offsets) =
+                    checkpoint::load(found, pipeline, index, peers).map_err(|e| e.to_string())?;
+                (Some(state), Some(offsets))
+            }
+            None => (None, None),
+        };
 
         let mut events = match &source {
             EventSource::Generator { .. } => WorkerEvents::Generator {
@@ -334,8 +394,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 until_caught_up,
                 producer_done,
             } => {
-                let reader =
-                    PartitionReader::open(config, index, peers).map_err(|e| e.to_string())?;
+                let reader = PartitionReader::open(config, index, peers, resume_offsets.as_ref())
+                    .map_err(|e| e.to_string())?;
                 WorkerEvents::Kafka {
                     reader: Box::new(reader),
                     until_caught_up: *until_caught_up,
@@ -345,17 +405,52 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         };
 
         let mut tick = start_ms - start_ms % tick_ms;
+        if let Some(found) = checkpoints.as_ref().and_then(|c| c.found.as_ref()) {
+            // A clock set back does not take the run before its checkpoint.
+            tick = tick.max(found.tick);
+        }
         events_in.advance_to(tick);
+        orders_in.advance_to(tick);
         demographics_in.advance_to(tick);
         demographics_in.flush();
+        segments_in.advance_to(tick);
         counters_in.advance_to(tick);
+        // The restored segments, retracted at the end of the first tick when the demographics
+        // as their source holds them now enter: the first tick's output is the checkpoint's.
+        let mut restored_segments = Vec::new();
+        if let Some(state) = restored_state {
+            for (contribution, totals) in state.contributions {
+                restored_in.update(contribution, totals);
+            }
+            for (segment, n) in &state.segments {
+                segments_in.update(segment.clone(), *n);
+            }
+            restored_segments = state.segments;
+            for (counter, n) in state.counters {
+                counters_in.update(counter, n as isize);
+            }
+            for order in state.orders {
+                orders_in.send(order);
+            }
+        }
         counters_in.flush();
+        restored_in.advance_to(tick);
+        restored_in.flush();
+        segments_in.flush();
+        let restoring = checkpoints.as_ref().is_some_and(|c| c.found.is_some());
+        // The demographics read at start wait for the end of the first tick when restoring.
+        let mut snapshot: Vec<dataflows::model::Demographic> = Vec::new();
+        // The next checkpoint boundary: every worker stops its inputs exactly there.
+        let interval = checkpoints.as_ref().map_or(u64::MAX, |c| c.interval_ms);
+        let mut next_checkpoint = tick.saturating_add(interval) / interval * interval;
+        // Checkpoints taken, waiting for the sink to pass their boundary before being written.
+        let mut captured: Vec<WorkerCheckpoint> = Vec::new();
+        let mut writers: Vec<std::thread::JoinHandle<()>> = Vec::new();
+        let mut stopping = false;
         // Demographics enter once, at worker 0, as a real source reads its table once.
         let mut changes = match (index, &demographic_source) {
             (0, DemographicSource::Generator) => {
-                for row in demographics::table(knobs.seed, knobs.users) {
-                    demographics_in.update(row, 1);
-                }
+                snapshot = demographics::table(knobs.seed, knobs.users).collect();
                 Some(WorkerDemographics::Generated(demographics::Changes::new(
                     knobs.seed,
                     knobs.users,
@@ -365,13 +460,16 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             (0, DemographicSource::Mysql(config)) => {
                 let (rows, feed) = DemographicsSource::start(config).map_err(|e| e.to_string())?;
                 tracing::info!(rows = rows.len(), "demographics snapshot");
-                for row in rows {
-                    demographics_in.update(row, 1);
-                }
+                snapshot = rows;
                 Some(WorkerDemographics::Mysql(feed))
             }
             _ => None,
         };
+        if !restoring {
+            for row in snapshot.drain(..) {
+                demographics_in.update(row, 1);
+            }
+        }
         let change_ms =
             |k: u64| start_ms + (k as f64 * 1_000.0 / knobs.demographic_changes_per_second) as u64;
         let peers = peers as u64;
@@ -380,7 +478,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             if status.stop.load(Ordering::Relaxed)
                 || stop.duration.is_some_and(|d| started.elapsed() >= d)
             {
-                break;
+                if handles.is_none() {
+                    break;
+                }
+                // A graceful stop checkpoints first: this tick ends at the next boundary.
+                stopping = true;
             }
             // Backpressure: never run more than `max_in_flight` ticks ahead of the output; a
             // source that is not polled buffers nothing here.
@@ -459,6 +561,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     // A tick that fell behind the clock is followed by the current one.
                     let now = now_ms();
                     end = end.max(now - now % tick_ms);
+                    if stopping {
+                        end = end.max(next_checkpoint);
+                    }
                     if let Some(lag) = reader.lag() {
                         lock(&status.consumer_lags).insert(index, lag as u64);
                     }
@@ -469,6 +574,14 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 lock(&status.event_times).push((end, newest));
             }
             tracing::debug!(tick, sent, "tick produced");
+            // Restoring: the demographics as their source holds them now replace the segments the
+            // checkpoint held, moving whoever changed meanwhile.
+            for (segment, n) in restored_segments.drain(..) {
+                segments_in.update(segment, -n);
+            }
+            for row in snapshot.drain(..) {
+                demographics_in.update(row, 1);
+            }
             match changes.as_mut() {
                 Some(WorkerDemographics::Generated(changes)) => {
                     while knobs.demographic_changes_per_second > 0.0
@@ -486,8 +599,14 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 }
                 None => {}
             }
-            tick = end;
+            // Every worker's inputs stop exactly at each checkpoint boundary.
+            tick = end.min(next_checkpoint);
             events_in.advance_to(tick);
+            orders_in.advance_to(tick);
+            restored_in.advance_to(tick);
+            restored_in.flush();
+            segments_in.advance_to(tick);
+            segments_in.flush();
             // A differential input session tells timely of its new time only when flushed.
             demographics_in.advance_to(tick);
             demographics_in.flush();
@@ -501,11 +620,53 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     .map_err(|e| e.to_string())?;
             }
             worker.step();
+            if let Some(handles) = handles.as_mut() {
+                if tick == next_checkpoint {
+                    // Once the dataflow has done everything before the boundary (which needs
+                    // every worker's inputs there), this worker's state is the boundary's.
+                    while probe.less_than(&tick) {
+                        worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
+                    let state = handles.capture(tick).ok_or_else(|| {
+                        format!("cannot read the dataflow's state at the boundary {tick}")
+                    })?;
+                    let offsets = match &events {
+                        WorkerEvents::Kafka { reader, .. } => reader.positions().clone(),
+                        WorkerEvents::Generator { .. } => BTreeMap::new(),
+                    };
+                    let c = checkpoints
+                        .as_ref()
+                        .expect("handles are kept only to checkpoint");
+                    captured.push(WorkerCheckpoint {
+                        version: checkpoint::VERSION,
+                        pipeline: c.pipeline.clone(),
+                        tick,
+                        worker: index,
+                        peers: peers as usize,
+                        offsets,
+                        state,
+                    });
+                    next_checkpoint = next_checkpoint.saturating_add(interval);
+                    // A stop asked for meanwhile ends the run here, at the boundary all
+                    // workers reached: this checkpoint is then the last and complete one.
+                    if stopping || status.stop.load(Ordering::Relaxed) {
+                        finished = true;
+                    }
+                }
+                // Let the arrangements compact, but never across the next boundary.
+                let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
+                handles.allow_compaction(frontier.min(next_checkpoint - 1));
+                let written = status.completed_until.load(Ordering::Relaxed);
+                write_checkpoints(&mut captured, &mut writers, written, checkpoints.as_ref());
+            }
             if finished {
                 break;
             }
         }
         drop(events_in);
+        drop(orders_in);
+        drop(restored_in);
+        drop(segments_in);
         drop(demographics_in);
         drop(counters_in);
         while !probe.done() {
@@ -513,14 +674,19 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         }
         if let WorkerEvents::Kafka { reader, .. } = &mut events {
             // Everything read has been through the dataflow; commit once the sink has written it.
-            while status.completed_until.load(Ordering::Relaxed) < tick
-                && !status.stop.load(Ordering::Relaxed)
-            {
+            // The sink passes `tick` unless it failed, which sets `stop` and ends the wait.
+            let sink_failed = || status.sink_failed.load(Ordering::Relaxed);
+            while status.completed_until.load(Ordering::Relaxed) < tick && !sink_failed() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if status.completed_until.load(Ordering::Relaxed) >= tick {
+                let written = status.completed_until.load(Ordering::Relaxed);
+                write_checkpoints(&mut captured, &mut writers, written, checkpoints.as_ref());
                 reader.commit_all().map_err(|e| e.to_string())?;
             }
+        }
+        for writer in writers {
+            let _ = writer.join();
         }
         Ok(())
     })
@@ -680,6 +846,53 @@ fn remember(status: &Status, batch: &Batch) {
             None => {
                 table.remove(&change.key);
             }
+        }
+    }
+}
+
+/// Where and what a run checkpoints.
+struct Checkpoints {
+    dir: PathBuf,
+    pipeline: String,
+    interval_ms: u64,
+    /// The checkpoint this run restores.
+    found: Option<checkpoint::Found>,
+}
+
+/// Writes (on their own threads) the captured checkpoints whose boundary the sink has passed:
+/// only then is everything before the boundary in the sink, closed windows included.
+fn write_checkpoints(
+    captured: &mut Vec<WorkerCheckpoint>,
+    writers: &mut Vec<std::thread::JoinHandle<()>>,
+    written_below: Tick,
+    checkpoints: Option<&Checkpoints>,
+) {
+    let Some(checkpoints) = checkpoints else {
+        return;
+    };
+    writers.retain(|w| !w.is_finished());
+    let ready = captured.partition_point(|c| c.tick <= written_below);
+    for checkpoint in captured.drain(..ready) {
+        let dir = checkpoints.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("shopflow-checkpoint".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match checkpoint::write(&dir, &checkpoint) {
+                    Ok(path) => {
+                        tracing::debug!(path = %path.display(), elapsed = ?started.elapsed(), "checkpoint written");
+                        if checkpoint.worker == 0
+                            && let Err(error) = checkpoint::prune(&dir)
+                        {
+                            tracing::warn!(%error, "cannot remove old checkpoints");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "cannot write a checkpoint"),
+                }
+            });
+        match spawned {
+            Ok(writer) => writers.push(writer),
+            Err(error) => tracing::error!(%error, "cannot start a checkpoint writer"),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! per window, maintained by one `count_total` over a single arrangement of keys.
 
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Pipeline;
@@ -50,13 +52,19 @@ pub fn aggregate<'scope>(
         .as_collection()
 }
 
-/// Keeps the engine's counters: `(counter, value)` rows.
+/// The counters arranged: their totals so far, which a checkpoint reads.
+pub type CounterTrace = TraceAgent<KeySpine<Counter, Tick, isize>>;
+
+/// Keeps the engine's counters: `(counter, value)` rows, and the arrangement they are kept in.
 pub fn count_counters<'scope>(
     counters: VecCollection<'scope, Tick, Counter, isize>,
-) -> VecCollection<'scope, Tick, (Counter, isize), isize> {
-    counters
-        .arrange_by_self_named("Arrange: counters")
-        .count_total()
+) -> (
+    VecCollection<'scope, Tick, (Counter, isize), isize>,
+    CounterTrace,
+) {
+    let arranged = counters.arrange_by_self_named("Arrange: counters");
+    let trace = arranged.trace.clone();
+    (arranged.count_total(), trace)
 }
 
 /// Expands segment rows into aggregate keys, summing what each worker received in one activation

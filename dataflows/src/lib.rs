@@ -19,12 +19,22 @@ pub mod orders;
 pub mod output;
 pub mod reference;
 pub mod segments;
+pub mod state;
 pub mod windows;
 
-use differential_dataflow::VecCollection;
-use timely::dataflow::StreamVec;
+use std::cell::RefCell;
+use std::rc::Rc;
 
-use model::{Counter, Demographic, Event, OutputKey, OutputRow, OutputValue, Tick};
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::StreamVec;
+use timely::dataflow::operators::generic::operator::empty;
+
+use model::{
+    Contribution, Counter, Demographic, Event, OrderId, OutputKey, OutputRow, OutputValue, Segment,
+    Tick, Totals, UserId,
+};
+use orders::OrderState;
+use state::Handles;
 use windows::WindowSpec;
 
 /// The semantics' parameters, all in milliseconds.
@@ -48,13 +58,54 @@ pub fn analytics<'scope>(
     source_counters: VecCollection<'scope, Tick, Counter, isize>,
     params: Params,
 ) -> VecCollection<'scope, Tick, OutputRow> {
+    let scope = events.scope();
+    let scope = || scope.clone();
+    let restored = Restored {
+        contributions: empty(scope()).as_collection(),
+        segments: empty(scope()).as_collection(),
+        orders: empty(scope()),
+    };
+    analytics_with_state(events, demographics, source_counters, restored, params).0
+}
+
+/// State a checkpoint restores, entering at the restart's first tick (see [`state`]); restored
+/// counters enter through the source counters.
+pub struct Restored<'scope> {
+    /// Contributions with their accumulated totals.
+    pub contributions: VecCollection<'scope, Tick, Contribution, Totals>,
+    /// Users' segments as the join held them: they let the restored graph emit exactly what
+    /// the sink held before the demographics, re-read from their source, replace them.
+    pub segments: VecCollection<'scope, Tick, (UserId, Segment)>,
+    /// Orders the ledgers remembered.
+    pub orders: StreamVec<'scope, Tick, (OrderId, OrderState)>,
+}
+
+/// [`analytics`], restoring state and handing back this worker's [`Handles`] to read it for
+/// checkpoints.
+pub fn analytics_with_state<'scope>(
+    events: StreamVec<'scope, Tick, Event>,
+    demographics: VecCollection<'scope, Tick, Demographic>,
+    source_counters: VecCollection<'scope, Tick, Counter, isize>,
+    restored: Restored<'scope>,
+    params: Params,
+) -> (VecCollection<'scope, Tick, OutputRow>, Handles) {
+    let ledger = Rc::new(RefCell::new(orders::Ledger::new(
+        params.windows,
+        params.order_horizon_ms,
+    )));
     let (contributions, counters) =
-        orders::order_ledger(events, params.windows, params.order_horizon_ms);
-    let contributions = windows::retire_windows(contributions, params.windows);
-    let rows = segments::attribute(contributions, demographics);
+        orders::order_ledger(events, restored.orders, Rc::clone(&ledger));
+    let contributions =
+        windows::retire_windows(contributions.concat(restored.contributions), params.windows);
+    let (rows, contribution_trace, segment_trace) =
+        segments::attribute(contributions, demographics, restored.segments);
     let aggregates = aggregates::aggregate(rows, params.windows)
         .map(|(key, totals)| (OutputKey::Aggregate(key), OutputValue::Totals(totals)));
-    let counters = aggregates::count_counters(counters.concat(source_counters))
-        .map(|(counter, n)| (OutputKey::Counter(counter), OutputValue::Count(n as i64)));
-    aggregates.concat(counters)
+    let (counters, counter_trace) = aggregates::count_counters(counters.concat(source_counters));
+    let counters =
+        counters.map(|(counter, n)| (OutputKey::Counter(counter), OutputValue::Count(n as i64)));
+    (
+        aggregates.concat(counters),
+        Handles::new(contribution_trace, segment_trace, counter_trace, ledger),
+    )
 }

@@ -10,10 +10,13 @@
 //! click < purchase < refund, then the whole record), so the result is the same for any number of
 //! workers and any arrival order within and across ticks.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::vec::Map;
@@ -24,9 +27,9 @@ use crate::model::{
 };
 use crate::windows::WindowSpec;
 
-/// What one order has contributed so far.
-#[derive(Clone, Debug, Default)]
-struct OrderState {
+/// What one order has contributed so far: the ledger's state, kept in checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
     /// The tick its first event arrived; it is forgotten at `first_seen + horizon`.
     first_seen: Tick,
     clicked: bool,
@@ -36,7 +39,7 @@ struct OrderState {
 }
 
 /// A counted contribution: where it went and what it added.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Counted {
     user: UserId,
     campaign: CampaignId,
@@ -89,6 +92,29 @@ impl Ledger {
     /// Whether no order is remembered.
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty()
+    }
+
+    /// Every remembered order, for a checkpoint.
+    pub fn export(&self) -> Vec<(OrderId, OrderState)> {
+        self.orders
+            .iter()
+            .map(|(order, state)| (*order, state.clone()))
+            .collect()
+    }
+
+    /// Takes back orders a checkpoint remembered; they are forgotten when their own horizon
+    /// passes, as if they had never left.
+    pub fn import(&mut self, orders: impl IntoIterator<Item = (OrderId, OrderState)>) {
+        for (order, state) in orders {
+            self.orders.insert(order, state);
+        }
+        let mut expiry: Vec<(Tick, OrderId)> = self
+            .orders
+            .iter()
+            .map(|(order, state)| (state.first_seen, *order))
+            .collect();
+        expiry.sort_unstable();
+        self.expiry = expiry.into();
     }
 
     /// Applies all events of a complete tick; `tick` must not decrease between calls.
@@ -208,55 +234,77 @@ enum LedgerUpdate {
     Counter(Counter, i64),
 }
 
+/// The order id's route to a worker: events and restored orders take the same one.
+fn route(order: OrderId) -> u64 {
+    order.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17
+}
+
 /// Routes events by order and applies them to per-worker [`Ledger`]s, one complete tick at a time.
+///
+/// `restored` carries the orders a checkpoint remembered; they join the ledger of the worker their
+/// events go to before any tick at or after their time is applied. `ledger` is this worker's
+/// ledger, shared so the runtime can read it for a checkpoint while the dataflow is paused at a
+/// tick boundary.
 ///
 /// Returns the counted contributions, each carrying its totals in the difference, and the engine's
 /// counters, each carrying its increment in the difference.
 pub fn order_ledger<'scope>(
     events: StreamVec<'scope, Tick, Event>,
-    spec: WindowSpec,
-    horizon_ms: u64,
+    restored: StreamVec<'scope, Tick, (OrderId, OrderState)>,
+    ledger: Rc<RefCell<Ledger>>,
 ) -> (
     VecCollection<'scope, Tick, Contribution, Totals>,
     VecCollection<'scope, Tick, Counter, isize>,
 ) {
-    let route =
-        Exchange::new(|event: &Event| event.order_id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17);
-    let updates = events.unary_frontier(route, "Ledger: orders", move |_capability, _info| {
-        let mut ledger = Ledger::new(spec, horizon_ms);
-        let mut pending: BTreeMap<Tick, (Capability<Tick>, Vec<Event>)> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each_stamp(|capability, data| {
-                if let Some(capability) = capability.retain_least(output.output_index()) {
-                    let time = *capability.time();
-                    let entry = pending
-                        .entry(time)
-                        .or_insert_with(|| (capability, Vec::new()));
+    let events_route = Exchange::new(|event: &Event| route(event.order_id));
+    let restored_route = Exchange::new(|(order, _): &(OrderId, OrderState)| route(*order));
+    let updates = events.binary_frontier(
+        restored,
+        events_route,
+        restored_route,
+        "Ledger: orders",
+        move |_capability, _info| {
+            let mut pending: BTreeMap<Tick, (Capability<Tick>, Vec<Event>)> = BTreeMap::new();
+            move |(input, frontier), (restored, restored_frontier), output| {
+                restored.for_each_stamp(|_capability, data| {
+                    let mut ledger = ledger.borrow_mut();
                     for batch in data {
-                        entry.1.append(batch);
+                        ledger.import(batch.drain(..));
+                    }
+                });
+                input.for_each_stamp(|capability, data| {
+                    if let Some(capability) = capability.retain_least(output.output_index()) {
+                        let time = *capability.time();
+                        let entry = pending
+                            .entry(time)
+                            .or_insert_with(|| (capability, Vec::new()));
+                        for batch in data {
+                            entry.1.append(batch);
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) || restored_frontier.less_equal(entry.key())
+                    {
+                        break;
+                    }
+                    let (tick, (capability, mut events)) = entry.remove_entry();
+                    let produced = ledger.borrow_mut().apply_tick(tick, &mut events);
+                    let mut session = output.session(&capability);
+                    for (contribution, totals) in produced.contributions {
+                        session.give((
+                            LedgerUpdate::Contribution(contribution, totals),
+                            tick,
+                            1isize,
+                        ));
+                    }
+                    for (counter, n) in produced.counters {
+                        session.give((LedgerUpdate::Counter(counter, n), tick, 1isize));
                     }
                 }
-            });
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (tick, (capability, mut events)) = entry.remove_entry();
-                let produced = ledger.apply_tick(tick, &mut events);
-                let mut session = output.session(&capability);
-                for (contribution, totals) in produced.contributions {
-                    session.give((
-                        LedgerUpdate::Contribution(contribution, totals),
-                        tick,
-                        1isize,
-                    ));
-                }
-                for (counter, n) in produced.counters {
-                    session.give((LedgerUpdate::Counter(counter, n), tick, 1isize));
-                }
             }
-        }
-    });
+        },
+    );
     let contributions = updates
         .clone()
         .flat_map(|(update, time, _)| match update {

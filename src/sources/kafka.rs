@@ -293,12 +293,14 @@ pub struct PartitionReader {
 }
 
 impl PartitionReader {
-    /// Assigns worker `index` of `peers` its partitions (`p % peers == index`) at the configured
-    /// start position. A worker may get none when there are more workers than partitions.
+    /// Assigns worker `index` of `peers` its partitions (`p % peers == index`), each at its offset
+    /// in `resume` (a checkpoint's) or else at the configured start position. A worker may get
+    /// none when there are more workers than partitions.
     pub fn open(
         config: &KafkaConfig,
         index: usize,
         peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
     ) -> Result<PartitionReader, KafkaSourceError> {
         let consumer: BaseConsumer = config
             .client()
@@ -327,15 +329,48 @@ impl PartitionReader {
         let partitions: Vec<i32> = (0..count as i32)
             .filter(|p| *p as usize % peers == index)
             .collect();
-        let offset = match config.start {
-            StartPosition::Earliest => Offset::Beginning,
-            StartPosition::Latest => Offset::End,
-            StartPosition::Committed => Offset::Stored,
+        // Every partition starts at an offset known now, so a checkpoint can record where each
+        // one was, read or not: the checkpoint's where it has one, else the configured start.
+        let mut next_offsets = BTreeMap::new();
+        let committed = match config.start {
+            StartPosition::Committed => {
+                let mut wanted = TopicPartitionList::new();
+                for &p in &partitions {
+                    wanted.add_partition(&config.topic, p);
+                }
+                Some(
+                    consumer
+                        .committed_offsets(wanted, Duration::from_secs(10))
+                        .map_err(kafka("cannot read the committed offsets"))?,
+                )
+            }
+            _ => None,
         };
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
+            let offset = match resume.and_then(|offsets| offsets.get(&p)) {
+                Some(&offset) => offset,
+                None => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
+                        .map_err(kafka(format!("cannot read the offsets of partition {p}")))?;
+                    let stored = committed
+                        .as_ref()
+                        .and_then(|list| list.find_partition(&config.topic, p))
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                    match config.start {
+                        StartPosition::Earliest => low,
+                        StartPosition::Latest => high,
+                        StartPosition::Committed => stored.unwrap_or(low).clamp(low, high),
+                    }
+                }
+            };
+            next_offsets.insert(p, offset);
             assignment
-                .add_partition_offset(&config.topic, p, offset)
+                .add_partition_offset(&config.topic, p, Offset::Offset(offset))
                 .map_err(kafka("cannot build the assignment"))?;
         }
         consumer
@@ -372,7 +407,7 @@ impl PartitionReader {
             decoder,
             schemas,
             partitions,
-            next_offsets: BTreeMap::new(),
+            next_offsets,
             uncommitted: VecDeque::new(),
             max_poll: config.max_poll_messages,
             dead_letter,
@@ -384,6 +419,11 @@ impl PartitionReader {
     /// The partitions this worker reads.
     pub fn partitions(&self) -> &[i32] {
         &self.partitions
+    }
+
+    /// The next offset to read in each of this worker's partitions.
+    pub fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.next_offsets
     }
 
     /// Reads what is available now (up to the poll limit) without waiting; decodes each message

@@ -245,6 +245,55 @@ fn same_output_for_any_worker_count() {
     }
 }
 
+/// A crash and restart from a checkpoint, at a random boundary and onto another number of
+/// workers: what the sink holds equals the reference at every timestamp, before and after.
+#[test]
+fn restart_from_a_checkpoint_matches_reference() {
+    let mut restored_something = 0;
+    for seed in 2_000..2_200 {
+        let (params, inputs) = scenario(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let last = inputs.iter().map(|(t, _)| *t).max().unwrap_or(10_000);
+        // A boundary between two ticks, sometimes before the first or after the last input.
+        let boundary = rng.random_range(9_000..last + 2 * TICK) / TICK * TICK;
+        let (before, after) = (rng.random_range(1..4), rng.random_range(1..4));
+        let batches = harness::run_restarted(&inputs, params, before, after, boundary)
+            .expect("the dataflow runs");
+        if inputs.iter().any(|(t, _)| *t < boundary) && inputs.iter().any(|(t, _)| *t >= boundary) {
+            restored_something += 1;
+        }
+
+        let mut times: Vec<Tick> = inputs.iter().map(|(t, _)| *t).collect();
+        times.extend(batches.iter().map(|b| b.time));
+        times.push(boundary);
+        times.push(Tick::MAX);
+        times.sort();
+        times.dedup();
+        let mut table: BTreeMap<OutputKey, OutputValue> = BTreeMap::new();
+        let mut next = batches.iter().peekable();
+        for as_of in times {
+            while let Some(batch) = next.next_if(|b| b.time <= as_of) {
+                accumulate(&mut table, batch);
+            }
+            let expected = reference::evaluate(&inputs, params, as_of);
+            assert!(
+                table == expected,
+                "seed {seed}: {before} workers until {boundary}, then {after}: differs from the \
+                 reference as of {as_of}\nexpected but not output: {:#?}\noutput but not expected: {:#?}",
+                expected
+                    .iter()
+                    .filter(|(k, v)| table.get(*k) != Some(*v))
+                    .collect::<Vec<_>>(),
+                table
+                    .iter()
+                    .filter(|(k, v)| expected.get(*k) != Some(*v))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    assert!(restored_something > 100, "most boundaries split the input");
+}
+
 /// The reference itself, on a case worked by hand: the test above is only as good as it is.
 #[test]
 fn reference_on_a_hand_worked_case() {

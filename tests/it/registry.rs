@@ -500,7 +500,7 @@ fn producer_and_reader_use_the_registry() {
     producer.flush(Duration::from_secs(10)).expect("flushed");
     let first = registry.requests()[0].clone();
     assert_eq!(first.path, "/subjects/registry-e2e-value/versions");
-    let mut reader = PartitionReader::open(config, 0, 1).expect("a reader");
+    let mut reader = PartitionReader::open(config, 0, 1, None).expect("a reader");
     let mut events = Vec::new();
     let mut messages = 0;
     let mut malformed = BTreeMap::new();

@@ -1,0 +1,162 @@
+//! Checkpoints of the graph's state: what a worker holds at a tick boundary, read out and fed
+//! back in, so a restarted pipeline continues where a checkpoint left it.
+//!
+//! A worker's state at a boundary `t` — once every input has reached `t` and nothing at or after
+//! `t` has been applied — is three things, all already consolidated:
+//! - the contributions arranged by user (every all-time remainder and every open window), read
+//!   from the arrangement the join keeps anyway;
+//! - every user's segment as the join holds it;
+//! - the engine's counters, read from their arrangement;
+//! - the orders the ledger remembers (for de-duplication and refunds).
+//!
+//! Restoring feeds them back in at the restart's first tick: the contributions before window
+//! retirement (a window that closed meanwhile goes straight to the remainder), the segments beside
+//! the demographics, the counters as increments, the orders into the ledger of the worker their
+//! events go to. The restored graph then emits exactly the rows the sink held at the checkpoint.
+//! At a later tick the runtime retracts the restored segments and enters the demographics as
+//! their source holds them now: a user who changed meanwhile moves with retractions, so the sink
+//! is never left with a row nobody removes. Nothing here knows where a checkpoint is stored;
+//! that is the runtime's business.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use serde::{Deserialize, Serialize};
+use timely::progress::frontier::AntichainRef;
+
+use crate::aggregates::CounterTrace;
+use crate::model::{Contribution, Counter, OrderId, Segment, Tick, Totals, UserId};
+use crate::orders::{Ledger, OrderState};
+use crate::segments::{ContributionTrace, SegmentTrace};
+
+/// One worker's share of the graph's state at a tick boundary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Contributions with their accumulated totals, none zero.
+    pub contributions: Vec<(Contribution, Totals)>,
+    /// Users' segments as the join held them, with their multiplicity.
+    pub segments: Vec<((UserId, Segment), isize)>,
+    /// Counter totals, none zero.
+    pub counters: Vec<(Counter, i64)>,
+    /// The orders remembered by the ledger.
+    pub orders: Vec<(OrderId, OrderState)>,
+}
+
+impl State {
+    /// Adds another worker's share (restoring onto a different number of workers).
+    pub fn extend(&mut self, other: State) {
+        self.contributions.extend(other.contributions);
+        self.segments.extend(other.segments);
+        self.counters.extend(other.counters);
+        self.orders.extend(other.orders);
+    }
+}
+
+/// A worker's handles on its own state: the two arrangements and its ledger.
+pub struct Handles {
+    contributions: ContributionTrace,
+    segments: SegmentTrace,
+    counters: CounterTrace,
+    ledger: Rc<RefCell<Ledger>>,
+}
+
+impl Handles {
+    pub(crate) fn new(
+        contributions: ContributionTrace,
+        segments: SegmentTrace,
+        counters: CounterTrace,
+        ledger: Rc<RefCell<Ledger>>,
+    ) -> Handles {
+        Handles {
+            contributions,
+            segments,
+            counters,
+            ledger,
+        }
+    }
+
+    /// Lets the arrangements compact up to `frontier`: a held handle otherwise keeps every
+    /// historical batch. Call it with each boundary the output has passed; a later
+    /// [`Handles::capture`] must be at or after it.
+    pub fn allow_compaction(&mut self, frontier: Tick) {
+        let frontier = [frontier];
+        let frontier = AntichainRef::new(&frontier);
+        self.contributions.set_logical_compaction(frontier);
+        self.contributions.set_physical_compaction(frontier);
+        self.segments.set_logical_compaction(frontier);
+        self.segments.set_physical_compaction(frontier);
+        self.counters.set_logical_compaction(frontier);
+        self.counters.set_physical_compaction(frontier);
+    }
+
+    /// Reads this worker's state at boundary `through`: every update before it, accumulated.
+    ///
+    /// Only meaningful when every input of every worker has reached `through`, the dataflow has
+    /// processed everything before it (a probe has passed it), and no input has gone further —
+    /// the runtime pauses its inputs there. `None` when the arrangements cannot be cut at
+    /// `through` (it was not a boundary, or compaction already went past it).
+    pub fn capture(&mut self, through: Tick) -> Option<State> {
+        let upper = [through];
+        let upper = AntichainRef::new(&upper);
+
+        let mut contributions = Vec::new();
+        let (mut cursor, storage) = cursor_list(self.contributions.batches_through(upper)?);
+        while let Some(user) = cursor.get_key(&storage) {
+            while let Some(value) = cursor.get_val(&storage) {
+                let mut totals = Totals::default();
+                cursor.map_times(&storage, |time, diff| {
+                    if *time < through {
+                        totals.add(diff);
+                    }
+                });
+                if !totals.is_empty() {
+                    contributions.push(((*user, *value), totals));
+                }
+                cursor.step_val(&storage);
+            }
+            cursor.step_key(&storage);
+        }
+
+        let mut segments = Vec::new();
+        let (mut cursor, storage) = cursor_list(self.segments.batches_through(upper)?);
+        while let Some(user) = cursor.get_key(&storage) {
+            while let Some(segment) = cursor.get_val(&storage) {
+                let mut count = 0isize;
+                cursor.map_times(&storage, |time, diff| {
+                    if *time < through {
+                        count += *diff;
+                    }
+                });
+                if count != 0 {
+                    segments.push(((*user, segment.clone()), count));
+                }
+                cursor.step_val(&storage);
+            }
+            cursor.step_key(&storage);
+        }
+
+        let mut counters = Vec::new();
+        let (mut cursor, storage) = cursor_list(self.counters.batches_through(upper)?);
+        while let Some(counter) = cursor.get_key(&storage) {
+            let mut total = 0i64;
+            cursor.map_times(&storage, |time, diff| {
+                if *time < through {
+                    total += *diff as i64;
+                }
+            });
+            if total != 0 {
+                counters.push((*counter, total));
+            }
+            cursor.step_key(&storage);
+        }
+
+        Some(State {
+            contributions,
+            segments,
+            counters,
+            orders: self.ledger.borrow().export(),
+        })
+    }
+}
