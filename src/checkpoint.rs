@@ -262,6 +262,7 @@ mod tests {
                     (UserId(worker as u32), (CampaignId(1), Slot::Retired)),
                     Totals::click(),
                 )],
+                segments: Vec::new(),
                 counters: vec![(Counter::EventsIn, 3)],
                 orders: Vec::new(),
             },

@@ -156,7 +156,7 @@ impl Config {
         if e.max_ticks_in_flight == 0 {
             return invalid("engine.max-ticks-in-flight", "must be at least 1");
         }
-        if e.checkpoint_interval_ms == 0 || e.checkpoint_interval_ms % e.tick_ms != 0 {
+        if e.checkpoint_interval_ms == 0 || !e.checkpoint_interval_ms.is_multiple_of(e.tick_ms) {
             return invalid(
                 "engine.checkpoint-interval-ms",
                 "must be a positive multiple of engine.tick-ms",

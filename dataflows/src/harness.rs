@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input as _;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
@@ -122,13 +123,9 @@ pub fn run_restarted(
                 let (demographics_in, demographics) = scope.new_collection();
                 let (counters_in, counters) = scope.new_collection();
                 let restored = Restored {
-                    contributions: timely::dataflow::operators::generic::operator::empty(
-                        scope.clone(),
-                    )
-                    .as_collection(),
-                    segments: timely::dataflow::operators::generic::operator::empty(scope.clone())
-                        .as_collection(),
-                    orders: timely::dataflow::operators::generic::operator::empty(scope.clone()),
+                    contributions: empty(scope).as_collection(),
+                    segments: empty(scope).as_collection(),
+                    orders: empty(scope),
                 };
                 let (rows, handles) =
                     analytics_with_state(events, demographics, counters, restored, params);

@@ -59,11 +59,10 @@ pub fn analytics<'scope>(
     params: Params,
 ) -> VecCollection<'scope, Tick, OutputRow> {
     let scope = events.scope();
-    let scope = || scope.clone();
     let restored = Restored {
-        contributions: empty(scope()).as_collection(),
-        segments: empty(scope()).as_collection(),
-        orders: empty(scope()),
+        contributions: empty(scope).as_collection(),
+        segments: empty(scope).as_collection(),
+        orders: empty(scope),
     };
     analytics_with_state(events, demographics, source_counters, restored, params).0
 }
