@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::Input as _;
-use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::InputHandleVec;
+use timely::dataflow::operators::generic::operator::empty;
 use timely::dataflow::operators::vec::Input as _;
 
 use crate::model::{Counter, Demographic, Event, Tick};

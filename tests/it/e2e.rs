@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use dataflows::model::Event;
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
@@ -24,7 +25,7 @@ const AGE_BAND: &str = "CASE WHEN d.id IS NULL THEN 'unknown' WHEN d.age < 18 TH
      WHEN d.age <= 64 THEN '55-64' ELSE '65+' END";
 
 /// Each measurement and its tags as SQL expressions over `counted c LEFT JOIN demographics d`.
-fn families() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+pub(crate) fn families() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     let campaign = ("campaign", "CAST(c.campaign_id AS CHAR)".to_owned());
     let country = ("country", "COALESCE(d.country, 'unknown')".to_owned());
     let state = ("state", "COALESCE(d.state, 'unknown')".to_owned());
@@ -41,9 +42,9 @@ fn families() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
 }
 
 /// `measurement,tag=value,...,window=w @time` -> `clicks,purchases,units,revenue_cents`.
-type Rows = BTreeMap<String, String>;
+pub(crate) type Rows = BTreeMap<String, String>;
 
-fn oracle(conn: &mut mysql::PooledConn, window_ms: u64) -> Rows {
+pub(crate) fn oracle(conn: &mut mysql::PooledConn, window_ms: u64) -> Rows {
     let mut rows = Rows::new();
     for (measurement, tags) in families() {
         let tag_sql: Vec<&str> = tags.iter().map(|(_, sql)| sql.as_str()).collect();
@@ -84,8 +85,52 @@ fn oracle(conn: &mut mysql::PooledConn, window_ms: u64) -> Rows {
     rows
 }
 
+/// The first `events` events of `generator`.
+pub(crate) fn all_events(generator: &EventGenerator, events: u64) -> Vec<Event> {
+    (0..events).map(|n| generator.event(n)).collect()
+}
+
+/// Loads `all` into an `events` table of the current database, with the `counted` view the
+/// [`oracle`] groups: each order's click and purchase once, refunded purchases not at all.
+pub(crate) fn load_events(conn: &mut mysql::PooledConn, all: &[Event]) {
+    conn.query_drop(
+        "CREATE TABLE events (order_id BIGINT, tag VARCHAR(16), user_id INT UNSIGNED, campaign_id INT, \
+         total BIGINT, units INT, event_time BIGINT)",
+    )
+    .expect("events table");
+    for chunk in all.chunks(1_000) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let params: Vec<mysql::Value> = chunk
+            .iter()
+            .flat_map(|e| {
+                [
+                    e.order_id.0.into(),
+                    e.tag.symbol().into(),
+                    e.user_id.0.into(),
+                    e.campaign_id.0.into(),
+                    e.total.0.into(),
+                    e.units.into(),
+                    e.event_time.0.into(),
+                ]
+            })
+            .collect();
+        conn.exec_drop(format!("INSERT INTO events VALUES {values}"), params)
+            .expect("inserted");
+    }
+    // Each order's click and purchase count once; a refunded purchase does not count.
+    conn.query_drop(
+        "CREATE VIEW counted AS \
+         SELECT DISTINCT order_id, user_id, campaign_id, 1 AS clicks, 0 AS purchases, 0 AS units, 0 AS total, event_time \
+           FROM events WHERE tag = 'click' \
+         UNION ALL \
+         SELECT DISTINCT order_id, user_id, campaign_id, 0, 1, units, total, event_time FROM events p \
+           WHERE tag = 'purchased' AND NOT EXISTS (SELECT 1 FROM events r WHERE r.tag = 'refunded' AND r.order_id = p.order_id)",
+    )
+    .expect("the counted view");
+}
+
 /// The same rows as InfluxDB holds them: the last point of each all-time series, every window point.
-fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, i64>) {
+pub(crate) fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, i64>) {
     let client = reqwest::blocking::Client::new();
     let query = |q: String| -> serde_json::Value {
         let params = [("db", database), ("q", q.as_str()), ("epoch", "ms")];
@@ -282,41 +327,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
     // The oracle: the same events and the final table, in SQL.
     let mut conn = pool.get_conn().expect("a connection");
     conn.query_drop(format!("USE `{database}`")).expect("use");
-    conn.query_drop(
-        "CREATE TABLE events (order_id BIGINT, tag VARCHAR(16), user_id INT UNSIGNED, campaign_id INT, \
-         total BIGINT, units INT, event_time BIGINT)",
-    )
-    .expect("events table");
-    let all: Vec<_> = (0..events).map(|n| generator.event(n)).collect();
-    for chunk in all.chunks(1_000) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let params: Vec<mysql::Value> = chunk
-            .iter()
-            .flat_map(|e| {
-                [
-                    e.order_id.0.into(),
-                    e.tag.symbol().into(),
-                    e.user_id.0.into(),
-                    e.campaign_id.0.into(),
-                    e.total.0.into(),
-                    e.units.into(),
-                    e.event_time.0.into(),
-                ]
-            })
-            .collect();
-        conn.exec_drop(format!("INSERT INTO events VALUES {values}"), params)
-            .expect("inserted");
-    }
-    // Each order's click and purchase count once; a refunded purchase does not count.
-    conn.query_drop(
-        "CREATE VIEW counted AS \
-         SELECT DISTINCT order_id, user_id, campaign_id, 1 AS clicks, 0 AS purchases, 0 AS units, 0 AS total, event_time \
-           FROM events WHERE tag = 'click' \
-         UNION ALL \
-         SELECT DISTINCT order_id, user_id, campaign_id, 0, 1, units, total, event_time FROM events p \
-           WHERE tag = 'purchased' AND NOT EXISTS (SELECT 1 FROM events r WHERE r.tag = 'refunded' AND r.order_id = p.order_id)",
-    )
-    .expect("the counted view");
+    load_events(&mut conn, &all_events(&generator, events));
     let expected = oracle(&mut conn, 60_000);
     let (got, counters) = influx_rows(&influx_url, &database);
 

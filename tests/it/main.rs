@@ -10,4 +10,5 @@ mod e2e;
 mod influx;
 mod mysql;
 mod registry;
+mod restart;
 mod services;

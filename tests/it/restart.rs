@@ -1,0 +1,244 @@
+//! Crashes and stops against real services (`scripts/test-all`): the pipeline is killed with
+//! SIGKILL mid-run, demographics change while it is down, it is restarted, stopped with SIGTERM
+//! mid-run, restarted again to the end of the topic — and InfluxDB then holds exactly what the
+//! SQL oracle computes over every event once, with the final table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use shopflow::checkpoint;
+use shopflow::generators::demographics;
+use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+use shopflow::sources::mysql::{self as source, MysqlConfig};
+
+use crate::e2e::{all_events, influx_rows, load_events, oracle};
+use crate::services::{Cleanup, env, unique};
+
+/// `shopflow run` on the test's topic, database and checkpoint directory.
+fn pipeline(
+    brokers: &str,
+    topic: &str,
+    mysql: &str,
+    influx: &str,
+    database: &str,
+    checkpoints: &Path,
+    extra: &[&str],
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args(["run", "-w", "2", "--start", "earliest"])
+        .args(extra)
+        .env("SHOPFLOW__KAFKA__BROKERS", brokers)
+        .env("SHOPFLOW__KAFKA__TOPIC", topic)
+        .env("SHOPFLOW__KAFKA__GROUP_ID", topic)
+        .env("SHOPFLOW__MYSQL__URL", mysql)
+        .env("SHOPFLOW__INFLUX__URL", influx)
+        .env("SHOPFLOW__INFLUX__DATABASE", database)
+        .env("SHOPFLOW__ENGINE__TICK_MS", "250")
+        .env("SHOPFLOW__ENGINE__CHECKPOINT_DIR", checkpoints)
+        .env("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "1000")
+        // No window closes and no order is forgotten during the test, so the result does not
+        // depend on when each event happened to arrive: the SQL oracle can know it.
+        .env("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "100000000000")
+        .env("SHOPFLOW__ENGINE__ORDER_HORIZON_MS", "100000000000")
+        .spawn()
+        .expect("shopflow runs")
+}
+
+/// Waits until a complete checkpoint newer than `after` exists; returns its boundary.
+fn checkpoint_after(dir: &Path, after: u64, deadline: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = checkpoint::latest(dir).expect("the directory is readable")
+            && found.tick > after
+        {
+            return found.tick;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "no checkpoint after {after} within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
+    let (mysql_url, influx_url, brokers) = (
+        env("SHOPFLOW_TEST_MYSQL_URL"),
+        env("SHOPFLOW_TEST_INFLUX_URL"),
+        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+    );
+    let database = unique("shopflow_restart");
+    let _cleanup = Cleanup {
+        mysql_admin: mysql_url.clone(),
+        database: database.clone(),
+        influx: influx_url.clone(),
+    };
+    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
+    pool.get_conn()
+        .expect("a connection")
+        .query_drop(format!("CREATE DATABASE `{database}`"))
+        .expect("a database");
+    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let (seed, users, new_users) = (31, 20_000u32, 200u32);
+    source::load_demographics(
+        &mysql_config,
+        demographics::table(seed, users),
+        u64::from(users),
+    )
+    .expect("loaded");
+
+    let topic = unique("shopflow-restart").replace('_', "-");
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 4,
+        group_id: topic.clone(),
+        start: StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        properties: BTreeMap::new(),
+    };
+    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+    let run = |extra: &[&str]| {
+        pipeline(
+            &brokers,
+            &topic,
+            &mysql_config.url,
+            &influx_url,
+            &database,
+            checkpoints.path(),
+            extra,
+        )
+    };
+
+    // Events at 2,000/s for 12 s, produced while the pipeline runs, dies and comes back.
+    let knobs = GeneratorKnobs {
+        seed,
+        events_per_second: 2_000.0,
+        users,
+        new_users,
+        campaigns: 20,
+        campaign_zipf_exponent: 1.1,
+        conversion_share: 0.3,
+        funnel_span: 20,
+        median_order_cents: 4_000,
+        late_share: 0.1,
+        max_lateness_ms: 120_000,
+        refund_share: 0.1,
+        duplicate_share: 0.05,
+        unknown_user_share: 0.05,
+        demographic_changes_per_second: 0.0,
+        pace: Pace::Realtime,
+    };
+    let events = 24_000u64;
+    let generator = EventGenerator::new(knobs, shopflow::runtime::now_ms() + 500).expect("knobs");
+    let producer = {
+        let (kafka, generator) = (kafka.clone(), generator.clone());
+        std::thread::spawn(move || {
+            let mut producer = EventProducer::new(&kafka).expect("a producer");
+            let never = AtomicBool::new(false);
+            let sent = kafka::produce_generated(
+                &mut producer,
+                &generator,
+                Some(events),
+                None,
+                &never,
+                |_| {},
+            )
+            .expect("produced");
+            producer.flush(Duration::from_secs(10)).expect("flushed");
+            sent
+        })
+    };
+
+    // 1. Killed without warning once a checkpoint is complete.
+    let mut first = run(&[]);
+    let killed_after = checkpoint_after(checkpoints.path(), 0, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(700));
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    // Demographics change while nothing runs: the restart must move these users' past
+    // contributions, including out of segments the sink holds from before.
+    let mut changes = demographics::Changes::new(seed, users, new_users);
+    let applied = source::apply_changes(
+        &mysql_config,
+        &mut changes,
+        500.0,
+        Duration::from_secs(10),
+        200,
+    )
+    .expect("changes applied");
+    assert_eq!(applied.changes, 200);
+
+    // 2. Restarted from the checkpoint, then stopped with SIGTERM mid-run: a graceful stop
+    //    checkpoints at the next boundary and exits 0.
+    let mut second = run(&[]);
+    let restored_then = checkpoint_after(checkpoints.path(), killed_after, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1_500));
+    let terminated = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let status = second.wait().expect("the pipeline ends");
+    assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(15),
+        "stopped in {:?}",
+        terminated.elapsed()
+    );
+    let stopped_at = checkpoint::latest(checkpoints.path())
+        .expect("readable")
+        .expect("a checkpoint")
+        .tick;
+    assert!(
+        stopped_at > restored_then,
+        "the stop wrote its own checkpoint ({stopped_at} after {restored_then})"
+    );
+
+    // 3. Restarted once more, to the end of the topic.
+    assert_eq!(producer.join().expect("the producer thread"), events);
+    let third = run(&["--until-caught-up"]);
+    let output = third.wait_with_output().expect("the pipeline ends");
+    assert!(output.status.success(), "{output:?}");
+
+    let mut conn = pool.get_conn().expect("a connection");
+    conn.query_drop(format!("USE `{database}`")).expect("use");
+    load_events(&mut conn, &all_events(&generator, events));
+    let expected = oracle(&mut conn, 60_000);
+    let (got, counters) = influx_rows(&influx_url, &database);
+    assert!(expected.len() > 1_000, "{} rows", expected.len());
+    let differing: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| format!("{k}: influx {:?}, sql {:?}", got.get(k), expected.get(k)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of {} rows differ: {:#?}",
+        differing.len(),
+        expected.len(),
+        &differing[..differing.len().min(15)]
+    );
+    // Every event counted once, though the restarts re-read what followed their checkpoints.
+    assert_eq!(
+        counters.get("events_in"),
+        Some(&(events as i64)),
+        "{counters:?}"
+    );
+}
