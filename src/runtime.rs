@@ -621,7 +621,12 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             }
             worker.step();
             if let Some(handles) = handles.as_mut() {
-                if tick == next_checkpoint {
+                // A checkpoint still waiting for the sink (an outage) is not joined by another
+                // copy of the state: this worker skips the boundary, which leaves that
+                // checkpoint incomplete, and ignored.
+                if tick == next_checkpoint && !captured.is_empty() && !stopping {
+                    next_checkpoint = next_checkpoint.saturating_add(interval);
+                } else if tick == next_checkpoint {
                     // Once the dataflow has done everything before the boundary (which needs
                     // every worker's inputs there), this worker's state is the boundary's.
                     while probe.less_than(&tick) {
