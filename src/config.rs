@@ -78,6 +78,9 @@ pub struct EngineConfig {
     pub order_horizon_ms: u64,
     /// How many ticks may be in flight before sources pause.
     pub max_ticks_in_flight: u64,
+    /// With several processes: how long a process may take to connect to all the others, in
+    /// milliseconds, before it gives up naming the one it could not reach.
+    pub connect_timeout_ms: u64,
 }
 
 /// The `[output]` section.
@@ -151,6 +154,12 @@ impl Config {
         }
         if e.max_ticks_in_flight == 0 {
             return invalid("engine.max-ticks-in-flight", "must be at least 1");
+        }
+        if !(1..=86_400_000).contains(&e.connect_timeout_ms) {
+            return invalid(
+                "engine.connect-timeout-ms",
+                "must be within 1 and 86400000 (a day)",
+            );
         }
         if let Err(message) = self.generator.validate() {
             let key = message.split(' ').next().unwrap_or("");

@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod generators;

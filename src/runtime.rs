@@ -19,6 +19,7 @@ use differential_dataflow::input::Input as _;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
+use crate::cluster::{self, Agreement, ClusterError};
 use crate::config::Config;
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
@@ -45,6 +46,9 @@ pub enum RunError {
     /// A source failed.
     #[error("source: {0}")]
     Source(String),
+    /// The processes of a cluster could not connect, or disagree.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// How many workers, and where: timely's own flags.
@@ -272,6 +276,10 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let stop = plan.stop;
     let source = plan.events.clone();
     let demographic_source = plan.demographics.clone();
+    // Connected before the sink thread and the workers start: a cluster that cannot form fails
+    // before any input is read or any result written.
+    let timeout = Duration::from_millis(plan.config.engine.connect_timeout_ms);
+    let communication = cluster::connect(timely_config, Agreement::of(&plan), timeout)?;
     let started = Instant::now();
 
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
@@ -299,7 +307,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
     let worker_status = Arc::clone(&status);
-    let guards = timely::execute(timely_config, move |worker| -> Result<(), String> {
+    let guards = cluster::execute(communication, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
         let _span = tracing::info_span!("worker", index).entered();

@@ -1,0 +1,660 @@
+//! Several processes on loopback as one cluster (`-n`, `-p`, `--hostfile`): together they write
+//! what one process writes, each key from exactly one of them; and processes that cannot form a
+//! cluster fail at once, or within the connect timeout, with one line saying why and exit code 2.
+//!
+//! Every process runs under a time limit, so a cluster that hangs fails its test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use shopflow::cluster::Handshake;
+use shopflow::generators::events::{EventGenerator, Pace};
+use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+
+use crate::cli::{assert_same_state, final_state, reference_lines_from, temp_env_config};
+use crate::services::unique;
+
+/// A `shopflow` process started by a test; killed if the test ends first.
+struct Running {
+    child: Option<Child>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    started: Instant,
+}
+
+/// What a process said and how it ended.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Starts the built binary with `args` and `env`, collecting its output as it runs.
+fn start(args: &[String], env: &[(&str, &str)]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = child.stdout.take().map(|p| collect(Box::new(p)));
+    let stderr = child.stderr.take().map(|p| collect(Box::new(p)));
+    Running {
+        child: Some(child),
+        stdout,
+        stderr,
+        started: Instant::now(),
+    }
+}
+
+impl Running {
+    /// Waits for the process to end; kills it and fails the test after `limit`.
+    fn finish(mut self, limit: Duration) -> Finished {
+        let mut child = self.child.take().expect("not finished yet");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the process can be waited for") {
+                break Some(status);
+            }
+            if self.started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default());
+        let stdout = join(self.stdout.take()).unwrap_or_default();
+        let stderr = join(self.stderr.take()).unwrap_or_default();
+        let Some(status) = status else {
+            panic!("still running after {limit:?}, killed; it said:\n{stderr}");
+        };
+        Finished {
+            code: status.code(),
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `n` loopback ports free right now (held together while chosen, so they differ).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("an address").port())
+        .collect()
+}
+
+/// A hostfile listing `127.0.0.1:port` for each port, with a comment and a blank line.
+fn hostfile(dir: &Path, name: &str, ports: &[u16]) -> String {
+    let path = dir.join(name);
+    let lines: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    std::fs::write(
+        &path,
+        format!("# process 0 first\n\n{}\n", lines.join("\n")),
+    )
+    .expect("the hostfile");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// Words to owned arguments.
+fn args(words: &str) -> Vec<String> {
+    words.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The flags of process `process` of `processes` with `workers` threads each.
+fn member(process: usize, processes: usize, workers: usize, hosts: &str) -> Vec<String> {
+    args(&format!(
+        "-w {workers} -n {processes} -p {process} --hostfile {hosts}"
+    ))
+}
+
+/// A short generator demo writing to `output` in `dir`.
+fn small_demo(dir: &Path, output: &str) -> Vec<String> {
+    let mut words = args("demo --source generator --pace unbounded --events 2000 --quiet");
+    words.extend(["--output".into(), dir.join(output).display().to_string()]);
+    words
+}
+
+/// Starts processes 0 and 1 of a two-process cluster, each with its own extra flags and
+/// environment, and returns what each said; both must fail with exit code 2, and quickly: well
+/// before their 30 s connect timeout.
+fn disagree(
+    dir: &Path,
+    hosts: &str,
+    first: (&[String], &[(&str, &str)]),
+    second: (&[String], &[(&str, &str)]),
+) -> [String; 2] {
+    let running: Vec<Running> = [first, second]
+        .into_iter()
+        .enumerate()
+        .map(|(process, (extra, env))| {
+            let mut words = small_demo(dir, "disagree.lp");
+            words.extend(args(&format!(
+                "-p {process} --hostfile {hosts} --connect-timeout 30s"
+            )));
+            words.extend(extra.iter().cloned());
+            start(&words, env)
+        })
+        .collect();
+    let said: Vec<String> = running
+        .into_iter()
+        .map(|r| {
+            let finished = r.finish(Duration::from_secs(60));
+            assert_eq!(finished.code, Some(2), "{finished:?}");
+            assert!(
+                finished.elapsed < Duration::from_secs(15),
+                "failed by timeout, not at once: {finished:?}"
+            );
+            finished.stderr
+        })
+        .collect();
+    [said[0].clone(), said[1].clone()]
+}
+
+#[test]
+fn processes_that_disagree_fail_at_once_saying_how() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ports = free_ports(3);
+    let hosts = hostfile(dir.path(), "hosts.txt", &ports);
+
+    let [zero, one] = disagree(
+        dir.path(),
+        &hosts,
+        (&args("-n 2 -w 1"), &[]),
+        (&args("-n 2 -w 2"), &[]),
+    );
+    assert_eq!(
+        zero,
+        "error: process 1 runs 2 workers per process but process 0 runs 1\n"
+    );
+    assert_eq!(
+        one,
+        "error: process 0 runs 1 worker per process but process 1 runs 2\n"
+    );
+
+    // Process 1 of three expects a process 2 too; process 0 of two does not.
+    let [zero, one] = disagree(
+        dir.path(),
+        &hosts,
+        (&args("-n 2 -w 2"), &[]),
+        (&args("-n 3 -w 2"), &[]),
+    );
+    assert_eq!(
+        zero,
+        "error: process 1 was started with --processes 3 but process 0 with --processes 2\n"
+    );
+    assert_eq!(
+        one,
+        "error: process 0 was started with --processes 2 but process 1 with --processes 3\n"
+    );
+
+    let [zero, one] = disagree(
+        dir.path(),
+        &hosts,
+        (&args("-n 2 -w 2"), &[]),
+        (
+            &args("-n 2 -w 2"),
+            &[("SHOPFLOW__ENGINE__WINDOW_MS", "30000")],
+        ),
+    );
+    assert_eq!(
+        zero,
+        "error: process 1 has engine.window-ms = 30000 but process 0 has 60000 (the engine settings must agree)\n"
+    );
+    assert_eq!(
+        one,
+        "error: process 0 has engine.window-ms = 60000 but process 1 has 30000 (the engine settings must agree)\n"
+    );
+
+    // Generator runs: each process generates its share of one stream, so the streams must agree.
+    let [zero, _] = disagree(
+        dir.path(),
+        &hosts,
+        (&args("-n 2 -w 2 --seed 1"), &[]),
+        (&args("-n 2 -w 2 --seed 2"), &[]),
+    );
+    assert_eq!(
+        zero,
+        "error: process 1 reads other events than process 0: the generator settings, --events or \
+         --start-ms, or the Kafka topic, group or start position differ\n"
+    );
+}
+
+#[test]
+fn a_missing_peer_fails_within_the_timeout_naming_its_address() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Two clusters of which only one process each is started: process 1 alone keeps dialling
+    // process 0; process 0 alone keeps waiting for process 1.
+    let (dialling, waiting) = (free_ports(2), free_ports(2));
+    let mut one = small_demo(dir.path(), "one.lp");
+    one.extend(member(1, 2, 2, &hostfile(dir.path(), "a.txt", &dialling)));
+    one.extend(args("--connect-timeout 2s"));
+    let mut zero = small_demo(dir.path(), "zero.lp");
+    zero.extend(member(0, 2, 2, &hostfile(dir.path(), "b.txt", &waiting)));
+    let running = [
+        start(&one, &[]),
+        start(&zero, &[("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "1500")]),
+    ];
+    let [one, zero] = running.map(|r| r.finish(Duration::from_secs(30)));
+
+    assert_eq!(one.code, Some(2), "{one:?}");
+    assert_eq!(
+        one.stderr,
+        format!(
+            "error: cannot reach process 0 at 127.0.0.1:{} after 2 s (connection refused)\n",
+            dialling[0]
+        )
+    );
+    assert!(
+        one.elapsed >= Duration::from_secs(2) && one.elapsed < Duration::from_secs(8),
+        "{:?}",
+        one.elapsed
+    );
+    assert_eq!(zero.code, Some(2), "{zero:?}");
+    assert_eq!(
+        zero.stderr,
+        format!(
+            "error: process 1 at 127.0.0.1:{} did not connect within 1.5 s (is it running, with the same hostfile?)\n",
+            waiting[1]
+        )
+    );
+    assert!(
+        zero.elapsed >= Duration::from_millis(1_500) && zero.elapsed < Duration::from_secs(8),
+        "{:?}",
+        zero.elapsed
+    );
+}
+
+/// Connects to a port until something listens there.
+fn dial(port: u16) -> TcpStream {
+    let started = Instant::now();
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => return stream,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("nothing listens on {port}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_stranger_on_the_cluster_port_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ports = free_ports(2);
+    let hosts = hostfile(dir.path(), "hosts.txt", &ports);
+    let mut zero = small_demo(dir.path(), "zero.lp");
+    zero.extend(member(0, 2, 2, &hosts));
+    zero.extend(args("--connect-timeout 20s"));
+
+    // Someone speaks HTTP to process 0's port: it answers with its handshake, then fails.
+    let running = start(&zero, &[]);
+    let mut stranger = dial(ports[0]);
+    let mut request = b"GET / HTTP/1.1\r\nHost: shopflow\r\n\r\n".to_vec();
+    request.resize(Handshake::LEN, b' ');
+    stranger.write_all(&request).expect("sent");
+    let mut answer = [0u8; Handshake::LEN];
+    stranger.read_exact(&mut answer).expect("an answer");
+    let handshake = Handshake::decode(&answer).expect("process 0's handshake");
+    assert_eq!(
+        (handshake.process, handshake.processes, handshake.threads),
+        (0, 2, 2)
+    );
+    let finished = running.finish(Duration::from_secs(30));
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    let from = stranger.local_addr().expect("an address");
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "error: a connection from {from} sent something other than a shopflow handshake (another program on this port?)\n"
+        )
+    );
+
+    // Someone connects and leaves after three bytes.
+    let running = start(&zero, &[]);
+    let mut stranger = dial(ports[0]);
+    stranger.write_all(b"hi\n").expect("sent");
+    let from = stranger.local_addr().expect("an address");
+    drop(stranger);
+    let finished = running.finish(Duration::from_secs(30));
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!("error: a connection from {from} closed the connection during the handshake\n")
+    );
+
+    // Process 1 dials process 0's address, where something else listens and answers junk.
+    let listener = TcpListener::bind(("127.0.0.1", ports[0])).expect("process 0's port");
+    let mut one = small_demo(dir.path(), "one.lp");
+    one.extend(member(1, 2, 2, &hosts));
+    one.extend(args("--connect-timeout 20s"));
+    let running = start(&one, &[]);
+    let (mut stream, _) = listener.accept().expect("process 1 dials");
+    let mut hello = [0u8; Handshake::LEN];
+    stream
+        .read_exact(&mut hello)
+        .expect("process 1's handshake");
+    assert_eq!(
+        Handshake::decode(&hello).map(|h| h.process),
+        Ok(1),
+        "the handshake comes first"
+    );
+    stream.write_all(&[0xAB; Handshake::LEN]).expect("sent");
+    let finished = running.finish(Duration::from_secs(30));
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "error: process 0 at 127.0.0.1:{} sent something other than a shopflow handshake (another program on this port?)\n",
+            ports[0]
+        )
+    );
+}
+
+#[test]
+fn a_hostfile_with_too_few_lines_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let mut words = small_demo(dir.path(), "out.lp");
+    words.extend(member(0, 3, 1, &hosts));
+    let finished = start(&words, &[]).finish(Duration::from_secs(30));
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!("error: hostfile {hosts} lists 2 hosts but --processes is 3\n")
+    );
+}
+
+/// Two processes of two workers each, on loopback, write exactly the lines one process of one
+/// worker writes: the same changes at the same timestamps, each key by exactly one process.
+#[test]
+fn two_processes_write_what_one_process_writes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let env = [
+        ("SHOPFLOW__GENERATOR__USERS", "400"),
+        ("SHOPFLOW__GENERATOR__NEW_USERS", "40"),
+        ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
+        ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "10"),
+        ("SHOPFLOW__GENERATOR__LATE_SHARE", "0.2"),
+        ("SHOPFLOW__ENGINE__WINDOW_MS", "10000"),
+        ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "20000"),
+    ];
+    let common = args(
+        "demo --source generator --pace unbounded --rate 200 --events 12000 --start-ms 1700000000000 --seed 3 --quiet",
+    );
+    let output = |name: &str| dir.path().join(name).display().to_string();
+    let cluster: Vec<Running> = (0..2)
+        .map(|process| {
+            let mut words = common.clone();
+            words.extend(member(process, 2, 2, &hosts));
+            words.extend(["--output".into(), output("cluster.lp")]);
+            start(&words, &env)
+        })
+        .collect();
+    let mut single = common.clone();
+    single.extend([
+        "-w".into(),
+        "1".into(),
+        "--output".into(),
+        output("single.lp"),
+    ]);
+    let single = start(&single, &env).finish(Duration::from_secs(300));
+    assert_eq!(single.code, Some(0), "{single:?}");
+    assert!(single.stdout.starts_with("12000 events"), "{single:?}");
+    for process in cluster {
+        let finished = process.finish(Duration::from_secs(300));
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+    }
+
+    // Results, without the per-process lines: `pipeline` (counters grouped per process and batch)
+    // and `runtime` (wall-clock figures).
+    let results = |text: &str| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("pipeline ") && !l.starts_with("runtime,"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let read = |path: String| std::fs::read_to_string(path).expect("an output file");
+    let (part0, part1) = (read(output("cluster.lp.0")), read(output("cluster.lp.1")));
+    assert!(
+        !results(&part0).is_empty() && !results(&part1).is_empty(),
+        "both processes own keys"
+    );
+    let mut together = results(&part0);
+    together.extend(results(&part1));
+    together.sort();
+    let alone = results(&read(output("single.lp")));
+    assert!(
+        alone.len() > 1_000,
+        "a meaningful run: {} lines",
+        alone.len()
+    );
+    assert_eq!(together, alone);
+    let counters = |text: &str| {
+        final_state(text)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("pipeline"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut cluster_counters = counters(&part0);
+    cluster_counters.extend(counters(&part1));
+    assert_eq!(cluster_counters, counters(&read(output("single.lp"))));
+}
+
+/// The generator's settings for the Kafka runs, as environment variables. The scenario's final
+/// values do not depend on when each event arrived, since arrival ticks follow the wall clock:
+/// no window closes and no order is forgotten during a run, demographics stay put, and a refund
+/// always comes after its purchase's first delivery (its lag, 4 × the funnel span, is at least the
+/// 1,000 events a duplicate reaches back), so every refund finds its purchase whatever the ticks.
+const KAFKA_SCENARIO: [(&str, &str); 14] = [
+    ("SHOPFLOW__GENERATOR__SEED", "17"),
+    ("SHOPFLOW__GENERATOR__EVENTS_PER_SECOND", "1000"),
+    ("SHOPFLOW__GENERATOR__USERS", "500"),
+    ("SHOPFLOW__GENERATOR__NEW_USERS", "30"),
+    ("SHOPFLOW__GENERATOR__CAMPAIGNS", "9"),
+    ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
+    ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "0"),
+    ("SHOPFLOW__GENERATOR__REFUND_SHARE", "0.2"),
+    ("SHOPFLOW__GENERATOR__DUPLICATE_SHARE", "0.05"),
+    ("SHOPFLOW__GENERATOR__FUNNEL_SPAN", "250"),
+    ("SHOPFLOW__ENGINE__WINDOW_MS", "2000"),
+    ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "86400000"),
+    ("SHOPFLOW__ENGINE__ORDER_HORIZON_MS", "86400000"),
+    ("SHOPFLOW__ENGINE__TICK_MS", "100"),
+];
+
+/// Produces the scenario's first `events` events, from `start_ms`, and the four malformed
+/// messages the service tests share, to the topic of `kafka`.
+fn produce_scenario(kafka: &KafkaConfig, start_ms: u64, events: u64) {
+    let mut knobs = temp_env_config(&KAFKA_SCENARIO).generator;
+    knobs.pace = Pace::Unbounded;
+    let generator = EventGenerator::new(knobs, start_ms).expect("valid knobs");
+    let mut producer = EventProducer::new(kafka).expect("a producer");
+    let never = AtomicBool::new(false);
+    let sent = kafka::produce_generated(
+        &mut producer,
+        &generator,
+        Some(events),
+        None,
+        &never,
+        |_| {},
+    )
+    .expect("produced");
+    assert_eq!(sent, events);
+    assert_eq!(crate::services::send_malformed(&mut producer), 4);
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+/// `shopflow run` until caught up with the topic, from its beginning, with the scenario's
+/// settings; each run (the cluster's processes together) in its own consumer group.
+fn run_args(group: &str, workers: &[String]) -> (Vec<String>, Vec<(String, String)>) {
+    let mut words = args("run --until-caught-up --start earliest");
+    words.extend(workers.iter().cloned());
+    let env = [("SHOPFLOW__KAFKA__GROUP_ID".to_owned(), group.to_owned())];
+    (words, env.into_iter().collect())
+}
+
+/// How many events a `run` process read, from its last line.
+fn events_read(finished: &Finished) -> u64 {
+    let last = finished.stderr.lines().last().unwrap_or("");
+    last.split(" events in ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line: {finished:?}"))
+}
+
+/// Starts a `run` process with the scenario's environment plus `env`.
+fn start_run(words: &[String], env: &[(String, String)]) -> Running {
+    let mut all: Vec<(&str, &str)> = KAFKA_SCENARIO.to_vec();
+    all.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    start(words, &all)
+}
+
+/// The malformed-message counters taken out of a final state, summed.
+fn take_malformed(state: &mut BTreeMap<String, String>) -> i64 {
+    let keys: Vec<String> = state
+        .keys()
+        .filter(|k| k.starts_with("pipeline malformed_"))
+        .cloned()
+        .collect();
+    keys.iter()
+        .filter_map(|k| state.remove(k))
+        .map(|v| v.trim_end_matches('i').parse::<i64>().expect("a count"))
+        .sum()
+}
+
+/// Through the embedded Kafka (librdkafka's mock cluster, in this test process, its brokers on
+/// loopback ports): two `shopflow run` processes of two workers, each reading its workers' share
+/// of the four partitions, with demographics from the generator read once by worker 0, end with
+/// exactly the final values of one process of one worker — and both with those of the reference.
+#[test]
+fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cluster = MockCluster::new(1).expect("the mock cluster");
+    let topic = unique("shopflow-cluster").replace('_', "-");
+    cluster.create_topic(&topic, 4, 1).expect("the topic");
+    let kafka = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        topic: topic.clone(),
+        partitions: 4,
+        group_id: topic.clone(),
+        start: StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        properties: BTreeMap::new(),
+    };
+    let events = 12_000u64;
+    // Ten minutes ago: no window is near closing (a day of allowed lateness).
+    let start_ms = shopflow::runtime::now_ms() - 600_000;
+    produce_scenario(&kafka, start_ms, events);
+
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let output = |name: &str| dir.path().join(name).display().to_string();
+    let common = |group: &str, workers: Vec<String>, out: &str| {
+        let (mut words, mut env) = run_args(group, &workers);
+        words.extend(args(&format!(
+            "--demographics generator --sink line-protocol --output {}",
+            output(out)
+        )));
+        env.push(("SHOPFLOW__KAFKA__BROKERS".into(), kafka.brokers.clone()));
+        env.push(("SHOPFLOW__KAFKA__TOPIC".into(), topic.clone()));
+        start_run(&words, &env)
+    };
+    let members: Vec<Running> = (0..2)
+        .map(|p| {
+            common(
+                &format!("{topic}-cluster"),
+                member(p, 2, 2, &hosts),
+                "cluster.lp",
+            )
+        })
+        .collect();
+    let single = common(&format!("{topic}-single"), args("-w 1"), "single.lp");
+    let single = single.finish(Duration::from_secs(300));
+    assert_eq!(single.code, Some(0), "{single:?}");
+    let members: Vec<Finished> = members
+        .into_iter()
+        .map(|r| r.finish(Duration::from_secs(300)))
+        .collect();
+    for finished in &members {
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+    }
+    // The partitions were divided over both processes, and every event read once.
+    let read_by: Vec<u64> = members.iter().map(events_read).collect();
+    assert!(read_by.iter().all(|&n| n > 0), "{read_by:?}");
+    assert_eq!(read_by.iter().sum::<u64>(), events);
+    assert_eq!(events_read(&single), events);
+
+    let read = |name: &str| std::fs::read_to_string(output(name)).expect("an output file");
+    let parts = [
+        final_state(&read("cluster.lp.0")),
+        final_state(&read("cluster.lp.1")),
+    ];
+    // Each key (aggregate row, window point or counter) comes from exactly one process.
+    let keys: Vec<BTreeSet<&String>> = parts.iter().map(|p| p.keys().collect()).collect();
+    let shared: Vec<&&String> = keys[0].intersection(&keys[1]).collect();
+    assert!(shared.is_empty(), "written by both processes: {shared:?}");
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.keys().any(|k| !k.starts_with("pipeline"))),
+        "both processes own aggregate rows"
+    );
+    let mut together: BTreeMap<String, String> = parts.into_iter().flatten().collect();
+    let mut alone = final_state(&read("single.lp"));
+    assert_same_state(&together, &alone);
+
+    // The reference, from the same generated inputs (it never sees the malformed messages).
+    let config = temp_env_config(&KAFKA_SCENARIO);
+    let want = final_state(&reference_lines_from(&config, start_ms, events));
+    assert!(
+        want.len() > 500,
+        "a meaningful scenario: {} rows",
+        want.len()
+    );
+    for key in ["unknown", "refunds_applied", "duplicates"] {
+        assert!(want.keys().any(|k| k.contains(key)), "{key} took part");
+    }
+    assert_eq!(take_malformed(&mut together), 4);
+    assert_eq!(take_malformed(&mut alone), 4);
+    assert_same_state(&alone, &want);
+}
