@@ -658,3 +658,223 @@ fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
     assert_eq!(take_malformed(&mut alone), 4);
     assert_same_state(&alone, &want);
 }
+
+/// What InfluxDB holds in `database` at the end, as the rows' final values: the last point of
+/// every all-time series, every window point, the newest value of every `pipeline` counter
+/// (`runtime`, the engine's wall-clock figures, left out). All-zero rows are removals.
+fn influx_state(url: &str, database: &str) -> BTreeMap<String, String> {
+    let client = reqwest::blocking::Client::new();
+    let query = |q: &str| -> serde_json::Value {
+        let params = [("db", database), ("q", q), ("epoch", "ms")];
+        let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
+        let body = client
+            .get(url)
+            .send()
+            .and_then(|r| r.text())
+            .expect("InfluxDB answers");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    let answer = query("SHOW MEASUREMENTS");
+    let measurements: Vec<String> = answer["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row[0].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut state = BTreeMap::new();
+    for measurement in measurements.iter().filter(|m| *m != "runtime") {
+        let answer = query(&format!("SELECT * FROM \"{measurement}\" GROUP BY *"));
+        let Some(series) = answer["results"][0]["series"].as_array() else {
+            continue;
+        };
+        for s in series {
+            let tags: BTreeMap<String, String> = s["tags"]
+                .as_object()
+                .map(|t| {
+                    t.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let name: Vec<String> = std::iter::once(measurement.clone())
+                .chain(tags.iter().map(|(k, v)| format!("{k}={v}")))
+                .collect();
+            let name = name.join(",");
+            let columns: Vec<&str> = s["columns"]
+                .as_array()
+                .expect("columns")
+                .iter()
+                .map(|c| c.as_str().unwrap_or(""))
+                .collect();
+            let rows = s["values"].as_array().expect("values");
+            if measurement == "pipeline" {
+                // Counters are written when they change, each by the process that owns it.
+                for row in rows {
+                    for (i, column) in columns.iter().enumerate().skip(1) {
+                        if !row[i].is_null() {
+                            state.insert(format!("{name} {column}"), row[i].to_string());
+                        }
+                    }
+                }
+                continue;
+            }
+            let fields = |row: &serde_json::Value| -> String {
+                let values: Vec<String> = columns
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .map(|(i, c)| format!("{c}={}", row[i]))
+                    .collect();
+                values.join(",")
+            };
+            let zero = |row: &serde_json::Value| {
+                (1..columns.len()).all(|i| row[i].as_f64().is_none_or(|v| v == 0.0))
+            };
+            if tags.get("window").is_some_and(|w| w == "all") {
+                if let Some(last) = rows.last().filter(|r| !zero(r)) {
+                    state.insert(name, fields(last));
+                }
+            } else {
+                for row in rows.iter().filter(|r| !zero(r)) {
+                    state.insert(format!("{name} @{}", row[0]), fields(row));
+                }
+            }
+        }
+    }
+    state
+}
+
+/// The `process` tag values of the `runtime` points in `database`: which processes wrote.
+fn writing_processes(url: &str, database: &str) -> BTreeSet<String> {
+    let params = [
+        ("db", database),
+        ("q", "SHOW TAG VALUES FROM runtime WITH KEY = \"process\""),
+    ];
+    let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
+    let body = reqwest::blocking::get(url)
+        .and_then(|r| r.text())
+        .expect("InfluxDB answers");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    answer["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row[1].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On the real services: events in a Kafka topic, demographics in a MariaDB table (snapshot and
+/// binlog), results in InfluxDB. Two `shopflow run` processes of two workers write into one
+/// database exactly what one process of one worker writes into another.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn two_processes_on_real_services_write_what_one_process_writes() {
+    use crate::services::{Cleanup, env};
+    use mysql::prelude::Queryable;
+    use shopflow::sources::mysql::{self as source, MysqlConfig};
+
+    let (mysql_url, influx_url, brokers) = (
+        env("SHOPFLOW_TEST_MYSQL_URL"),
+        env("SHOPFLOW_TEST_INFLUX_URL"),
+        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+    );
+    let database = unique("shopflow_cluster");
+    let single_database = format!("{database}_single");
+    let _cleanup = [&database, &single_database].map(|name| Cleanup {
+        mysql_admin: mysql_url.clone(),
+        database: name.clone(),
+        influx: influx_url.clone(),
+    });
+    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
+    pool.get_conn()
+        .expect("a connection")
+        .query_drop(format!("CREATE DATABASE `{database}`"))
+        .expect("a database");
+    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let knobs = temp_env_config(&KAFKA_SCENARIO).generator;
+    source::load_demographics(
+        &mysql_config,
+        shopflow::generators::demographics::table(knobs.seed, knobs.users),
+        u64::from(knobs.users),
+    )
+    .expect("loaded");
+
+    let topic = unique("shopflow-cluster").replace('_', "-");
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 4,
+        group_id: topic.clone(),
+        start: StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        properties: BTreeMap::new(),
+    };
+    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let events = 12_000u64;
+    let start_ms = shopflow::runtime::now_ms() - 600_000;
+    produce_scenario(&kafka, start_ms, events);
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let start_one = |group: &str, workers: Vec<String>, influx_database: &str| {
+        let (words, mut env) = run_args(group, &workers);
+        for (key, value) in [
+            ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
+            ("SHOPFLOW__KAFKA__TOPIC", topic.as_str()),
+            ("SHOPFLOW__MYSQL__URL", mysql_config.url.as_str()),
+            ("SHOPFLOW__INFLUX__URL", influx_url.as_str()),
+            ("SHOPFLOW__INFLUX__DATABASE", influx_database),
+        ] {
+            env.push((key.to_owned(), value.to_owned()));
+        }
+        start_run(&words, &env)
+    };
+    let members: Vec<Running> = (0..2)
+        .map(|p| {
+            start_one(
+                &format!("{topic}-cluster"),
+                member(p, 2, 2, &hosts),
+                &database,
+            )
+        })
+        .collect();
+    let single = start_one(&format!("{topic}-single"), args("-w 1"), &single_database)
+        .finish(Duration::from_secs(300));
+    assert_eq!(single.code, Some(0), "{single:?}");
+    let members: Vec<Finished> = members
+        .into_iter()
+        .map(|r| r.finish(Duration::from_secs(300)))
+        .collect();
+    for finished in &members {
+        assert_eq!(finished.code, Some(0), "{finished:?}");
+    }
+    let read_by: Vec<u64> = members.iter().map(events_read).collect();
+    assert!(read_by.iter().all(|&n| n > 0), "{read_by:?}");
+    assert_eq!(read_by.iter().sum::<u64>(), events);
+    assert_eq!(events_read(&single), events);
+
+    assert_eq!(
+        writing_processes(&influx_url, &database),
+        BTreeSet::from(["0".to_owned(), "1".to_owned()])
+    );
+    let together = influx_state(&influx_url, &database);
+    let alone = influx_state(&influx_url, &single_database);
+    assert!(
+        alone.len() > 500,
+        "a meaningful scenario: {} rows",
+        alone.len()
+    );
+    assert_eq!(
+        alone.get("pipeline events_in").map(String::as_str),
+        Some("12000")
+    );
+    assert!(alone.keys().any(|k| k.contains("=unknown")));
+    assert_same_state(&together, &alone);
+}
