@@ -33,7 +33,7 @@ use timely::communication::{AllocatorBuilder, Hooks};
 use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
-use crate::runtime::{EventSource, Plan};
+use crate::runtime::{EventSource, Plan, now_ms};
 
 /// The first bytes of every handshake: not a shopflow process otherwise.
 pub const MAGIC: [u8; 8] = *b"SHOPFLOW";
@@ -180,6 +180,9 @@ pub struct Handshake {
     pub threads: usize,
     /// The rest of what must agree.
     pub agreement: Agreement,
+    /// The sender's wall clock when it began connecting, in ms since the epoch: process 0's is
+    /// the cluster's start (see [`Communication::start_ms`]).
+    pub clock_ms: u64,
 }
 
 /// A handshake's bytes could not be read as one.
@@ -197,10 +200,10 @@ pub enum DecodeError {
 
 impl Handshake {
     /// The length of a handshake on the wire.
-    pub const LEN: usize = 64;
+    pub const LEN: usize = 72;
 
     /// The wire format, big-endian: magic, version (u32), process, processes, threads (u32
-    /// each), tick, window, lateness, horizon (u64 each), inputs fingerprint (u64).
+    /// each), tick, window, lateness, horizon (u64 each), inputs fingerprint (u64), clock (u64).
     pub fn encode(&self) -> [u8; Handshake::LEN] {
         let mut bytes = [0u8; Handshake::LEN];
         bytes[..8].copy_from_slice(&MAGIC);
@@ -215,6 +218,7 @@ impl Handshake {
             a.allowed_lateness_ms,
             a.order_horizon_ms,
             a.inputs,
+            self.clock_ms,
         ];
         for (i, v) in large.into_iter().enumerate() {
             bytes[24 + 8 * i..32 + 8 * i].copy_from_slice(&v.to_be_bytes());
@@ -222,7 +226,7 @@ impl Handshake {
         bytes
     }
 
-    /// Reads a handshake; any 64 bytes give a handshake or an error, never a panic.
+    /// Reads a handshake; any bytes give a handshake or an error, never a panic.
     pub fn decode(bytes: &[u8; Handshake::LEN]) -> Result<Handshake, DecodeError> {
         if bytes[..8] != MAGIC {
             return Err(DecodeError::NotShopflow);
@@ -251,6 +255,7 @@ impl Handshake {
                 order_horizon_ms: large(3),
                 inputs: large(4),
             },
+            clock_ms: large(5),
         })
     }
 
@@ -316,6 +321,16 @@ pub struct Communication {
     allocators: Vec<AllocatorBuilder>,
     guard: Box<dyn Any + Send>,
     worker: WorkerConfig,
+    start_ms: u64,
+}
+
+impl Communication {
+    /// The run's start on the wall clock, in ms since the epoch, the same in every process: when
+    /// process 0 began connecting (when this one did, alone). A generator without `--start-ms`
+    /// starts its simulated time here, so that every process generates its share of one stream.
+    pub fn start_ms(&self) -> u64 {
+        self.start_ms
+    }
 }
 
 /// Sets up the communication `config` describes: for a cluster, the connections [`connect_all`]
@@ -341,6 +356,7 @@ pub fn connect(
             allocators,
             guard,
             worker,
+            start_ms: now_ms(),
         });
     };
     let hello = Handshake {
@@ -348,8 +364,9 @@ pub fn connect(
         processes: addresses.len(),
         threads,
         agreement,
+        clock_ms: now_ms(),
     };
-    let sockets = connect_all(&addresses, &hello, timeout)?;
+    let (sockets, start_ms) = connect_all(&addresses, &hello, timeout)?;
     let hooks = Hooks::default();
     let local =
         ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
@@ -360,6 +377,7 @@ pub fn connect(
         allocators: builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
         guard: Box::new(Links(Some(guard))),
         worker,
+        start_ms,
     })
 }
 
@@ -373,6 +391,7 @@ where
         allocators,
         guard,
         worker,
+        ..
     } = communication;
     timely::execute::execute_from(allocators, guard, worker, func)
 }
@@ -394,12 +413,13 @@ impl Drop for Links {
 
 /// Connects process `hello.process` to every other one of `addresses` (one per process), checks
 /// every peer's handshake, and waits until every peer is connected to everyone: the sockets, one
-/// per process in order and `None` for this one, ready for timely. Gives up after `timeout`.
+/// per process in order and `None` for this one, ready for timely, and process 0's clock. Gives
+/// up after `timeout`.
 pub fn connect_all(
     addresses: &[String],
     hello: &Handshake,
     timeout: Duration,
-) -> Result<Vec<Option<TcpStream>>, ClusterError> {
+) -> Result<(Vec<Option<TcpStream>>, u64), ClusterError> {
     let me = hello.process;
     let deadline = Instant::now() + timeout;
     let listener = TcpListener::bind(addresses[me].as_str())
@@ -411,6 +431,7 @@ pub fn connect_all(
         })?;
     tracing::info!(process = me, address = %addresses[me], "connecting to the other processes");
     let mut links: Vec<Option<TcpStream>> = addresses.iter().map(|_| None).collect();
+    let mut start_ms = hello.clock_ms;
     // Per process before this one: when to try next, the pause after that, the last error.
     let mut attempts: Vec<(Instant, Duration, String)> = (0..me)
         .map(|_| {
@@ -478,7 +499,10 @@ pub fn connect_all(
                 .clamp(MIN_WAIT, MAX_BACKOFF);
             match dial(address, wait) {
                 Ok(stream) => {
-                    let stream = greet(stream, process, address, hello, deadline)?;
+                    let (stream, theirs) = greet(stream, process, address, hello, deadline)?;
+                    if process == 0 {
+                        start_ms = theirs.clock_ms;
+                    }
                     tracing::info!(process, %address, "connected to process");
                     links[process] = Some(stream);
                 }
@@ -516,8 +540,8 @@ pub fn connect_all(
             return Err(ClusterError::Start(describe(&e)));
         }
     }
-    tracing::info!(process = me, "connected to every process");
-    Ok(links)
+    tracing::info!(process = me, start_ms, "connected to every process");
+    Ok((links, start_ms))
 }
 
 /// One connection attempt to every address `address` resolves to; the error as a phrase.
@@ -543,7 +567,7 @@ fn greet(
     address: &str,
     hello: &Handshake,
     deadline: Instant,
-) -> Result<TcpStream, ClusterError> {
+) -> Result<(TcpStream, Handshake), ClusterError> {
     let peer = format!("process {process} at {address}");
     let theirs =
         exchange(&mut stream, hello, deadline).map_err(|problem| ClusterError::Handshake {
@@ -560,7 +584,7 @@ fn greet(
         });
     }
     hello.check(&theirs)?;
-    Ok(stream)
+    Ok((stream, theirs))
 }
 
 /// The accepting side: sends this process's handshake, reads and checks the peer's, which must
@@ -726,6 +750,7 @@ mod tests {
                 order_horizon_ms: 600_000,
                 inputs: 7,
             },
+            clock_ms: 1_700_000_000_000,
         }
     }
 

@@ -258,13 +258,17 @@ enum WorkerEvents {
 /// Runs the pipeline: sources → dataflow → `sink`, until `plan.stop`, Ctrl-C (`status.stop`),
 /// or the end of the input.
 pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Report, RunError> {
+    // Connected first, before the sink thread and the workers start: a cluster that cannot form
+    // fails before any input is read or any result written, and its processes share one start.
+    let timeout = Duration::from_millis(plan.config.engine.connect_timeout_ms);
     let timely_config = plan.workers.timely_config()?;
+    let communication = cluster::connect(timely_config, Agreement::of(&plan), timeout)?;
     let local_workers = plan.workers.threads_per_process();
     let process = plan.workers.process;
     let knobs = plan.config.generator.clone();
     let tick_ms = plan.config.engine.tick_ms;
     let start_ms = match &plan.events {
-        EventSource::Generator { start_ms } => start_ms.unwrap_or_else(now_ms),
+        EventSource::Generator { start_ms } => start_ms.unwrap_or(communication.start_ms()),
         EventSource::Kafka { .. } => now_ms(),
     };
     let generator = EventGenerator::new(knobs.clone(), start_ms).map_err(RunError::Generator)?;
@@ -276,10 +280,6 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let stop = plan.stop;
     let source = plan.events.clone();
     let demographic_source = plan.demographics.clone();
-    // Connected before the sink thread and the workers start: a cluster that cannot form fails
-    // before any input is read or any result written.
-    let timeout = Duration::from_millis(plan.config.engine.connect_timeout_ms);
-    let communication = cluster::connect(timely_config, Agreement::of(&plan), timeout)?;
     let started = Instant::now();
 
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();

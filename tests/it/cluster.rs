@@ -478,6 +478,90 @@ fn two_processes_write_what_one_process_writes() {
     assert_eq!(cluster_counters, counters(&read(output("single.lp"))));
 }
 
+/// The text without terminal colour codes.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Without `--start-ms` every process of a generator run starts its share of the stream at
+/// process 0's clock (the handshake carries it): together they write exactly the reference's
+/// values for that start, windows, late events and demographic changes included.
+#[test]
+fn without_start_ms_the_processes_share_process_0s_start() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let env = [
+        ("SHOPFLOW__GENERATOR__USERS", "300"),
+        ("SHOPFLOW__GENERATOR__NEW_USERS", "30"),
+        ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
+        ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "5"),
+        ("SHOPFLOW__GENERATOR__LATE_SHARE", "0.2"),
+        ("SHOPFLOW__ENGINE__WINDOW_MS", "10000"),
+        ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "20000"),
+    ];
+    let mut logged = env.to_vec();
+    logged.push(("RUST_LOG", "shopflow::cluster=info"));
+    let output = dir.path().join("shared.lp").display().to_string();
+    let members: Vec<Running> = (0..2)
+        .map(|process| {
+            let mut words = args(
+                "demo --source generator --pace unbounded --rate 200 --events 6000 --seed 9 --quiet",
+            );
+            words.extend(member(process, 2, 2, &hosts));
+            words.extend(["--output".into(), output.clone()]);
+            start(&words, &logged)
+        })
+        .collect();
+    let starts: Vec<u64> = members
+        .into_iter()
+        .map(|r| {
+            let finished = r.finish(Duration::from_secs(300));
+            assert_eq!(finished.code, Some(0), "{finished:?}");
+            let log = plain(&finished.stderr);
+            let line = log
+                .lines()
+                .find(|l| l.contains("connected to every process"))
+                .unwrap_or_else(|| panic!("no start logged: {log}"));
+            let value = line.split("start_ms=").nth(1).unwrap_or("");
+            value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no start in {line}"))
+        })
+        .collect();
+    assert_eq!(starts[0], starts[1], "one start for the whole cluster");
+
+    let read = |p: usize| std::fs::read_to_string(format!("{output}.{p}")).expect("an output file");
+    let together: BTreeMap<String, String> = [read(0), read(1)]
+        .iter()
+        .flat_map(|text| final_state(text))
+        .collect();
+    let mut config = temp_env_config(&env);
+    config.generator.seed = 9;
+    config.generator.events_per_second = 200.0;
+    let want = final_state(&reference_lines_from(&config, starts[0], 6_000));
+    assert!(
+        want.len() > 500,
+        "a meaningful scenario: {} rows",
+        want.len()
+    );
+    assert_same_state(&together, &want);
+}
+
 /// The generator's settings for the Kafka runs, as environment variables. The scenario's final
 /// values do not depend on when each event arrived, since arrival ticks follow the wall clock:
 /// no window closes and no order is forgotten during a run, demographics stay put, and a refund
