@@ -10,9 +10,10 @@
 //!    doubling up to 1 s) until an overall deadline (`engine.connect-timeout-ms`), then fails
 //!    naming the `host:port` it could not reach;
 //! 2. starts each connection with a [`Handshake`] in both directions: a magic and protocol
-//!    version, its process index, `-n`, `-w`, the engine settings the results depend on, and a
-//!    fingerprint of what it reads; both sides check the other's before going on, so peers that
-//!    disagree fail at once with a message saying how;
+//!    version, its process index, `-n`, `-w`, the engine settings the results depend on, a
+//!    fingerprint of what it reads, and its clock (process 0's is the run's start everywhere);
+//!    both sides check the other's before going on, so peers that disagree fail at once with a
+//!    message saying how;
 //! 3. once connected to everyone, sends [`READY`] on every connection and waits for every peer's,
 //!    so that no process starts its dataflow while another is still failing to connect;
 //! 4. hands the connected sockets to timely's `initialize_networking_from_sockets`, which writes
@@ -113,8 +114,10 @@ impl std::fmt::Display for Seconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.subsec_millis() == 0 {
             write!(f, "{} s", self.0.as_secs())
-        } else {
+        } else if self.0 >= Duration::from_secs(1) {
             write!(f, "{:.1} s", self.0.as_secs_f64())
+        } else {
+            write!(f, "{} ms", self.0.as_millis())
         }
     }
 }
@@ -706,6 +709,12 @@ fn barrier(
                         .to_owned(),
                 ));
             }
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(gave_up(
+                    process,
+                    "left before the cluster was complete (see its own error)".to_owned(),
+                ));
+            }
             Err(e) => {
                 return Err(gave_up(
                     process,
@@ -808,5 +817,6 @@ mod tests {
     fn seconds_read_naturally() {
         assert_eq!(Seconds(Duration::from_secs(10)).to_string(), "10 s");
         assert_eq!(Seconds(Duration::from_millis(2_500)).to_string(), "2.5 s");
+        assert_eq!(Seconds(Duration::from_millis(300)).to_string(), "300 ms");
     }
 }

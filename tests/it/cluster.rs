@@ -312,7 +312,7 @@ fn dial(port: u16) -> TcpStream {
 }
 
 #[test]
-fn a_stranger_on_the_cluster_port_is_an_error_not_a_panic() {
+fn strangers_and_deserters_on_the_cluster_port_are_errors_not_panics() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ports = free_ports(2);
     let hosts = hostfile(dir.path(), "hosts.txt", &ports);
@@ -354,6 +354,31 @@ fn a_stranger_on_the_cluster_port_is_an_error_not_a_panic() {
     assert_eq!(
         finished.stderr,
         format!("error: a connection from {from} closed the connection during the handshake\n")
+    );
+
+    // A peer that answers like process 1 (process 0's own handshake, renumbered), then leaves
+    // instead of confirming that it is connected to everyone.
+    let running = start(&zero, &[]);
+    let mut impostor = dial(ports[0]);
+    let mut theirs = [0u8; Handshake::LEN];
+    impostor
+        .read_exact(&mut theirs)
+        .expect("process 0's handshake");
+    let mut mine = Handshake::decode(&theirs).expect("a handshake");
+    mine.process = 1;
+    impostor.write_all(&mine.encode()).expect("sent");
+    let mut ready = [0u8; 8];
+    impostor.read_exact(&mut ready).expect("process 0 is ready");
+    assert_eq!(ready, shopflow::cluster::READY);
+    drop(impostor);
+    let finished = running.finish(Duration::from_secs(30));
+    assert_eq!(finished.code, Some(2), "{finished:?}");
+    assert_eq!(
+        finished.stderr,
+        format!(
+            "error: process 1 at 127.0.0.1:{} left before the cluster was complete (see its own error)\n",
+            ports[1]
+        )
     );
 
     // Process 1 dials process 0's address, where something else listens and answers junk.
