@@ -23,6 +23,7 @@
 use std::any::Any;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::communication::WorkerGuards;
@@ -385,7 +386,7 @@ pub fn connect(
 }
 
 /// `timely::execute` on connected communication: runs `func` on every local worker.
-pub fn execute<T, F>(communication: Communication, func: F) -> Result<WorkerGuards<T>, String>
+pub fn execute<T, F>(communication: Communication, func: F) -> Result<Guards<T>, String>
 where
     T: Send + 'static,
     F: Fn(&mut Worker) -> T + Send + Sync + 'static,
@@ -396,12 +397,74 @@ where
         worker,
         ..
     } = communication;
-    timely::execute::execute_from(allocators, guard, worker, func)
+    let cluster = allocators
+        .iter()
+        .any(|a| matches!(a, AllocatorBuilder::Tcp(_)));
+    let panics = Arc::new(Mutex::new(Vec::new()));
+    let noted = Arc::clone(&panics);
+    let inner = timely::execute::execute_from(allocators, guard, worker, move |worker| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| func(worker))) {
+            Ok(result) => result,
+            Err(payload) => {
+                let mut noted = noted.lock().unwrap_or_else(|p| p.into_inner());
+                noted.push(panic_message(payload.as_ref()));
+                drop(noted);
+                std::panic::resume_unwind(payload)
+            }
+        }
+    })?;
+    Ok(Guards {
+        inner,
+        panics,
+        cluster,
+    })
+}
+
+/// The running workers, as timely's guards, with the messages of the panics that ended any.
+pub struct Guards<T: Send + 'static> {
+    inner: WorkerGuards<T>,
+    panics: Arc<Mutex<Vec<String>>>,
+    cluster: bool,
+}
+
+impl<T: Send + 'static> Guards<T> {
+    /// Waits for the workers and returns what each returned, or why it failed: the panic's own
+    /// message (timely reports only `Any { .. }`), and in a cluster, a connection to another
+    /// process lost during the run as such.
+    pub fn join(self) -> Vec<Result<T, String>> {
+        let results = self.inner.join();
+        let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = self.cluster
+            && panics
+                .iter()
+                .any(|m| m.contains("MergeQueue poisoned") || m.contains("timely communication"));
+        let why = if lost {
+            "lost the connection to another process during the run (see the other processes' errors)"
+                .to_owned()
+        } else {
+            panics
+                .first()
+                .map_or_else(String::new, |m| format!("a worker panicked: {m}"))
+        };
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| if why.is_empty() { e } else { why.clone() }))
+            .collect()
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// timely's send and receive threads. When a peer dies mid-run they panic, and timely's guard
 /// re-raises their panics when dropped; the run has already failed by then (its workers report
-/// it), so the re-raised panic is logged instead of aborting the error's reporting.
+/// it, see [`Guards::join`]), so the re-raised panic is caught instead of aborting the report.
 struct Links(Option<CommsGuard>);
 
 impl Drop for Links {
@@ -409,7 +472,7 @@ impl Drop for Links {
         if let Some(guard) = self.0.take()
             && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard))).is_err()
         {
-            tracing::error!("a connection to another process failed during the run");
+            tracing::debug!("the connections' threads ended with a panic");
         }
     }
 }

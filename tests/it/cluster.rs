@@ -521,6 +521,45 @@ fn plain(text: &str) -> String {
     out
 }
 
+/// Once the cluster runs, losing a process (killed here) ends the others with an error that says
+/// so, rather than leaving them waiting for it.
+#[test]
+fn a_process_lost_mid_run_ends_the_others_with_an_error() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let output = dir.path().join("lost.lp").display().to_string();
+    let mut members: Vec<Running> = (0..2)
+        .map(|process| {
+            let mut words = args("demo --source generator --rate 500 --duration 120s --quiet");
+            words.extend(member(process, 2, 2, &hosts));
+            words.extend(["--output".into(), output.clone()]);
+            start(&words, &[("SHOPFLOW__GENERATOR__USERS", "1000")])
+        })
+        .collect();
+    // Running: process 0 has written results of ticks that both processes completed.
+    let started = Instant::now();
+    while std::fs::metadata(format!("{output}.0")).map_or(0, |m| m.len()) < 2_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cluster never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(members.pop());
+    let zero = members
+        .pop()
+        .expect("process 0")
+        .finish(Duration::from_secs(60));
+    assert_eq!(zero.code, Some(1), "{zero:?}");
+    assert_eq!(
+        zero.stderr.lines().last(),
+        Some(
+            "error: dataflow: lost the connection to another process during the run (see the other processes' errors)"
+        ),
+        "{zero:?}"
+    );
+}
+
 /// Without `--start-ms` every process of a generator run starts its share of the stream at
 /// process 0's clock (the handshake carries it): together they write exactly the reference's
 /// values for that start, windows, late events and demographic changes included.
