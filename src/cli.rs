@@ -58,9 +58,21 @@ pub struct WorkerArgs {
     /// A file listing one host:port per process.
     #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
+    /// With several processes: give up connecting to the others after this long, e.g. 30s
+    /// (default: engine.connect-timeout-ms).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
 }
 
 impl WorkerArgs {
+    /// Puts the flags that are configuration keys into `config` (`--connect-timeout`).
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(timeout) = self.connect_timeout {
+            config.engine.connect_timeout_ms =
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        }
+    }
+
     /// The workers these flags ask for, `engine.workers` filling in `-w`.
     pub fn workers(&self, config: &Config) -> Workers {
         Workers {
@@ -132,12 +144,26 @@ pub struct RunArgs {
     /// Where to start reading the topic (default: kafka.start).
     #[arg(long, value_enum)]
     pub start: Option<StartPosition>,
-    /// Stop once every partition is read to its end and the results are written.
+    /// Stop once every partition is read to its end and the results are written (each worker
+    /// stops reading when its own partitions are; the run ends when all have).
     #[arg(long)]
     pub until_caught_up: bool,
+    /// Where demographics come from: the MySQL table (snapshot, then binlog), or the generator's
+    /// table and changes (generator.users, generator.seed, generator.demographic-changes-per-second).
+    #[arg(long, value_enum, default_value = "mysql")]
+    pub demographics: DemographicsFrom,
     /// Stop after this long (e.g. 10s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+}
+
+/// Where `run` takes demographics from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemographicsFrom {
+    /// The `[mysql]` table: a consistent snapshot, then its binlog.
+    Mysql,
+    /// The generator, in process (no MySQL).
+    Generator,
 }
 
 /// `shopflow produce`.
@@ -256,9 +282,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<runtime::RunError>()
-                .is_some_and(|e| matches!(e, runtime::RunError::Workers(_)))
-            {
+            if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    runtime::RunError::Workers(_) | runtime::RunError::Cluster(_)
+                )
+            }) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

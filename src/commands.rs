@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{ChangeArgs, DemoArgs, DemoSource, LoadArgs, ProduceArgs, RunArgs};
+use crate::cli::{
+    ChangeArgs, DemoArgs, DemoSource, DemographicsFrom, LoadArgs, ProduceArgs, RunArgs,
+};
 use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
@@ -33,6 +35,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     if let Some(output) = args.output.clone() {
         config.output.line_protocol = output;
     }
+    args.workers.apply(&mut config);
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
@@ -205,6 +208,7 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     if let Some(output) = args.output.clone() {
         config.output.line_protocol = output;
     }
+    args.workers.apply(&mut config);
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
@@ -223,7 +227,10 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             until_caught_up: args.until_caught_up,
             producer_done: None,
         },
-        demographics: DemographicSource::Mysql(config.mysql.clone()),
+        demographics: match args.demographics {
+            DemographicsFrom::Mysql => DemographicSource::Mysql(config.mysql.clone()),
+            DemographicsFrom::Generator => DemographicSource::Generator,
+        },
         checkpoints: Some(config.engine.checkpoint_dir.clone())
             .filter(|dir| !dir.as_os_str().is_empty()),
         stop: Stop {

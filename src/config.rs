@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub checkpoint_dir: PathBuf,
     /// How often `run` checkpoints, in milliseconds; a multiple of the tick.
     pub checkpoint_interval_ms: u64,
+    /// With several processes: how long a process may take to connect to all the others, in
+    /// milliseconds, before it gives up naming the one it could not reach.
+    pub connect_timeout_ms: u64,
 }
 
 /// The `[output]` section.
@@ -160,6 +163,12 @@ impl Config {
             return invalid(
                 "engine.checkpoint-interval-ms",
                 "must be a positive multiple of engine.tick-ms",
+            );
+        }
+        if !(1..=86_400_000).contains(&e.connect_timeout_ms) {
+            return invalid(
+                "engine.connect-timeout-ms",
+                "must be within 1 and 86400000 (a day)",
             );
         }
         if let Err(message) = self.generator.validate() {

@@ -20,6 +20,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
 use crate::checkpoint::{self, WorkerCheckpoint};
+use crate::cluster::{self, Agreement, ClusterError};
 use crate::config::Config;
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
@@ -46,6 +47,9 @@ pub enum RunError {
     /// A source failed.
     #[error("source: {0}")]
     Source(String),
+    /// The processes of a cluster could not connect, or disagree.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// How many workers, and where: timely's own flags.
@@ -259,13 +263,17 @@ enum WorkerEvents {
 /// Runs the pipeline: sources → dataflow → `sink`, until `plan.stop`, Ctrl-C (`status.stop`),
 /// or the end of the input.
 pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Report, RunError> {
+    // Connected first, before the sink thread and the workers start: a cluster that cannot form
+    // fails before any input is read or any result written, and its processes share one start.
+    let timeout = Duration::from_millis(plan.config.engine.connect_timeout_ms);
     let timely_config = plan.workers.timely_config()?;
+    let communication = cluster::connect(timely_config, Agreement::of(&plan), timeout)?;
     let local_workers = plan.workers.threads_per_process();
     let process = plan.workers.process;
     let knobs = plan.config.generator.clone();
     let tick_ms = plan.config.engine.tick_ms;
     let start_ms = match &plan.events {
-        EventSource::Generator { start_ms } => start_ms.unwrap_or_else(now_ms),
+        EventSource::Generator { start_ms } => start_ms.unwrap_or(communication.start_ms()),
         EventSource::Kafka { .. } => now_ms(),
     };
     let generator = EventGenerator::new(knobs.clone(), start_ms).map_err(RunError::Generator)?;
@@ -322,7 +330,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
     let worker_status = Arc::clone(&status);
-    let guards = timely::execute(timely_config, move |worker| -> Result<(), String> {
+    let guards = cluster::execute(communication, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
         let _span = tracing::info_span!("worker", index).entered();

@@ -7,7 +7,8 @@ use dataflows::output::{Batch, Change};
 use shopflow::config::Config;
 use shopflow::sinks::line_protocol::Encoder;
 
-fn shopflow(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs the built binary to the end.
+pub(crate) fn shopflow(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
     command.args(args);
     for (key, value) in env {
@@ -16,13 +17,14 @@ fn shopflow(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("the binary runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+/// Output bytes as text.
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The final state a line protocol file describes: the last fields written per series (and per
 /// timestamp for window rows, whose points are the windows); all-zero rows are removals.
-fn final_state(lines: &str) -> BTreeMap<String, String> {
+pub(crate) fn final_state(lines: &str) -> BTreeMap<String, String> {
     let mut state = BTreeMap::new();
     for line in lines.lines() {
         let (series, rest) = split_unescaped(line, ' ').expect("series and fields");
@@ -144,9 +146,15 @@ fn reference_lines(env: &[(&str, &str)], seed: u64, rate: f64, events: u64) -> S
     let mut config = temp_env_config(env);
     config.generator.seed = seed;
     config.generator.events_per_second = rate;
+    reference_lines_from(&config, 1_700_000_000_000, events)
+}
+
+/// The line protocol of the reference's final values for the first `events` events `config`'s
+/// generator makes from `start_ms`, with its demographics table (and changes, if any).
+pub(crate) fn reference_lines_from(config: &Config, start_ms: u64, events: u64) -> String {
     let inputs = shopflow::generators::recorded_run(
         &config.generator,
-        1_700_000_000_000,
+        start_ms,
         config.engine.tick_ms,
         events,
     )
@@ -165,7 +173,7 @@ fn reference_lines(env: &[(&str, &str)], seed: u64, rate: f64, events: u64) -> S
 }
 
 /// The configuration the binary sees under `env`.
-fn temp_env_config(env: &[(&str, &str)]) -> Config {
+pub(crate) fn temp_env_config(env: &[(&str, &str)]) -> Config {
     let mut toml: toml::Table =
         toml::from_str(shopflow::config::DEFAULT_TOML).expect("the shipped config");
     for (key, value) in env {
@@ -325,7 +333,7 @@ fn embedded_kafka_demo_equals_the_reference() {
 }
 
 /// Equality of two final states, reporting only the rows that differ.
-fn assert_same_state(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+pub(crate) fn assert_same_state(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
     let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
     let differing: Vec<String> = keys
         .into_iter()
@@ -344,113 +352,6 @@ fn assert_same_state(got: &BTreeMap<String, String>, want: &BTreeMap<String, Str
         "{} rows differ, the first ones:\n{first:#?}",
         differing.len()
     );
-}
-
-/// Two processes of two workers each, on loopback, write exactly the lines one process of one
-/// worker writes: the same changes at the same timestamps, each key by exactly one process.
-#[test]
-fn two_processes_write_what_one_process_writes() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("a free port")
-                .local_addr()
-                .expect("an address")
-                .port()
-        })
-        .collect();
-    let hostfile = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .expect("the hostfile");
-    let env = [
-        ("SHOPFLOW__GENERATOR__USERS", "400"),
-        ("SHOPFLOW__GENERATOR__NEW_USERS", "40"),
-        ("SHOPFLOW__GENERATOR__UNKNOWN_USER_SHARE", "0.1"),
-        ("SHOPFLOW__GENERATOR__DEMOGRAPHIC_CHANGES_PER_SECOND", "10"),
-        ("SHOPFLOW__GENERATOR__LATE_SHARE", "0.2"),
-        ("SHOPFLOW__ENGINE__WINDOW_MS", "10000"),
-        ("SHOPFLOW__ENGINE__ALLOWED_LATENESS_MS", "20000"),
-    ];
-    let common = "demo --source generator --pace unbounded --rate 200 --events 12000 --start-ms 1700000000000 --seed 3 --quiet";
-    let output = |name: &str| {
-        dir.path()
-            .join(name)
-            .to_str()
-            .expect("a UTF-8 path")
-            .to_owned()
-    };
-    let spawn = |process: usize| {
-        let mut args: Vec<String> = common.split(' ').map(str::to_owned).collect();
-        let hosts = hostfile.to_str().expect("a UTF-8 path").to_owned();
-        args.extend(
-            [
-                "-w",
-                "2",
-                "-n",
-                "2",
-                "-p",
-                &process.to_string(),
-                "--hostfile",
-                &hosts,
-                "--output",
-                &output("cluster.lp"),
-            ]
-            .map(String::from),
-        );
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
-        command.args(&args).envs(env);
-        command.spawn().expect("a process starts")
-    };
-    let cluster: Vec<_> = (0..2).map(spawn).collect();
-    let mut single: Vec<&str> = common.split(' ').collect();
-    let single_output = output("single.lp");
-    single.extend(["-w", "1", "--output", &single_output]);
-    let run = shopflow(&single, &env);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    for mut process in cluster {
-        assert!(process.wait().expect("the process ends").success());
-    }
-
-    // Results, without the per-process lines: `pipeline` (counters grouped per process and batch)
-    // and `runtime` (wall-clock figures).
-    let results = |text: &str| {
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with("pipeline ") && !l.starts_with("runtime,"))
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    };
-    let read = |path: String| std::fs::read_to_string(path).expect("an output file");
-    let (part0, part1) = (read(output("cluster.lp.0")), read(output("cluster.lp.1")));
-    assert!(
-        !results(&part0).is_empty() && !results(&part1).is_empty(),
-        "both processes own keys"
-    );
-    let mut together = results(&part0);
-    together.extend(results(&part1));
-    together.sort();
-    let alone = results(&read(single_output.clone()));
-    assert!(
-        alone.len() > 1_000,
-        "a meaningful run: {} lines",
-        alone.len()
-    );
-    assert_eq!(together, alone);
-    let counters = |text: &str| {
-        final_state(text)
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("pipeline"))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let mut cluster_counters = counters(&part0);
-    cluster_counters.extend(counters(&part1));
-    assert_eq!(cluster_counters, counters(&read(single_output)));
 }
 
 /// Secrets set in the configuration and the environment appear in no output of a run that logs

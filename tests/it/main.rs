@@ -3,6 +3,7 @@
 
 mod avro;
 mod cli;
+mod cluster;
 mod config;
 mod dashboards;
 mod dataflows;
