@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dataflows::model::{Counter, Event, EventTimeMs, Tick};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,16 @@ pub enum KafkaSourceError {
     /// The topic does not exist or has no partitions.
     #[error("kafka topic {0} has no partitions (does it exist?)")]
     NoPartitions(String),
+    /// The brokers refused or never acknowledged some messages.
+    #[error("kafka: {failed} messages were not delivered to {topic}; the first because: {first}")]
+    Undelivered {
+        /// The topic.
+        topic: String,
+        /// How many.
+        failed: u64,
+        /// The first failure's reason.
+        first: String,
+    },
 }
 
 fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
@@ -142,10 +153,33 @@ fn topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
+/// Counts the messages the brokers did not take, and keeps the first reason.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((error, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
 /// Sends events to the topic, Avro-encoded with the Confluent framing, keyed by user id and
-/// timestamped with their arrival time.
+/// timestamped with their arrival time (never later than now: brokers refuse records from the
+/// future). A message the brokers refuse fails [`EventProducer::flush`], never silently.
 pub struct EventProducer {
-    producer: BaseProducer,
+    producer: BaseProducer<Deliveries>,
     topic: String,
     schema_id: u32,
     buffer: Vec<u8>,
@@ -165,12 +199,12 @@ impl EventProducer {
             tracing::info!(registry = client.url(), %subject, id, "registered the event schema");
             id
         };
-        let producer: BaseProducer = config
+        let producer: BaseProducer<Deliveries> = config
             .client()
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
             .set("compression.type", "lz4")
-            .create()
+            .create_with_context(Deliveries::default())
             .map_err(kafka("cannot create the producer"))?;
         Ok(EventProducer {
             producer,
@@ -186,11 +220,13 @@ impl EventProducer {
         self.buffer.clear();
         avro::encode_event(self.schema_id, event, &mut self.buffer);
         let key = event.user_id.0.to_be_bytes();
+        // A generator run faster than realtime has arrivals ahead of the clock.
+        let timestamp = arrival_ms.min(crate::runtime::now_ms()) as i64;
         loop {
             let record = BaseRecord::to(&self.topic)
                 .key(&key[..])
                 .payload(&self.buffer[..])
-                .timestamp(arrival_ms as i64);
+                .timestamp(timestamp);
             match self.producer.send(record) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -227,11 +263,23 @@ impl EventProducer {
         self.sent
     }
 
-    /// Waits until everything queued is acknowledged by the brokers.
+    /// Waits until everything queued is acknowledged by the brokers; fails if any message sent
+    /// so far was refused or lost.
     pub fn flush(&mut self, timeout: Duration) -> Result<(), KafkaSourceError> {
         self.producer
             .flush(timeout)
-            .map_err(kafka("cannot flush the producer"))
+            .map_err(kafka("cannot flush the producer"))?;
+        let context = self.producer.context();
+        let failed = context.failed.load(std::sync::atomic::Ordering::Relaxed);
+        if failed > 0 {
+            let first = context.first.lock().unwrap_or_else(|p| p.into_inner());
+            return Err(KafkaSourceError::Undelivered {
+                topic: self.topic.clone(),
+                failed,
+                first: first.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
     }
 }
 

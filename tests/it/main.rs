@@ -11,6 +11,7 @@ mod e2e;
 mod influx;
 mod latency;
 mod mysql;
+mod producer;
 mod registry;
 mod restart;
 mod services;
