@@ -13,7 +13,6 @@
 //! business; the demographics are not in it, they are re-read from their source on restart.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use dataflows::model::Tick;
@@ -104,12 +103,15 @@ pub fn write(dir: &Path, checkpoint: &WorkerCheckpoint) -> Result<PathBuf, Check
         ".{}.tmp",
         file_name(checkpoint.worker, checkpoint.peers)
     ));
-    let bytes = postcard::to_stdvec(checkpoint).map_err(|e| CheckpointError::Format {
+    let file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
+    let mut writer = std::io::BufWriter::new(file);
+    postcard::to_io(checkpoint, &mut writer).map_err(|e| CheckpointError::Format {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
-    file.write_all(&bytes).map_err(io(&temporary))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| io(&temporary)(e.into_error()))?;
     file.sync_all().map_err(io(&temporary))?;
     std::fs::rename(&temporary, &path).map_err(io(&path))?;
     Ok(path)
