@@ -250,6 +250,20 @@ pub struct BenchArgs {
 
 /// Parses the command line, runs it, and turns errors into one line and an exit code:
 /// 2 for usage and configuration errors, 1 for failures while running.
+/// An error and its causes on one line, each cause once: many errors here already say their
+/// cause in their own message, and would otherwise print it twice.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -281,7 +295,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
                 matches!(
                     e,

@@ -137,7 +137,8 @@ pub struct Agreement {
     pub order_horizon_ms: u64,
     /// A fingerprint of where events come from: with the generator its settings, `--events` and
     /// `--start-ms` (every worker generates its share of one stream); with Kafka the topic, the
-    /// consumer group and the start position (every worker reads its share of the partitions).
+    /// consumer group, the start position and the checkpoint it would restore (every worker reads
+    /// its share of the partitions, and restores its share of one checkpoint).
     pub inputs: u64,
 }
 
@@ -151,9 +152,18 @@ impl Agreement {
                 "generator {:?} start-ms={start_ms:?} events={:?}",
                 plan.config.generator, plan.stop.events
             ),
+            // The checkpoint each process would restore: a directory that is not shared, or one
+            // that changed between the starts, would restore different states.
             EventSource::Kafka { config, .. } => format!(
-                "kafka topic={} group={} start={:?}",
-                config.topic, config.group_id, config.start
+                "kafka topic={} group={} start={:?} checkpoint={:?}",
+                config.topic,
+                config.group_id,
+                config.start,
+                plan.checkpoints.as_ref().map(|dir| {
+                    crate::checkpoint::latest(dir)
+                        .map(|found| found.map(|f| f.tick))
+                        .map_err(|e| e.to_string())
+                })
             ),
         };
         Agreement {
@@ -308,7 +318,8 @@ impl Handshake {
         if a.inputs != b.inputs {
             return mismatch(format!(
                 "process {them} reads other events than process {me}: the generator settings, \
-                 --events or --start-ms, or the Kafka topic, group or start position differ"
+                 --events or --start-ms, or the Kafka topic, group or start position, or the \
+                 checkpoint it would restore (engine.checkpoint-dir must be shared) differ"
             ));
         }
         Ok(())

@@ -247,8 +247,62 @@ fn processes_that_disagree_fail_at_once_saying_how() {
     assert_eq!(
         zero,
         "error: process 1 reads other events than process 0: the generator settings, --events or \
-         --start-ms, or the Kafka topic, group or start position differ\n"
+         --start-ms, or the Kafka topic, group or start position, or the checkpoint it would \
+         restore (engine.checkpoint-dir must be shared) differ\n"
     );
+}
+
+/// Two `run` processes whose checkpoint directories differ (one holds a complete checkpoint, the
+/// other none) would restore different states: they refuse to start.
+#[test]
+fn processes_that_would_restore_different_checkpoints_refuse_to_start() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
+    let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    shopflow::checkpoint::write(
+        &with,
+        &shopflow::checkpoint::WorkerCheckpoint {
+            version: shopflow::checkpoint::VERSION,
+            pipeline: "any".into(),
+            tick: 1_000,
+            worker: 0,
+            peers: 1,
+            offsets: BTreeMap::new(),
+            state: dataflows::state::State::default(),
+        },
+    )
+    .expect("a checkpoint");
+    let running: Vec<Running> = [&with, &without]
+        .into_iter()
+        .enumerate()
+        .map(|(process, checkpoints)| {
+            let output = dir.path().join("checkpoints.lp");
+            let words = args(&format!(
+                "run --demographics generator --sink line-protocol -o {} -n 2 -w 1 -p {process} \
+                 --hostfile {hosts} --connect-timeout 30s",
+                output.display()
+            ));
+            let checkpoints = checkpoints.display().to_string();
+            start(
+                &words,
+                &[
+                    ("SHOPFLOW__KAFKA__BROKERS", "127.0.0.1:1"),
+                    ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", checkpoints.as_str()),
+                ],
+            )
+        })
+        .collect();
+    for running in running {
+        let finished = running.finish(Duration::from_secs(60));
+        assert_eq!(finished.code, Some(2), "{finished:?}");
+        assert!(
+            finished.stderr.contains("reads other events than")
+                && finished
+                    .stderr
+                    .contains("engine.checkpoint-dir must be shared"),
+            "{finished:?}"
+        );
+    }
 }
 
 #[test]
