@@ -11,3 +11,4 @@ mod influx;
 mod mysql;
 mod registry;
 mod services;
+mod verify;
