@@ -605,8 +605,8 @@ fn analyse_order(order: &[&Placed], settings: Settings) -> OrderFlags {
                 }
             }
         }
-        // Within a generation, what counts depends on which came first for two different
-        // events with one tag, and for a purchase and its refund.
+        // Within a generation, what counts is the first click, the first purchase, and
+        // whether the first purchase came before the first refund; later ones are duplicates.
         let mut generation = vec![0usize; k];
         let mut first = 0;
         for i in 1..k {
@@ -616,21 +616,46 @@ fn analyse_order(order: &[&Placed], settings: Settings) -> OrderFlags {
                 first = i;
             }
         }
-        for i in 0..k {
-            for j in i + 1..k {
-                if generation[i] != generation[j] || !swappable(i, j) {
-                    continue;
-                }
-                let (a, b) = (&order[i].event, &order[j].event);
-                if a.tag == b.tag && a != b {
+        for g in 0..=generation[k - 1] {
+            let members = |tag: Tag| -> Vec<&Placed> {
+                (0..k)
+                    .filter(|&i| generation[i] == g && order[i].event.tag == tag)
+                    .map(|i| order[i])
+                    .collect()
+            };
+            let (clicks, purchases, refunds) = (
+                members(Tag::Click),
+                members(Tag::Purchased),
+                members(Tag::Refunded),
+            );
+            // Every event that may have come first among those of its tag says the same: a
+            // refund's own fields never count.
+            for events in [&clicks, &purchases] {
+                let firsts: Vec<&Placed> = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, p)| {
+                        events
+                            .iter()
+                            .enumerate()
+                            .all(|(j, q)| *i == j || could_precede(p, q))
+                    })
+                    .map(|(_, p)| *p)
+                    .collect();
+                if firsts.windows(2).any(|w| w[0].event != w[1].event) {
                     flags.totals.get_or_insert(Skip::ArrivalOrder);
-                } else if matches!(
-                    (a.tag, b.tag),
-                    (Tag::Purchased, Tag::Refunded) | (Tag::Refunded, Tag::Purchased)
-                ) {
-                    flags.windows.get_or_insert(Skip::ArrivalOrder);
-                    flags.refunds = true;
                 }
+            }
+            let certainly_before = |a: &[&Placed], b: &[&Placed]| {
+                a.iter().any(|p| b.iter().all(|q| !could_precede(q, p)))
+            };
+            if !purchases.is_empty()
+                && !refunds.is_empty()
+                && !certainly_before(&purchases, &refunds)
+                && !certainly_before(&refunds, &purchases)
+            {
+                flags.windows.get_or_insert(Skip::ArrivalOrder);
+                flags.refunds = true;
             }
         }
     }

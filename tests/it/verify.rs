@@ -75,24 +75,31 @@ fn scenario(seed: u64) -> Scenario {
                 // A second delivery of an earlier event.
                 sent[rng.random_range(0..sent.len())].clone()
             } else if choice < 35 && !sent.is_empty() {
-                // A purchase or refund of an earlier order (a refund may come first), or of an
-                // order never seen.
+                // A click, purchase or refund of an earlier order (a refund may come first, a
+                // second click or purchase may differ from the first), or of an order never seen.
                 let earlier = sent[rng.random_range(0..sent.len())].clone();
-                let tag = if rng.random_bool(0.5) {
-                    Tag::Purchased
-                } else {
-                    Tag::Refunded
-                };
+                let tag = [Tag::Click, Tag::Purchased, Tag::Purchased, Tag::Refunded]
+                    [rng.random_range(0..4)];
                 let order = if rng.random_bool(0.1) {
                     OrderId(10_000 + next_order)
                 } else {
                     earlier.order_id
                 };
+                let click = tag == Tag::Click;
                 Event {
                     order_id: order,
                     tag,
-                    total: Cents(rng.random_range(1..50_000)),
-                    units: rng.random_range(1..6),
+                    campaign_id: if click && rng.random_bool(0.5) {
+                        CampaignId(rng.random_range(0..campaigns))
+                    } else {
+                        earlier.campaign_id
+                    },
+                    total: Cents(if click {
+                        0
+                    } else {
+                        rng.random_range(1..50_000)
+                    }),
+                    units: if click { 0 } else { rng.random_range(1..6) },
                     event_time: EventTimeMs(tick - rng.random_range(0..2_000)),
                     ..earlier
                 }
@@ -794,4 +801,386 @@ fn verify_exits_2_when_it_cannot_decide() {
         .output()
         .expect("the binary runs");
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// Each family's (compared, mismatched, skipped), by the name the report gives it.
+type Tallies = BTreeMap<String, (u64, u64, u64)>;
+
+/// A verify report's table, and its mismatch lines.
+fn parse_report(stdout: &str) -> (Tallies, Vec<String>) {
+    let mut families = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for line in stdout.lines() {
+        if let Some(mismatch) = line.strip_prefix("mismatch: ") {
+            mismatches.push(mismatch.to_owned());
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (name, numbers) = match words.as_slice() {
+            ["pipeline", rest @ ..] => ("pipeline".to_owned(), rest),
+            [measurement, window, rest @ ..] if window.starts_with("window=") => {
+                (format!("{measurement} {window}"), rest)
+            }
+            _ => continue,
+        };
+        let numbers: Vec<u64> = numbers
+            .iter()
+            .take(3)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [compared, mismatched, skipped] = numbers[..] {
+            families.insert(name, (compared, mismatched, skipped));
+        }
+    }
+    (families, mismatches)
+}
+
+/// Runs InfluxQL on the database; the answer's JSON.
+fn influx_query(url: &str, database: &str, statement: &str) -> serde_json::Value {
+    let params = [("db", database), ("q", statement), ("epoch", "ms")];
+    let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
+    let body = reqwest::blocking::Client::new()
+        .post(url)
+        .send()
+        .and_then(|r| r.text())
+        .expect("InfluxDB answers");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Writes line protocol with millisecond timestamps.
+fn influx_write(url: &str, database: &str, lines: &str) {
+    let url = reqwest::Url::parse_with_params(
+        &format!("{url}/write"),
+        &[("db", database), ("precision", "ms")],
+    )
+    .expect("a URL");
+    let response = reqwest::blocking::Client::new()
+        .post(url)
+        .body(lines.to_owned())
+        .send()
+        .expect("InfluxDB answers");
+    assert!(response.status().is_success(), "{:?}", response.text());
+}
+
+/// The last point of one all-time series: its tags and `[clicks, purchases, units, revenue_cents]`
+/// and conversion.
+fn last_all_time(
+    url: &str,
+    database: &str,
+    measurement: &str,
+    filter: &str,
+) -> (BTreeMap<String, String>, [i64; 4], f64) {
+    let answer = influx_query(
+        url,
+        database,
+        &format!(
+            "SELECT LAST(clicks), LAST(purchases), LAST(units), LAST(revenue_cents), LAST(conversion) \
+             FROM \"{measurement}\" WHERE \"window\" = 'all' {filter} GROUP BY * LIMIT 1"
+        ),
+    );
+    let series = &answer["results"][0]["series"][0];
+    let tags = series["tags"]
+        .as_object()
+        .expect("tags")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect();
+    let row = &series["values"][0];
+    let int = |i: usize| row[i].as_i64().expect("an integer field");
+    (
+        tags,
+        [int(1), int(2), int(3), int(4)],
+        row[5].as_f64().expect("conversion"),
+    )
+}
+
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
+    use std::process::Command;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use mysql::prelude::Queryable;
+    use shopflow::generators::demographics;
+    use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+    use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+    use shopflow::sources::mysql::{self as source, MysqlConfig};
+
+    use crate::services::{Cleanup, env, unique};
+
+    let (mysql_url, influx_url, brokers) = (
+        env("SHOPFLOW_TEST_MYSQL_URL"),
+        env("SHOPFLOW_TEST_INFLUX_URL"),
+        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+    );
+    let database = unique("shopflow_verify");
+    let _cleanup = Cleanup {
+        mysql_admin: mysql_url.clone(),
+        database: database.clone(),
+        influx: influx_url.clone(),
+    };
+    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
+    pool.get_conn()
+        .expect("a connection")
+        .query_drop(format!("CREATE DATABASE `{database}`"))
+        .expect("a database");
+    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let (seed, users, new_users) = (31, 20_000u32, 300u32);
+    source::load_demographics(
+        &mysql_config,
+        demographics::table(seed, users),
+        u64::from(users),
+    )
+    .expect("loaded");
+    let topic = unique("shopflow-verify").replace('_', "-");
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 4,
+        group_id: topic.clone(),
+        start: StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        properties: BTreeMap::new(),
+    };
+    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+
+    // `run` and `verify` read the same configuration, as a user's deployment would: the default
+    // window, lateness (2 minutes) and order horizon (10 minutes), a 250 ms tick.
+    let settings = [
+        ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
+        ("SHOPFLOW__KAFKA__TOPIC", topic.as_str()),
+        ("SHOPFLOW__KAFKA__GROUP_ID", topic.as_str()),
+        ("SHOPFLOW__MYSQL__URL", mysql_config.url.as_str()),
+        ("SHOPFLOW__INFLUX__URL", influx_url.as_str()),
+        ("SHOPFLOW__INFLUX__DATABASE", database.as_str()),
+        ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+    ];
+    let shopflow = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+        command.args(args);
+        for (key, value) in settings.iter().chain(extra) {
+            command.env(key, value);
+        }
+        command
+    };
+    let pipeline = shopflow(
+        &["run", "-w", "2", "--duration", "20s", "--start", "earliest"],
+        &[],
+    )
+    .spawn()
+    .expect("shopflow runs");
+
+    // 12,000 events in 4 s, late (up to 3 minutes), refunded, duplicated, of unknown users, while
+    // 150 demographic changes happen; then malformed messages.
+    let knobs = GeneratorKnobs {
+        seed,
+        events_per_second: 3_000.0,
+        users,
+        new_users,
+        campaigns: 20,
+        campaign_zipf_exponent: 1.1,
+        conversion_share: 0.3,
+        funnel_span: 20,
+        median_order_cents: 4_000,
+        late_share: 0.1,
+        max_lateness_ms: 180_000,
+        refund_share: 0.1,
+        duplicate_share: 0.03,
+        unknown_user_share: 0.05,
+        demographic_changes_per_second: 0.0,
+        pace: Pace::Realtime,
+    };
+    let events = 12_000u64;
+    let generator =
+        EventGenerator::new(knobs, shopflow::runtime::now_ms() + 1_000).expect("valid knobs");
+    let changer = {
+        let config = mysql_config.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut changes = demographics::Changes::new(seed, users, new_users);
+            source::apply_changes(&config, &mut changes, 50.0, Duration::from_secs(10), 150)
+                .expect("changes applied")
+        })
+    };
+    let mut producer = EventProducer::new(&kafka).expect("a producer");
+    let sent = kafka::produce_generated(
+        &mut producer,
+        &generator,
+        Some(events),
+        None,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .expect("produced");
+    assert_eq!(sent, events);
+    let malformed = crate::services::send_malformed(&mut producer);
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+    assert_eq!(changer.join().expect("the changer").changes, 150);
+    let output = pipeline.wait_with_output().expect("the pipeline ends");
+    assert!(output.status.success(), "the pipeline failed");
+
+    let verify = || {
+        let output = shopflow(&["verify", "--arrival-tolerance", "20s"], &[])
+            .output()
+            .expect("verify runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+
+    // What the pipeline wrote is what the sources say.
+    let (code, stdout, stderr) = verify();
+    eprintln!("{stdout}");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (families, mismatches) = parse_report(&stdout);
+    assert!(mismatches.is_empty(), "{stdout}");
+    assert_eq!(families.len(), 13, "{stdout}");
+    for (family, (compared, mismatched, _)) in &families {
+        assert!(*compared > 0, "{family} compared nothing: {stdout}");
+        assert_eq!(*mismatched, 0, "{stdout}");
+    }
+    assert!(
+        stdout.contains(&format!(
+            "{} messages up to the high watermarks",
+            events + malformed as u64
+        )) && stdout.contains(&format!("({events} events, {malformed} malformed)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(&format!(
+            "verify: OK: {} keys compared, none differ\n",
+            families.values().map(|f| f.0).sum::<u64>()
+        )),
+        "{stdout}"
+    );
+
+    // A wrong value: a later point of an all-time series.
+    let later = shopflow::runtime::now_ms() + 1_000;
+    let (_, [clicks, purchases, units, cents], conversion) =
+        last_all_time(&influx_url, &database, "campaign", "AND \"campaign\" = '0'");
+    let line = |clicks: i64, time: u64| {
+        format!(
+            "campaign,campaign=0,window=all clicks={clicks}i,purchases={purchases}i,units={units}i,\
+             revenue_cents={cents}i,conversion={conversion} {time}\n"
+        )
+    };
+    influx_write(&influx_url, &database, &line(clicks + 1, later));
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        parse_report(&stdout).1,
+        vec![format!(
+            "campaign,campaign=0,window=all: clicks expected {clicks}, found {}",
+            clicks + 1
+        )],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nverify: MISMATCH: 1 of "), "{stdout}");
+    influx_write(&influx_url, &database, &line(clicks, later + 1));
+
+    // A series deleted.
+    let (tags, values, conversion) = last_all_time(
+        &influx_url,
+        &database,
+        "campaign_country",
+        "AND \"campaign\" = '1'",
+    );
+    let country = tags["country"].clone();
+    let _ = influx_query(
+        &influx_url,
+        &database,
+        &format!(
+            "DROP SERIES FROM \"campaign_country\" WHERE \"campaign\" = '1' AND \"country\" = '{country}' AND \"window\" = 'all'"
+        ),
+    );
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        parse_report(&stdout).1,
+        vec![format!(
+            "campaign_country,campaign=1,country={country},window=all: missing from InfluxDB \
+             (expected clicks={} purchases={} units={} revenue_cents={})",
+            values[0], values[1], values[2], values[3]
+        )],
+        "{stdout}"
+    );
+    influx_write(
+        &influx_url,
+        &database,
+        &format!(
+            "campaign_country,campaign=1,country={country},window=all clicks={}i,purchases={}i,\
+             units={}i,revenue_cents={}i,conversion={conversion} {later}\n",
+            values[0], values[1], values[2], values[3]
+        ),
+    );
+
+    // A series added, and a window's point overwritten.
+    let answer = influx_query(
+        &influx_url,
+        &database,
+        "SELECT LAST(clicks) FROM \"campaign\" WHERE \"window\" <> 'all' AND \"campaign\" = '0'",
+    );
+    let window = answer["results"][0]["series"][0]["values"][0][0]
+        .as_u64()
+        .expect("the newest window of campaign 0");
+    let (window_clicks, label) = {
+        let answer = influx_query(
+            &influx_url,
+            &database,
+            &format!(
+                "SELECT clicks, purchases, units, revenue_cents, conversion FROM \"campaign\" \
+                 WHERE \"window\" <> 'all' AND \"campaign\" = '0' AND time = {window}ms GROUP BY \"window\""
+            ),
+        );
+        let series = &answer["results"][0]["series"][0];
+        (
+            series["values"][0][1].as_i64().expect("clicks"),
+            series["tags"]["window"]
+                .as_str()
+                .expect("a label")
+                .to_owned(),
+        )
+    };
+    influx_write(
+        &influx_url,
+        &database,
+        &format!(
+            "country,country=ZZ,window=all clicks=3i,purchases=0i,units=0i,revenue_cents=0i,conversion=0 {later}\n\
+             campaign,campaign=0,window={label} clicks={}i {window}\n",
+            window_clicks + 5
+        ),
+    );
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let (families, mismatches) = parse_report(&stdout);
+    assert_eq!(
+        mismatches,
+        vec![
+            format!(
+                "campaign,campaign=0,window={label} @{window}: clicks expected {window_clicks}, found {}",
+                window_clicks + 5
+            ),
+            "country,country=ZZ,window=all: in InfluxDB but should be zero or absent \
+             (found clicks=3 purchases=0 units=0 revenue_cents=0)"
+                .to_owned(),
+        ],
+        "{stdout}"
+    );
+    assert_eq!(families["campaign window=60s"].1, 1, "{stdout}");
+    assert_eq!(families["country window=all"].1, 1, "{stdout}");
+
+    // A database that does not exist: no verdict.
+    let output = shopflow(
+        &["verify"],
+        &[("SHOPFLOW__INFLUX__DATABASE", "shopflow_verify_no_such_db")],
+    )
+    .output()
+    .expect("verify runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database not found"), "{stderr}");
 }
