@@ -82,7 +82,9 @@ pub enum Skip {
     ClosedSegmentWindow,
     /// An order whose events arrived about `order-horizon-ms` apart.
     NearOrderHorizon,
-    /// Events of one order whose effect depends on which arrived first, too close to tell.
+    /// What counts for an order (its first click, its first purchase, whether that purchase
+    /// came before its first refund) depends on which of two events arrived first, too close to
+    /// tell.
     ArrivalOrder,
     /// An event that arrived about when one of its order's windows closed.
     NearWindowClose,
@@ -128,9 +130,9 @@ impl Skip {
                  arrival times"
             }
             Skip::ArrivalOrder => {
-                "events of one order whose effect depends on which arrived first (a purchase and \
-                 its refund, or two different events with the same tag) arrived too close \
-                 together to tell"
+                "what counts for an order (its first click, its first purchase, whether that \
+                 purchase came before its first refund) depends on which of two of its events \
+                 arrived first, and they arrived too close together to tell"
             }
             Skip::NearWindowClose => {
                 "an event arrived within the arrival tolerance of when a window of its order \
