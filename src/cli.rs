@@ -41,6 +41,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Validate the configuration (file + environment) and print it.
     CheckConfig,
+    /// Recompute every aggregate from Kafka and MySQL and compare with InfluxDB (exit 1 on a
+    /// mismatch, 2 when it cannot decide).
+    Verify(VerifyArgs),
 }
 
 /// Timely's worker flags.
@@ -248,6 +251,18 @@ pub struct BenchArgs {
     pub sim_rate: f64,
 }
 
+/// `shopflow verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// How far from its Kafka timestamp the pipeline may have read a message (e.g. 10s, 500ms);
+    /// outcomes that would change within it are skipped, not guessed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub arrival_tolerance: Duration,
+    /// List at most this many mismatching keys.
+    #[arg(long, default_value_t = 20)]
+    pub list: usize,
+}
+
 /// Parses the command line, runs it, and turns errors into one line and an exit code:
 /// 2 for usage and configuration errors, 1 for failures while running.
 /// An error and its causes on one line, each cause once: many errors here already say their
@@ -290,6 +305,14 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => {
             print!("{}", config.to_toml());
             Ok(())
+        }
+        // Verify has exit codes of its own: 1 means a mismatch, not a failure to run.
+        Command::Verify(args) => {
+            let options = crate::verify::Options {
+                arrival_tolerance: args.arrival_tolerance,
+                ..crate::verify::Options::default()
+            };
+            return crate::verify::command(config, &options, args.list);
         }
     };
     match result {

@@ -16,4 +16,5 @@ pub mod generators;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod verify;
 pub mod view;

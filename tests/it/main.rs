@@ -15,3 +15,4 @@ mod producer;
 mod registry;
 mod restart;
 mod services;
+mod verify;

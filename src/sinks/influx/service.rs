@@ -397,6 +397,26 @@ impl InfluxClient {
         })
     }
 
+    /// Runs a read-only InfluxQL query on the database (v1 `GET /query`, millisecond epochs,
+    /// answered in chunks of 10,000 rows) and returns the answer, a stream of JSON objects, for
+    /// the caller to read. Connection failures and 5xx answers are retried as writes are;
+    /// `timeout` bounds the whole request, reading the answer included.
+    pub fn query(&self, statement: &str, timeout: Duration) -> Result<Response, WriteError> {
+        if self.api != Api::V1 {
+            return Err(WriteError::Invalid("queries need api = \"v1\"".into()));
+        }
+        let mut url = self.query_url.clone();
+        url.query_pairs_mut()
+            .append_pair("db", &self.database)
+            .append_pair("q", statement)
+            .append_pair("epoch", "ms")
+            .append_pair("chunked", "true")
+            .append_pair("chunk_size", "10000");
+        self.with_retries("query", &AtomicBool::new(false), false, || {
+            self.send(self.http.get(url.clone()).timeout(timeout))
+        })
+    }
+
     /// One `GET /ping`, no retry: the server's version (`X-Influxdb-Version`) when it is up.
     pub fn ping(&self) -> Result<Option<String>, WriteError> {
         let response = self.send(self.http.get(self.ping_url.clone()))?;

@@ -1,0 +1,1186 @@
+//! `shopflow verify`: the recomputation against the naive reference on seeded random scenarios
+//! (arrival times jittered within the tolerance: whatever verify does not skip must equal the
+//! reference), the comparison on hand-built rows, and the built binary after a real run on real
+//! services, before and after corrupting InfluxDB.
+
+use std::collections::BTreeMap;
+
+use dataflows::Params;
+use dataflows::harness::Input;
+use dataflows::model::{
+    AggregateKey, CampaignId, Cents, Counter, Demographic, Dimension, Event, EventTimeMs, Gender,
+    OrderId, OutputKey, OutputValue, Tag, Tick, Totals, UserId,
+};
+use dataflows::reference;
+use dataflows::windows::WindowSpec;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use shopflow::verify::compare::{self, Difference, Found, FoundRow, MismatchKey};
+use shopflow::verify::recompute::{self, Arrival, Expected, Settings, Skip, Stats};
+use shopflow::verify::series::{Family, SeriesKey};
+
+const TICK: u64 = 250;
+
+/// A random scenario: parameters, inputs at their ticks (events, demographic changes, malformed
+/// messages), and each event's partition.
+struct Scenario {
+    params: Params,
+    inputs: Vec<(Tick, Input)>,
+    /// The partition of each event input, in input order.
+    partitions: Vec<i32>,
+}
+
+fn scenario(seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let params = Params {
+        windows: WindowSpec {
+            size_ms: [500, 1_000, 2_000][rng.random_range(0..3)],
+            allowed_lateness_ms: [0, 500, 1_500, 4_000][rng.random_range(0..4)],
+        },
+        order_horizon_ms: [750, 1_500, 3_000, 1_000_000][rng.random_range(0..4)],
+    };
+    let users = rng.random_range(2..12u32);
+    let campaigns = rng.random_range(1..5u32);
+    // Keyed by user like `produce`, or spread at random so an order's events cross partitions.
+    let by_user = rng.random_bool(0.5);
+    let states = ["CA", "NY", "TX", "a,b=c d\"e\nf\\"];
+    let countries = ["US", "CA", "DE"];
+    let row = |rng: &mut StdRng, id: u32| Demographic {
+        id: UserId(id),
+        age: rng.random_range(10..95),
+        gender: Gender::ALL[rng.random_range(0..4)],
+        state: states[rng.random_range(0..states.len())].into(),
+        country: countries[rng.random_range(0..countries.len())].into(),
+    };
+
+    let start: Tick = 10_000;
+    let mut inputs = Vec::new();
+    let mut partitions = Vec::new();
+    let mut table: BTreeMap<u32, Demographic> = BTreeMap::new();
+    for id in 0..users {
+        if rng.random_bool(0.8) {
+            let r = row(&mut rng, id);
+            table.insert(id, r.clone());
+            inputs.push((start, Input::Demographic(r, 1)));
+        }
+    }
+    let ticks = rng.random_range(4..40u64);
+    let mut sent: Vec<Event> = Vec::new();
+    let mut next_order = 0u64;
+    for step in 0..ticks {
+        let tick = start + step * TICK;
+        for _ in 0..rng.random_range(0..10) {
+            let choice = rng.random_range(0..100);
+            let event = if choice < 15 && !sent.is_empty() {
+                // A second delivery of an earlier event.
+                sent[rng.random_range(0..sent.len())].clone()
+            } else if choice < 35 && !sent.is_empty() {
+                // A click, purchase or refund of an earlier order (a refund may come first, a
+                // second click or purchase may differ from the first), or of an order never seen.
+                let earlier = sent[rng.random_range(0..sent.len())].clone();
+                let tag = [Tag::Click, Tag::Purchased, Tag::Purchased, Tag::Refunded]
+                    [rng.random_range(0..4)];
+                let order = if rng.random_bool(0.1) {
+                    OrderId(10_000 + next_order)
+                } else {
+                    earlier.order_id
+                };
+                let click = tag == Tag::Click;
+                Event {
+                    order_id: order,
+                    tag,
+                    campaign_id: if click && rng.random_bool(0.5) {
+                        CampaignId(rng.random_range(0..campaigns))
+                    } else {
+                        earlier.campaign_id
+                    },
+                    total: Cents(if click {
+                        0
+                    } else {
+                        rng.random_range(1..50_000)
+                    }),
+                    units: if click { 0 } else { rng.random_range(1..6) },
+                    event_time: EventTimeMs(tick - rng.random_range(0..2_000)),
+                    ..earlier
+                }
+            } else {
+                next_order += 1;
+                let lateness = match rng.random_range(0..10) {
+                    0..=5 => rng.random_range(0..TICK),
+                    6..=8 => rng.random_range(0..6_000),
+                    _ => 0,
+                };
+                let future = if rng.random_range(0..20) == 0 {
+                    rng.random_range(1..3_000)
+                } else {
+                    0
+                };
+                let purchase = rng.random_bool(0.4);
+                Event {
+                    order_id: OrderId(next_order),
+                    tag: if purchase { Tag::Purchased } else { Tag::Click },
+                    user_id: UserId(rng.random_range(0..users + 3)),
+                    campaign_id: CampaignId(rng.random_range(0..campaigns)),
+                    total: Cents(if purchase {
+                        rng.random_range(1..50_000)
+                    } else {
+                        0
+                    }),
+                    units: if purchase { rng.random_range(1..6) } else { 0 },
+                    event_time: EventTimeMs(tick - lateness + future),
+                }
+            };
+            sent.push(event.clone());
+            partitions.push(if by_user {
+                (event.user_id.0 % 3) as i32
+            } else {
+                rng.random_range(0..3)
+            });
+            inputs.push((tick, Input::Event(event)));
+        }
+        if rng.random_range(0..6) == 0 {
+            let counter =
+                [Counter::MalformedFraming, Counter::MalformedTruncated][rng.random_range(0..2)];
+            inputs.push((
+                tick,
+                Input::Counter(counter, rng.random_range(1..3i64) as isize),
+            ));
+        }
+        // Demographic changes: moves, birthdays, deletions, and rows for unknown users.
+        for _ in 0..rng.random_range(0..3) {
+            let id = rng.random_range(0..users + 3);
+            match table.get(&id).cloned() {
+                Some(old) => {
+                    inputs.push((tick, Input::Demographic(old.clone(), -1)));
+                    if rng.random_bool(0.75) {
+                        let mut new = row(&mut rng, id);
+                        if rng.random_bool(0.3) {
+                            new = Demographic {
+                                age: old.age.saturating_add(1),
+                                ..old
+                            };
+                        }
+                        inputs.push((tick, Input::Demographic(new.clone(), 1)));
+                        table.insert(id, new);
+                    } else {
+                        table.remove(&id);
+                    }
+                }
+                None => {
+                    let new = row(&mut rng, id);
+                    inputs.push((tick, Input::Demographic(new.clone(), 1)));
+                    table.insert(id, new);
+                }
+            }
+        }
+    }
+    Scenario {
+        params,
+        inputs,
+        partitions,
+    }
+}
+
+/// What verify reads of a scenario: the events as Kafka messages timestamped within `tolerance`
+/// of their true arrival tick (in offset order per partition), the malformed counts, and the
+/// table at the end.
+fn sources(
+    scenario: &Scenario,
+    tolerance: u64,
+    seed: u64,
+) -> (Vec<Arrival>, BTreeMap<Counter, i64>, Vec<Demographic>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED);
+    let extremes = rng.random_bool(0.5);
+    let mut arrivals = Vec::new();
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut malformed: BTreeMap<Counter, i64> = BTreeMap::new();
+    let mut rows: BTreeMap<Demographic, isize> = BTreeMap::new();
+    let mut partitions = scenario.partitions.iter();
+    for (tick, input) in &scenario.inputs {
+        match input {
+            Input::Event(event) => {
+                let partition = *partitions.next().expect("a partition per event");
+                let offset = offsets.entry(partition).or_default();
+                // Anywhere within the tolerance, or at its extremes, where rounding bites.
+                let jitter = match extremes {
+                    true => [-(tolerance as i64), tolerance as i64][rng.random_range(0..2)],
+                    false => rng.random_range(0..=2 * tolerance) as i64 - tolerance as i64,
+                };
+                arrivals.push(Arrival {
+                    event: event.clone(),
+                    partition,
+                    offset: *offset,
+                    timestamp_ms: Some((*tick as i64 + jitter) as u64),
+                });
+                *offset += 1;
+            }
+            Input::Counter(counter, n) => *malformed.entry(*counter).or_default() += *n as i64,
+            Input::Demographic(row, diff) => *rows.entry(row.clone()).or_default() += diff,
+        }
+    }
+    let table = rows
+        .into_iter()
+        .filter(|(_, n)| *n == 1)
+        .map(|(row, _)| row)
+        .collect();
+    (arrivals, malformed, table)
+}
+
+/// The reference's rows as InfluxDB keeps them, and its counters.
+fn reference_state(
+    table: &BTreeMap<OutputKey, OutputValue>,
+) -> (BTreeMap<SeriesKey, Totals>, BTreeMap<Counter, i64>) {
+    let mut rows = BTreeMap::new();
+    let mut counters = BTreeMap::new();
+    for (key, value) in table {
+        match (key, value) {
+            (OutputKey::Aggregate(key), OutputValue::Totals(totals)) => {
+                rows.insert(SeriesKey::of(key), *totals);
+            }
+            (OutputKey::Counter(counter), OutputValue::Count(n)) => {
+                counters.insert(*counter, *n);
+            }
+            other => panic!("a row of the wrong kind: {other:?}"),
+        }
+    }
+    (rows, counters)
+}
+
+/// Determined keys and all keys, per all-time rows, window rows (bar the segment rows of closed
+/// windows, never determined) and counters: how much verify could check.
+#[derive(Debug, Default)]
+struct Coverage {
+    reasons: BTreeMap<(u64, Skip), u64>,
+    all_time: (u64, u64),
+    windows: (u64, u64),
+    counters: (u64, u64),
+}
+
+/// Checks verify's recomputation of one scenario against the reference: every row and counter
+/// it determines equals the reference's, exactly; with exact arrival times, it determines all.
+fn check(seed: u64, tolerance: u64, coverage: &mut Coverage) {
+    let scenario = scenario(seed);
+    let as_of = scenario.inputs.iter().map(|(t, _)| *t).max().unwrap_or(0);
+    let (arrivals, malformed, table) = sources(&scenario, tolerance, seed);
+    let settings = Settings {
+        params: scenario.params,
+        tick_ms: TICK,
+        tolerance_ms: tolerance,
+        now_ms: as_of,
+    };
+    let expected = recompute::recompute(arrivals, &malformed, &table, settings);
+    let (want_rows, want_counters) = reference_state(&reference::evaluate(
+        &scenario.inputs,
+        scenario.params,
+        as_of,
+    ));
+
+    let determined = |rows: &mut dyn Iterator<Item = (&SeriesKey, &Totals)>| {
+        rows.filter(|(key, _)| expected.skip_reason(key).is_none())
+            .map(|(key, totals)| (key.clone(), *totals))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let got = determined(&mut expected.rows.iter());
+    let want = determined(&mut want_rows.iter());
+    if got != want {
+        let differing: Vec<_> = got
+            .keys()
+            .chain(want.keys())
+            .filter(|k| got.get(*k) != want.get(*k))
+            .map(|k| {
+                format!(
+                    "{k:?}: verify {:?}, reference {:?}",
+                    got.get(k),
+                    want.get(k)
+                )
+            })
+            .collect();
+        panic!(
+            "seed {seed}, tolerance {tolerance}, {:?}: {} rows differ: {differing:#?}",
+            scenario.params,
+            differing.len()
+        );
+    }
+    for (counter, value) in &expected.counters {
+        let want = want_counters.get(counter).copied().unwrap_or(0);
+        if let Ok(got) = value {
+            assert_eq!(
+                *got, want,
+                "seed {seed}, tolerance {tolerance}: counter {counter:?}"
+            );
+            coverage.counters.0 += 1;
+        }
+        coverage.counters.1 += 1;
+    }
+    if tolerance == 0 {
+        assert!(
+            expected.undetermined.is_empty() && expected.windows_undetermined.is_none(),
+            "seed {seed}: exact arrival times determine every row: {:?}",
+            expected.undetermined
+        );
+        assert!(expected.counters.values().all(Result::is_ok), "seed {seed}");
+    }
+    for key in want_rows.keys() {
+        let skip = expected.skip_reason(key);
+        if skip == Some(Skip::ClosedSegmentWindow) {
+            // Never determined, whatever the arrival times.
+            continue;
+        }
+        let tally = if key.window.is_some() {
+            &mut coverage.windows
+        } else {
+            &mut coverage.all_time
+        };
+        tally.0 += u64::from(skip.is_none());
+        tally.1 += 1;
+        if let Some(skip) = skip {
+            *coverage
+                .reasons
+                .entry((scenario.params.order_horizon_ms, skip))
+                .or_default() += 1;
+        }
+    }
+
+    // The comparison agrees: InfluxDB holding the reference's rows matches.
+    let found = Found {
+        rows: want_rows
+            .iter()
+            .map(|(key, totals)| (key.clone(), FoundRow::of(totals)))
+            .collect(),
+        counters: want_counters,
+        foreign_windows: BTreeMap::new(),
+    };
+    let comparison = compare::compare(&expected, &found);
+    assert!(
+        comparison.is_match(),
+        "seed {seed}, tolerance {tolerance}: {:#?}",
+        comparison.mismatches
+    );
+}
+
+#[test]
+fn verify_recomputes_what_the_reference_computes() {
+    for tolerance in [0, 100, 400, 1_500] {
+        let mut coverage = Coverage::default();
+        for seed in 0..300 {
+            check(seed, tolerance, &mut coverage);
+        }
+        eprintln!("tolerance {tolerance} ms: determined (of all) {coverage:?}");
+        // Not vacuous: with a tolerance below the tick, most is determined even with these
+        // scenarios' horizons of a few ticks (the usual cause of undetermined rows here).
+        if tolerance <= 100 {
+            assert!(
+                coverage.all_time.0 * 10 >= coverage.all_time.1 * 6,
+                "{coverage:?}"
+            );
+            assert!(
+                coverage.windows.0 * 10 >= coverage.windows.1 * 6,
+                "{coverage:?}"
+            );
+        }
+        assert!(coverage.all_time.0 > 0, "{coverage:?}");
+    }
+}
+
+fn campaign_key(campaign: u32, window: Option<u64>) -> SeriesKey {
+    SeriesKey::of(&AggregateKey {
+        dimension: Dimension::Campaign(CampaignId(campaign)),
+        window: window.map(EventTimeMs),
+    })
+}
+
+fn totals(clicks: i64, purchases: i64, units: i64, revenue_cents: i64) -> Totals {
+    Totals {
+        clicks,
+        purchases,
+        units,
+        revenue_cents,
+    }
+}
+
+fn settings(tolerance_ms: u64) -> Settings {
+    Settings {
+        params: Params {
+            windows: WindowSpec {
+                size_ms: 60_000,
+                allowed_lateness_ms: 0,
+            },
+            order_horizon_ms: 10_000,
+        },
+        tick_ms: 1_000,
+        tolerance_ms,
+        now_ms: 10_000_000,
+    }
+}
+
+#[test]
+fn comparison_reports_wrong_missing_and_unexpected_rows_and_ignores_zero_ones() {
+    let (a, b, c, d, e, f, h, i, j) = (
+        campaign_key(1, None),
+        campaign_key(2, None),
+        campaign_key(3, None),
+        campaign_key(4, None),
+        campaign_key(5, None),
+        campaign_key(6, None),
+        campaign_key(7, Some(0)),
+        campaign_key(8, None),
+        campaign_key(9, None),
+    );
+    // A segment row of window 0, closed long before `now`.
+    let g = SeriesKey::of(&AggregateKey {
+        dimension: Dimension::AgeGender(None),
+        window: Some(EventTimeMs(0)),
+    });
+    let mut counters: BTreeMap<Counter, Result<i64, Skip>> =
+        Counter::ALL.iter().map(|c| (*c, Ok(0))).collect();
+    counters.insert(Counter::EventsIn, Ok(10));
+    counters.insert(Counter::Duplicates, Ok(2));
+    counters.insert(Counter::RefundsApplied, Err(Skip::NearOrderHorizon));
+    let expected = Expected {
+        settings: settings(0),
+        rows: [
+            (a.clone(), totals(10, 2, 3, 500)),
+            (b.clone(), totals(5, 1, 1, 100)),
+            (c.clone(), totals(4, 0, 0, 0)),
+            (d.clone(), totals(4, 0, 0, 0)),
+            (h.clone(), totals(2, 0, 0, 0)),
+            (i.clone(), totals(4, 1, 1, 10)),
+        ]
+        .into_iter()
+        .collect(),
+        undetermined: [(j.clone(), Skip::ArrivalOrder)].into_iter().collect(),
+        windows_undetermined: None,
+        counters,
+        stats: Stats::default(),
+    };
+    let found = Found {
+        rows: [
+            (a.clone(), FoundRow::of(&totals(10, 2, 3, 500))),
+            (b.clone(), FoundRow::of(&totals(5, 1, 1, 101))),
+            (d.clone(), FoundRow::of(&Totals::default())),
+            (e.clone(), FoundRow::of(&totals(1, 0, 0, 0))),
+            (f.clone(), FoundRow::of(&Totals::default())),
+            (g.clone(), FoundRow::of(&totals(3, 0, 0, 0))),
+            (h.clone(), FoundRow::of(&totals(2, 0, 0, 0))),
+            (
+                i.clone(),
+                FoundRow {
+                    conversion: None,
+                    ..FoundRow::of(&totals(4, 1, 1, 10))
+                },
+            ),
+            (j.clone(), FoundRow::of(&totals(999, 0, 0, 0))),
+        ]
+        .into_iter()
+        .collect(),
+        counters: [(Counter::EventsIn, 10), (Counter::RefundsApplied, 5)]
+            .into_iter()
+            .collect(),
+        foreign_windows: BTreeMap::new(),
+    };
+    let comparison = compare::compare(&expected, &found);
+    let differences: Vec<(MismatchKey, Difference)> = comparison
+        .mismatches
+        .iter()
+        .map(|m| (m.key.clone(), m.difference.clone()))
+        .collect();
+    assert_eq!(
+        differences,
+        vec![
+            (
+                MismatchKey::Row(b.clone()),
+                Difference::Wrong {
+                    expected: totals(5, 1, 1, 100),
+                    found: FoundRow::of(&totals(5, 1, 1, 101)),
+                }
+            ),
+            (
+                MismatchKey::Row(c.clone()),
+                Difference::Missing {
+                    expected: totals(4, 0, 0, 0)
+                }
+            ),
+            (
+                MismatchKey::Row(d.clone()),
+                Difference::Missing {
+                    expected: totals(4, 0, 0, 0)
+                }
+            ),
+            (
+                MismatchKey::Row(e.clone()),
+                Difference::Unexpected {
+                    found: FoundRow::of(&totals(1, 0, 0, 0))
+                }
+            ),
+            (
+                MismatchKey::Row(i.clone()),
+                Difference::Wrong {
+                    expected: totals(4, 1, 1, 10),
+                    found: FoundRow {
+                        conversion: None,
+                        ..FoundRow::of(&totals(4, 1, 1, 10))
+                    },
+                }
+            ),
+            (
+                MismatchKey::Counter(Counter::Duplicates),
+                Difference::Count {
+                    expected: 2,
+                    found: 0
+                }
+            ),
+        ]
+    );
+    let lines: Vec<String> = comparison
+        .mismatches
+        .iter()
+        .map(|m| m.describe("60s"))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "campaign,campaign=2,window=all: revenue_cents expected 100, found 101",
+            "campaign,campaign=3,window=all: missing from InfluxDB (expected clicks=4 purchases=0 units=0 revenue_cents=0)",
+            "campaign,campaign=4,window=all: missing from InfluxDB (expected clicks=4 purchases=0 units=0 revenue_cents=0)",
+            "campaign,campaign=5,window=all: in InfluxDB but should be zero or absent (found clicks=1 purchases=0 units=0 revenue_cents=0)",
+            "campaign,campaign=8,window=all: conversion expected 0.25, found nothing",
+            "pipeline duplicates: expected 2, found 0",
+        ]
+    );
+    let tally = |family| comparison.families[&family].clone();
+    let campaign_all = tally(Family::Aggregate {
+        measurement: "campaign",
+        windowed: false,
+    });
+    assert_eq!(
+        (
+            campaign_all.compared,
+            campaign_all.mismatched,
+            campaign_all.skipped.clone()
+        ),
+        (6, 5, [(Skip::ArrivalOrder, 1)].into_iter().collect())
+    );
+    let campaign_windows = tally(Family::Aggregate {
+        measurement: "campaign",
+        windowed: true,
+    });
+    assert_eq!(
+        (campaign_windows.compared, campaign_windows.mismatched),
+        (1, 0)
+    );
+    let segment_windows = tally(Family::Aggregate {
+        measurement: "age_gender",
+        windowed: true,
+    });
+    assert_eq!(
+        (segment_windows.compared, segment_windows.skipped),
+        (0, [(Skip::ClosedSegmentWindow, 1)].into_iter().collect())
+    );
+    let counters = tally(Family::Counters);
+    assert_eq!(
+        (counters.compared, counters.mismatched, counters.skipped),
+        (8, 1, [(Skip::NearOrderHorizon, 1)].into_iter().collect())
+    );
+    assert_eq!(comparison.compared(), 6 + 1 + 8);
+    assert!(!comparison.is_match());
+    let report = comparison.render("60s", 2);
+    assert!(
+        report.contains("mismatch: campaign,campaign=3,window=all: missing from InfluxDB")
+            && report.contains("... and 4 more mismatching keys"),
+        "{report}"
+    );
+    assert!(!report.contains("campaign=4"), "listed at most 2: {report}");
+}
+
+fn click(order: u64, user: u32, campaign: u32, event_time: u64) -> Event {
+    Event {
+        order_id: OrderId(order),
+        tag: Tag::Click,
+        user_id: UserId(user),
+        campaign_id: CampaignId(campaign),
+        total: Cents(0),
+        units: 0,
+        event_time: EventTimeMs(event_time),
+    }
+}
+
+fn arrival(event: Event, partition: i32, offset: i64, timestamp_ms: u64) -> Arrival {
+    Arrival {
+        event,
+        partition,
+        offset,
+        timestamp_ms: Some(timestamp_ms),
+    }
+}
+
+fn user(id: u32, state: &str) -> Demographic {
+    Demographic {
+        id: UserId(id),
+        age: 30,
+        gender: Gender::Female,
+        state: state.into(),
+        country: "US".into(),
+    }
+}
+
+/// The determined rows, named as the report names them.
+fn described(expected: &Expected) -> BTreeMap<String, Totals> {
+    expected
+        .rows
+        .iter()
+        .map(|(key, totals)| (key.describe("60s"), *totals))
+        .collect()
+}
+
+#[test]
+fn arrival_times_near_the_horizon_a_close_or_each_other_leave_rows_undetermined() {
+    let purchase = Event {
+        order_id: OrderId(2),
+        tag: Tag::Purchased,
+        user_id: UserId(2),
+        campaign_id: CampaignId(2),
+        total: Cents(700),
+        units: 2,
+        event_time: EventTimeMs(200_000),
+    };
+    let arrivals = vec![
+        // Order 1: a second delivery 10.5 s after the first; the horizon is 10 s.
+        arrival(click(1, 1, 1, 100_000), 0, 0, 100_000),
+        arrival(click(1, 1, 1, 100_000), 0, 1, 110_500),
+        // Order 2: a purchase and its refund half a second apart, in two partitions.
+        arrival(purchase.clone(), 1, 0, 200_000),
+        arrival(
+            Event {
+                tag: Tag::Refunded,
+                ..purchase
+            },
+            2,
+            0,
+            200_500,
+        ),
+        // Order 3: a click arriving half a second before its window [60 s, 120 s) closes.
+        arrival(click(3, 3, 3, 100_000), 0, 2, 119_500),
+    ];
+    let table = vec![user(1, "CA"), user(2, "CA"), user(3, "NY")];
+    let none = BTreeMap::new();
+
+    // Exact arrival times: the second delivery is past the horizon and counts again; the purchase
+    // and refund share a tick, so the refund applies; the click is in time for its window.
+    let exact = recompute::recompute(arrivals.clone(), &none, &table, settings(0));
+    let want: BTreeMap<String, Totals> = [
+        ("campaign,campaign=1,window=all", totals(2, 0, 0, 0)),
+        ("campaign,campaign=3,window=all", totals(1, 0, 0, 0)),
+        ("campaign,campaign=1,window=60s @60000", totals(2, 0, 0, 0)),
+        ("campaign,campaign=3,window=60s @60000", totals(1, 0, 0, 0)),
+        (
+            "age_gender,age_band=25-34,gender=F,window=all",
+            totals(3, 0, 0, 0),
+        ),
+        ("state,country=US,state=CA,window=all", totals(2, 0, 0, 0)),
+        ("state,country=US,state=NY,window=all", totals(1, 0, 0, 0)),
+        ("country,country=US,window=all", totals(3, 0, 0, 0)),
+        (
+            "campaign_country,campaign=1,country=US,window=all",
+            totals(2, 0, 0, 0),
+        ),
+        (
+            "campaign_country,campaign=3,country=US,window=all",
+            totals(1, 0, 0, 0),
+        ),
+        (
+            "campaign_age_gender,age_band=25-34,campaign=1,gender=F,window=all",
+            totals(2, 0, 0, 0),
+        ),
+        (
+            "campaign_age_gender,age_band=25-34,campaign=3,gender=F,window=all",
+            totals(1, 0, 0, 0),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k.to_owned(), t))
+    .collect();
+    assert_eq!(described(&exact), want);
+    assert!(exact.undetermined.is_empty());
+    let counter = |e: &Expected, c: Counter| e.counters[&c];
+    assert_eq!(counter(&exact, Counter::EventsIn), Ok(5));
+    assert_eq!(counter(&exact, Counter::Duplicates), Ok(0));
+    assert_eq!(counter(&exact, Counter::RefundsApplied), Ok(1));
+    assert_eq!(counter(&exact, Counter::LateForWindow), Ok(0));
+
+    // Within 2 s: each of those three outcomes could go either way.
+    let loose = recompute::recompute(arrivals, &none, &table, settings(2_000));
+    let skip = |key: SeriesKey| loose.skip_reason(&key);
+    assert_eq!(skip(campaign_key(1, None)), Some(Skip::NearOrderHorizon));
+    assert_eq!(
+        skip(campaign_key(1, Some(60_000))),
+        Some(Skip::NearOrderHorizon)
+    );
+    assert_eq!(
+        skip(campaign_key(2, Some(180_000))),
+        Some(Skip::ArrivalOrder)
+    );
+    assert_eq!(
+        skip(campaign_key(3, Some(60_000))),
+        Some(Skip::NearWindowClose)
+    );
+    // What does not depend on them stays determined: order 3's all-time rows, and order 2's
+    // all-time rows, zero whichever of purchase and refund came first.
+    assert_eq!(skip(campaign_key(2, None)), None);
+    assert_eq!(skip(campaign_key(3, None)), None);
+    let rows = described(&loose);
+    assert_eq!(
+        rows.get("campaign,campaign=3,window=all"),
+        Some(&totals(1, 0, 0, 0))
+    );
+    assert_eq!(rows.get("campaign,campaign=2,window=all"), None);
+    assert_eq!(
+        rows.get("state,country=US,state=NY,window=all"),
+        Some(&totals(1, 0, 0, 0))
+    );
+    // The state of order 1's user is undetermined; the country holds it too.
+    assert!(!rows.contains_key("state,country=US,state=CA,window=all"));
+    assert!(!rows.contains_key("country,country=US,window=all"));
+    assert_eq!(counter(&loose, Counter::EventsIn), Ok(5));
+    assert_eq!(
+        counter(&loose, Counter::Duplicates),
+        Err(Skip::NearOrderHorizon)
+    );
+    assert_eq!(
+        counter(&loose, Counter::RefundsApplied),
+        Err(Skip::NearOrderHorizon)
+    );
+    assert_eq!(
+        loose.stats.undetermined_orders,
+        [
+            (Skip::NearOrderHorizon, 1),
+            (Skip::ArrivalOrder, 1),
+            (Skip::NearWindowClose, 1)
+        ]
+        .into_iter()
+        .collect()
+    );
+}
+
+#[test]
+fn rows_that_share_a_series_after_escaping_are_undetermined() {
+    // A bell character is dropped from tag values: "a\u{7}b" and "ab" land in one series.
+    let table = vec![user(1, "a\u{7}b"), user(2, "ab")];
+    let arrivals = vec![
+        arrival(click(1, 1, 1, 100_000), 0, 0, 100_000),
+        arrival(click(2, 2, 1, 100_000), 0, 1, 100_000),
+    ];
+    let expected = recompute::recompute(arrivals, &BTreeMap::new(), &table, settings(0));
+    let state = SeriesKey::of(&AggregateKey {
+        dimension: Dimension::State(Some(("US".into(), "ab".into()))),
+        window: None,
+    });
+    assert_eq!(expected.skip_reason(&state), Some(Skip::SharedSeries));
+    assert_eq!(
+        described(&expected).get("country,country=US,window=all"),
+        Some(&totals(2, 0, 0, 0))
+    );
+}
+
+#[test]
+fn verify_exits_2_when_it_cannot_decide() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .arg("verify")
+        .env("SHOPFLOW__INFLUX__API", "v2")
+        .env("SHOPFLOW__INFLUX__ORG", "shop")
+        .env("SHOPFLOW__INFLUX__TOKEN", "t0ken")
+        .env("SHOPFLOW__INFLUX__CREATE_DATABASE", "false")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: verify reads InfluxDB with the 1.x query API (GET /query): influx.api must be \"v1\"\n"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args(["verify", "--arrival-tolerance", "soon"])
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// Each family's (compared, mismatched, skipped), by the name the report gives it.
+type Tallies = BTreeMap<String, (u64, u64, u64)>;
+
+/// A verify report's table, and its mismatch lines.
+fn parse_report(stdout: &str) -> (Tallies, Vec<String>) {
+    let mut families = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for line in stdout.lines() {
+        if let Some(mismatch) = line.strip_prefix("mismatch: ") {
+            mismatches.push(mismatch.to_owned());
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (name, numbers) = match words.as_slice() {
+            ["pipeline", rest @ ..] => ("pipeline".to_owned(), rest),
+            [measurement, window, rest @ ..] if window.starts_with("window=") => {
+                (format!("{measurement} {window}"), rest)
+            }
+            _ => continue,
+        };
+        let numbers: Vec<u64> = numbers
+            .iter()
+            .take(3)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [compared, mismatched, skipped] = numbers[..] {
+            families.insert(name, (compared, mismatched, skipped));
+        }
+    }
+    (families, mismatches)
+}
+
+/// Runs InfluxQL on the database; the answer's JSON.
+fn influx_query(url: &str, database: &str, statement: &str) -> serde_json::Value {
+    let params = [("db", database), ("q", statement), ("epoch", "ms")];
+    let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
+    let body = reqwest::blocking::Client::new()
+        .post(url)
+        .send()
+        .and_then(|r| r.text())
+        .expect("InfluxDB answers");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Writes line protocol with millisecond timestamps.
+fn influx_write(url: &str, database: &str, lines: &str) {
+    let url = reqwest::Url::parse_with_params(
+        &format!("{url}/write"),
+        &[("db", database), ("precision", "ms")],
+    )
+    .expect("a URL");
+    let response = reqwest::blocking::Client::new()
+        .post(url)
+        .body(lines.to_owned())
+        .send()
+        .expect("InfluxDB answers");
+    assert!(response.status().is_success(), "{:?}", response.text());
+}
+
+/// The last point of one all-time series: its tags and `[clicks, purchases, units, revenue_cents]`
+/// and conversion.
+fn last_all_time(
+    url: &str,
+    database: &str,
+    measurement: &str,
+    filter: &str,
+) -> (BTreeMap<String, String>, [i64; 4], f64) {
+    let answer = influx_query(
+        url,
+        database,
+        &format!(
+            "SELECT LAST(clicks), LAST(purchases), LAST(units), LAST(revenue_cents), LAST(conversion) \
+             FROM \"{measurement}\" WHERE \"window\" = 'all' {filter} GROUP BY * LIMIT 1"
+        ),
+    );
+    let series = &answer["results"][0]["series"][0];
+    let tags = series["tags"]
+        .as_object()
+        .expect("tags")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect();
+    let row = &series["values"][0];
+    let int = |i: usize| row[i].as_i64().expect("an integer field");
+    (
+        tags,
+        [int(1), int(2), int(3), int(4)],
+        row[5].as_f64().expect("conversion"),
+    )
+}
+
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
+    use std::process::Command;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use mysql::prelude::Queryable;
+    use shopflow::generators::demographics;
+    use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+    use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+    use shopflow::sources::mysql::{self as source, MysqlConfig};
+
+    use crate::services::{Cleanup, env, unique};
+
+    let (mysql_url, influx_url, brokers) = (
+        env("SHOPFLOW_TEST_MYSQL_URL"),
+        env("SHOPFLOW_TEST_INFLUX_URL"),
+        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+    );
+    let database = unique("shopflow_verify");
+    let _cleanup = Cleanup {
+        mysql_admin: mysql_url.clone(),
+        database: database.clone(),
+        influx: influx_url.clone(),
+    };
+    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
+    pool.get_conn()
+        .expect("a connection")
+        .query_drop(format!("CREATE DATABASE `{database}`"))
+        .expect("a database");
+    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let (seed, users, new_users) = (31, 20_000u32, 300u32);
+    source::load_demographics(
+        &mysql_config,
+        demographics::table(seed, users),
+        u64::from(users),
+    )
+    .expect("loaded");
+    let topic = unique("shopflow-verify").replace('_', "-");
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        partitions: 4,
+        group_id: topic.clone(),
+        start: StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        properties: BTreeMap::new(),
+    };
+    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+
+    // `run` and `verify` read the same configuration, as a user's deployment would: the default
+    // window, lateness (2 minutes) and order horizon (10 minutes), a 250 ms tick.
+    let settings = [
+        ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
+        ("SHOPFLOW__KAFKA__TOPIC", topic.as_str()),
+        ("SHOPFLOW__KAFKA__GROUP_ID", topic.as_str()),
+        ("SHOPFLOW__MYSQL__URL", mysql_config.url.as_str()),
+        ("SHOPFLOW__INFLUX__URL", influx_url.as_str()),
+        ("SHOPFLOW__INFLUX__DATABASE", database.as_str()),
+        ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+    ];
+    let shopflow = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+        command.args(args);
+        for (key, value) in settings.iter().chain(extra) {
+            command.env(key, value);
+        }
+        command
+    };
+    let pipeline = shopflow(
+        &["run", "-w", "2", "--duration", "20s", "--start", "earliest"],
+        &[],
+    )
+    .spawn()
+    .expect("shopflow runs");
+
+    // 12,000 events in 4 s, late (up to 3 minutes), refunded, duplicated, of unknown users, while
+    // 150 demographic changes happen; then malformed messages.
+    let knobs = GeneratorKnobs {
+        seed,
+        events_per_second: 3_000.0,
+        users,
+        new_users,
+        campaigns: 20,
+        campaign_zipf_exponent: 1.1,
+        conversion_share: 0.3,
+        funnel_span: 20,
+        median_order_cents: 4_000,
+        late_share: 0.1,
+        max_lateness_ms: 180_000,
+        refund_share: 0.1,
+        duplicate_share: 0.03,
+        unknown_user_share: 0.05,
+        demographic_changes_per_second: 0.0,
+        pace: Pace::Realtime,
+    };
+    let events = 12_000u64;
+    let generator =
+        EventGenerator::new(knobs, shopflow::runtime::now_ms() + 1_000).expect("valid knobs");
+    let changer = {
+        let config = mysql_config.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut changes = demographics::Changes::new(seed, users, new_users);
+            source::apply_changes(&config, &mut changes, 50.0, Duration::from_secs(10), 150)
+                .expect("changes applied")
+        })
+    };
+    let mut producer = EventProducer::new(&kafka).expect("a producer");
+    let sent = kafka::produce_generated(
+        &mut producer,
+        &generator,
+        Some(events),
+        None,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .expect("produced");
+    assert_eq!(sent, events);
+    let malformed = crate::services::send_malformed(&mut producer);
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+    assert_eq!(changer.join().expect("the changer").changes, 150);
+    let output = pipeline.wait_with_output().expect("the pipeline ends");
+    assert!(output.status.success(), "the pipeline failed");
+
+    let verify = || {
+        let output = shopflow(&["verify", "--arrival-tolerance", "20s"], &[])
+            .output()
+            .expect("verify runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+
+    // What the pipeline wrote is what the sources say.
+    let (code, stdout, stderr) = verify();
+    eprintln!("{stdout}");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (families, mismatches) = parse_report(&stdout);
+    assert!(mismatches.is_empty(), "{stdout}");
+    assert_eq!(families.len(), 13, "{stdout}");
+    for (family, (compared, mismatched, _)) in &families {
+        assert!(*compared > 0, "{family} compared nothing: {stdout}");
+        assert_eq!(*mismatched, 0, "{stdout}");
+    }
+    assert!(
+        stdout.contains(&format!(
+            "{} messages up to the high watermarks",
+            events + malformed as u64
+        )) && stdout.contains(&format!("({events} events, {malformed} malformed)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(&format!(
+            "verify: OK: {} keys compared, none differ\n",
+            families.values().map(|f| f.0).sum::<u64>()
+        )),
+        "{stdout}"
+    );
+
+    // A wrong value: a later point of an all-time series.
+    let later = shopflow::runtime::now_ms() + 1_000;
+    let (_, [clicks, purchases, units, cents], conversion) =
+        last_all_time(&influx_url, &database, "campaign", "AND \"campaign\" = '0'");
+    let line = |clicks: i64, time: u64| {
+        format!(
+            "campaign,campaign=0,window=all clicks={clicks}i,purchases={purchases}i,units={units}i,\
+             revenue_cents={cents}i,conversion={conversion} {time}\n"
+        )
+    };
+    influx_write(&influx_url, &database, &line(clicks + 1, later));
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        parse_report(&stdout).1,
+        vec![format!(
+            "campaign,campaign=0,window=all: clicks expected {clicks}, found {}",
+            clicks + 1
+        )],
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nverify: MISMATCH: 1 of "), "{stdout}");
+    influx_write(&influx_url, &database, &line(clicks, later + 1));
+
+    // A series deleted.
+    let (tags, values, conversion) = last_all_time(
+        &influx_url,
+        &database,
+        "campaign_country",
+        "AND \"campaign\" = '1'",
+    );
+    let country = tags["country"].clone();
+    let _ = influx_query(
+        &influx_url,
+        &database,
+        &format!(
+            "DROP SERIES FROM \"campaign_country\" WHERE \"campaign\" = '1' AND \"country\" = '{country}' AND \"window\" = 'all'"
+        ),
+    );
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        parse_report(&stdout).1,
+        vec![format!(
+            "campaign_country,campaign=1,country={country},window=all: missing from InfluxDB \
+             (expected clicks={} purchases={} units={} revenue_cents={})",
+            values[0], values[1], values[2], values[3]
+        )],
+        "{stdout}"
+    );
+    influx_write(
+        &influx_url,
+        &database,
+        &format!(
+            "campaign_country,campaign=1,country={country},window=all clicks={}i,purchases={}i,\
+             units={}i,revenue_cents={}i,conversion={conversion} {later}\n",
+            values[0], values[1], values[2], values[3]
+        ),
+    );
+
+    // A series added, and a window's point overwritten.
+    let answer = influx_query(
+        &influx_url,
+        &database,
+        "SELECT LAST(clicks) FROM \"campaign\" WHERE \"window\" <> 'all' AND \"campaign\" = '0'",
+    );
+    let window = answer["results"][0]["series"][0]["values"][0][0]
+        .as_u64()
+        .expect("the newest window of campaign 0");
+    let (window_clicks, label) = {
+        let answer = influx_query(
+            &influx_url,
+            &database,
+            &format!(
+                "SELECT clicks, purchases, units, revenue_cents, conversion FROM \"campaign\" \
+                 WHERE \"window\" <> 'all' AND \"campaign\" = '0' AND time = {window}ms GROUP BY \"window\""
+            ),
+        );
+        let series = &answer["results"][0]["series"][0];
+        (
+            series["values"][0][1].as_i64().expect("clicks"),
+            series["tags"]["window"]
+                .as_str()
+                .expect("a label")
+                .to_owned(),
+        )
+    };
+    influx_write(
+        &influx_url,
+        &database,
+        &format!(
+            "country,country=ZZ,window=all clicks=3i,purchases=0i,units=0i,revenue_cents=0i,conversion=0 {later}\n\
+             campaign,campaign=0,window={label} clicks={}i {window}\n",
+            window_clicks + 5
+        ),
+    );
+    let (code, stdout, stderr) = verify();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let (families, mismatches) = parse_report(&stdout);
+    assert_eq!(
+        mismatches,
+        vec![
+            format!(
+                "campaign,campaign=0,window={label} @{window}: clicks expected {window_clicks}, found {}",
+                window_clicks + 5
+            ),
+            "country,country=ZZ,window=all: in InfluxDB but should be zero or absent \
+             (found clicks=3 purchases=0 units=0 revenue_cents=0)"
+                .to_owned(),
+        ],
+        "{stdout}"
+    );
+    assert_eq!(families["campaign window=60s"].1, 1, "{stdout}");
+    assert_eq!(families["country window=all"].1, 1, "{stdout}");
+
+    // A database that does not exist: no verdict.
+    let output = shopflow(
+        &["verify"],
+        &[("SHOPFLOW__INFLUX__DATABASE", "shopflow_verify_no_such_db")],
+    )
+    .output()
+    .expect("verify runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database not found"), "{stderr}");
+}
