@@ -41,6 +41,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Validate the configuration (file + environment) and print it.
     CheckConfig,
+    /// Run a correctness experiment: print a table, write <out>/<name>.csv and <out>/<name>.png.
+    Experiment(crate::experiments::ExperimentArgs),
 }
 
 /// Timely's worker flags.
@@ -251,6 +253,7 @@ pub fn main() -> ExitCode {
             print!("{}", config.to_toml());
             Ok(())
         }
+        Command::Experiment(args) => crate::experiments::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +261,8 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<runtime::RunError>()
                 .is_some_and(|e| matches!(e, runtime::RunError::Workers(_)))
+                || e.downcast_ref::<crate::experiments::ExperimentError>()
+                    .is_some_and(crate::experiments::ExperimentError::is_usage)
             {
                 ExitCode::from(2)
             } else {

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod experiments;
 pub mod generators;
 pub mod runtime;
 pub mod sinks;
