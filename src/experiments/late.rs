@@ -505,7 +505,7 @@ impl Report for LateReport {
             Panel {
                 title: "state".into(),
                 x_label,
-                y_label: "peak count".into(),
+                y_label: "count".into(),
                 series: vec![
                     line("updates in arrangements, peak (measured)", |r| {
                         r.peak_arranged as f64

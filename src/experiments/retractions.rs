@@ -406,7 +406,7 @@ impl Report for RetractionsReport {
              {changed} changed rows: {} insertions, {retractions} retractions ({:.1}%: {} values \
              replaced, {} rows removed); {} rows went down.\n\
              Inputs: {} events ({} refunds: {} applied, {} before their purchase), {} demographics \
-             updates after the initial table; {} late for their window, {} duplicates.",
+             updates besides the initial table's rows; {} late for their window, {} duplicates.",
             self.rows.len(),
             self.total(|r| r.inserted),
             super::percent(retractions, changed),
@@ -418,7 +418,7 @@ impl Report for RetractionsReport {
             counter(Counter::RefundsApplied),
             counter(Counter::RefundsUnmatched),
             self.total(|r| r.demographic_updates)
-                - self.rows.first().map_or(0, |r| r.demographic_updates),
+                .saturating_sub(u64::from(self.settings.users)),
             counter(Counter::LateForWindow),
             counter(Counter::Duplicates),
         )
