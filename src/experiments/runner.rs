@@ -181,8 +181,9 @@ pub fn run(
         .into_iter()
         .collect::<Result<Vec<()>, String>>()?;
 
-    let take = |e: std::sync::PoisonError<_>| -> String { format!("a worker panicked: {e}") };
-    let reports = std::mem::take(&mut *reports.lock().map_err(take)?);
+    // Every worker has finished: a poisoned lock only means one of them panicked, and `join`
+    // reported that above.
+    let reports = std::mem::take(&mut *reports.lock().map_err(|e| e.to_string())?);
     let tick_latency = std::mem::take(&mut *latencies.lock().map_err(|e| e.to_string())?);
     let arranged = std::mem::take(&mut *arranged.lock().map_err(|e| e.to_string())?);
     Ok(Measured {
