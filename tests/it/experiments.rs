@@ -180,6 +180,28 @@ fn retractions_equal_the_reference_and_their_figures_are_right() {
     assert!(total(|r| r.decreased) > 50, "rows going down");
 }
 
+/// A timestamp that differs fails the experiment, saying how many and where the first was.
+#[test]
+fn a_differing_timestamp_fails_the_retractions_experiment() {
+    let mut report = retractions::run(&retractions::Settings {
+        events: 600,
+        ..small_retractions()
+    })
+    .expect("the experiment runs");
+    assert!(report.check().is_ok());
+    report.rows[2].equal = false;
+    report.first_difference = Some("at second 2: somewhere".into());
+    let error = report.check().expect_err("a difference fails").to_string();
+    assert_eq!(
+        error,
+        format!(
+            "the incremental output differs from the from-scratch reference at 1 of {} \
+             timestamps; the first at second 2: somewhere",
+            report.rows.len()
+        )
+    );
+}
+
 /// Whether some field of `new` is below the same field of `old`.
 fn lower(old: &OutputValue, new: &OutputValue) -> bool {
     match (old, new) {
