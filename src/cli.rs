@@ -44,6 +44,8 @@ pub enum Command {
     /// Recompute every aggregate from Kafka and MySQL and compare with InfluxDB (exit 1 on a
     /// mismatch, 2 when it cannot decide).
     Verify(VerifyArgs),
+    /// Run a correctness experiment: print a table, write <out>/<name>.csv and <out>/<name>.png.
+    Experiment(crate::experiments::ExperimentArgs),
 }
 
 /// Timely's worker flags.
@@ -314,6 +316,7 @@ pub fn main() -> ExitCode {
             };
             return crate::verify::command(config, &options, args.list);
         }
+        Command::Experiment(args) => crate::experiments::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -324,7 +327,10 @@ pub fn main() -> ExitCode {
                     e,
                     runtime::RunError::Workers(_) | runtime::RunError::Cluster(_)
                 )
-            }) {
+            }) || e
+                .downcast_ref::<crate::experiments::ExperimentError>()
+                .is_some_and(crate::experiments::ExperimentError::is_usage)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

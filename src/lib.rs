@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod experiments;
 pub mod generators;
 pub mod runtime;
 pub mod sinks;

@@ -8,6 +8,7 @@ mod config;
 mod dashboards;
 mod dataflows;
 mod e2e;
+mod experiments;
 mod influx;
 mod latency;
 mod mysql;

@@ -1,0 +1,194 @@
+//! The analytics graph over recorded inputs, one tick at a time, measured.
+//!
+//! [`dataflows::harness::run`] feeds every tick without waiting, which is the quickest way to get
+//! the graph's answer. The experiments also want to know how long each tick took and how much
+//! state the graph held, so this runner drives the same graph as timely's own loop does
+//! (`advance_to(next)`, then step while the probe is behind `next`) and counts the updates held by
+//! every arrangement from differential's logging. The batches are the same; a test checks it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dataflows::harness::{Input, merge};
+use dataflows::model::Tick;
+use dataflows::output::{Batch, Progress, emit_batches};
+use dataflows::{Params, analytics};
+use differential_dataflow::input::Input as _;
+use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
+use timely::dataflow::InputHandleVec;
+use timely::dataflow::operators::vec::Input as _;
+
+/// What a measured run produced.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// The output: one batch per completed timestamp with changes, in time order.
+    pub batches: Vec<Batch>,
+    /// For every tick from the first input's to the last input's: the wall-clock time from
+    /// closing the tick's input (`advance_to` the next tick) until the output frontier passed it,
+    /// as worker 0 saw it.
+    pub tick_latency: BTreeMap<Tick, Duration>,
+    /// For the same ticks: the updates held in the batches of every arrangement (traces) once the
+    /// tick was complete, summed over the workers.
+    pub arranged: BTreeMap<Tick, u64>,
+}
+
+impl Measured {
+    /// The most updates the arrangements held after any tick.
+    pub fn peak_arranged(&self) -> u64 {
+        self.arranged.values().copied().max().unwrap_or(0)
+    }
+
+    /// The mean over ticks of the updates the arrangements held: less sensitive than the peak to
+    /// when the traces happened to merge their batches.
+    pub fn mean_arranged(&self) -> u64 {
+        let total: u64 = self.arranged.values().sum();
+        total / (self.arranged.len() as u64).max(1)
+    }
+}
+
+/// Runs the analytics graph on `workers` threads over `inputs` (each at its tick, ticks
+/// `tick_ms` apart), tick by tick, and returns its batches, per-tick latency and state size.
+pub fn run(
+    inputs: &[(Tick, Input)],
+    params: Params,
+    workers: usize,
+    tick_ms: u64,
+) -> Result<Measured, String> {
+    if workers == 0 || tick_ms == 0 {
+        return Err("workers and the tick length must be at least 1".into());
+    }
+    let mut inputs = inputs.to_vec();
+    inputs.sort_by_key(|(tick, _)| *tick);
+    let inputs = Arc::new(inputs);
+    let reports: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let latencies: Arc<Mutex<BTreeMap<Tick, Duration>>> = Arc::default();
+    let arranged: Arc<Mutex<BTreeMap<Tick, u64>>> = Arc::default();
+    let (shared_reports, shared_latencies, shared_arranged) = (
+        Arc::clone(&reports),
+        Arc::clone(&latencies),
+        Arc::clone(&arranged),
+    );
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+
+        // Updates held by this worker's arrangements: differential logs every batch a trace gains,
+        // every merge (two batches become one) and every batch dropped with its trace. The logger
+        // must be in place before the dataflow is built: operators fetch it at construction.
+        let held = Rc::new(RefCell::new(0i64));
+        let counter = Rc::clone(&held);
+        if let Some(mut registry) = worker.log_register() {
+            registry.insert::<DifferentialEventBuilder, _>(
+                "differential/arrange",
+                move |_time, data: &mut Option<Vec<(Duration, DifferentialEvent)>>| {
+                    let Some(events) = data else { return };
+                    let mut held = counter.borrow_mut();
+                    for (_, event) in events.iter() {
+                        match event {
+                            DifferentialEvent::Batch(batch) => *held += batch.length as i64,
+                            DifferentialEvent::Merge(merge) => {
+                                if let Some(complete) = merge.complete {
+                                    *held += complete as i64
+                                        - merge.length1 as i64
+                                        - merge.length2 as i64;
+                                }
+                            }
+                            DifferentialEvent::Drop(dropped) => *held -= dropped.length as i64,
+                            _ => {}
+                        }
+                    }
+                },
+            );
+        }
+
+        let reports = Arc::clone(&shared_reports);
+        let mut events_in = InputHandleVec::new();
+        let (mut demographics_in, mut counters_in, probe) =
+            worker.dataflow::<Tick, _, _>(|scope| {
+                let events = scope.input_from(&mut events_in);
+                let (demographics_in, demographics) = scope.new_collection();
+                let (counters_in, counters) = scope.new_collection();
+                let (probe, rows) = analytics(events, demographics, counters, params).probe();
+                emit_batches(rows, move |progress| {
+                    reports
+                        .lock()
+                        .expect("no reporter panicked while holding the lock")
+                        .push(progress)
+                });
+                (demographics_in, counters_in, probe)
+            });
+
+        let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+            return;
+        };
+        let (first, last) = (first.0 - first.0 % tick_ms, last.0);
+        let mut next_input = 0usize;
+        let mut event_index = 0usize;
+        let mut tick = first;
+        while tick <= last {
+            events_in.advance_to(tick);
+            demographics_in.advance_to(tick);
+            counters_in.advance_to(tick);
+            while let Some((time, input)) =
+                inputs.get(next_input).filter(|(t, _)| *t < tick + tick_ms)
+            {
+                debug_assert!(*time >= tick, "inputs are sorted by tick");
+                match input {
+                    Input::Event(event) => {
+                        if event_index % peers == index {
+                            events_in.send(event.clone());
+                        }
+                        event_index += 1;
+                    }
+                    Input::Demographic(row, diff) if index == 0 => {
+                        demographics_in.update(row.clone(), *diff)
+                    }
+                    Input::Counter(counter, n) if index == 0 => counters_in.update(*counter, *n),
+                    Input::Demographic(..) | Input::Counter(..) => {}
+                }
+                next_input += 1;
+            }
+            let next = tick + tick_ms;
+            events_in.advance_to(next);
+            demographics_in.advance_to(next);
+            demographics_in.flush();
+            counters_in.advance_to(next);
+            counters_in.flush();
+            let started = Instant::now();
+            worker.step_while(|| probe.less_than(&next));
+            let elapsed = started.elapsed();
+            if index == 0 {
+                shared_latencies
+                    .lock()
+                    .expect("no worker panicked while holding the lock")
+                    .insert(tick, elapsed);
+            }
+            let now_held = u64::try_from(*held.borrow()).unwrap_or(0);
+            *shared_arranged
+                .lock()
+                .expect("no worker panicked while holding the lock")
+                .entry(tick)
+                .or_default() += now_held;
+            tick = next;
+        }
+    })?;
+    guards
+        .join()
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()?;
+
+    // Every worker has finished: a poisoned lock only means one of them panicked, and `join`
+    // reported that above.
+    let reports = std::mem::take(&mut *reports.lock().map_err(|e| e.to_string())?);
+    let tick_latency = std::mem::take(&mut *latencies.lock().map_err(|e| e.to_string())?);
+    let arranged = std::mem::take(&mut *arranged.lock().map_err(|e| e.to_string())?);
+    Ok(Measured {
+        batches: merge(reports),
+        tick_latency,
+        arranged,
+    })
+}
