@@ -249,6 +249,7 @@ const KAFKA_KEYS: &[&str] = &[
     "kafka.partitions",
     "kafka.group-id",
     "kafka.max-poll-messages",
+    "kafka.max-message-bytes",
     "kafka.schema-registry-url",
 ];
 
