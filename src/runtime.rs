@@ -388,6 +388,19 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             while probe.less_than(&behind) && !status.stop.load(Ordering::Relaxed) {
                 worker.step();
             }
+            // Backpressure from the sink too (issue 6): see `wait_for_sink`.
+            if let Some(waited) = wait_for_sink(worker, &status, behind) {
+                let consumer_lag = match &mut events {
+                    WorkerEvents::Kafka { reader, .. } => reader.lag(),
+                    WorkerEvents::Generator { .. } => None,
+                };
+                let waited_ms = waited.as_millis() as u64;
+                tracing::warn!(
+                    waited_ms,
+                    consumer_lag,
+                    "the sink caught up; the sources resume"
+                );
+            }
             let mut end = tick + tick_ms;
             let mut sent = 0u64;
             let mut newest = 0u64;
@@ -541,6 +554,29 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         batches: status.batches.load(Ordering::Relaxed),
         written,
     })
+}
+
+/// Holds a worker's sources back while the sink has not written the ticks before `behind`: its
+/// bounded queue is full because InfluxDB is slow or down. The dataflow is stepped meanwhile but
+/// nothing is polled, so unread events stay in Kafka (where the consumer lag shows them) rather
+/// than in memory. Returns how long it waited when that was long enough to be logged (1 s).
+fn wait_for_sink(
+    worker: &mut timely::worker::Worker,
+    status: &Status,
+    behind: Tick,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut logged = false;
+    while status.completed_until.load(Ordering::Relaxed) < behind
+        && !status.stop.load(Ordering::Relaxed)
+    {
+        if !logged && started.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!("the sink is behind; the sources wait");
+            logged = true;
+        }
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    logged.then(|| started.elapsed())
 }
 
 /// The sink thread's loop: collects every local worker's batches, and hands each timestamp to the
