@@ -299,6 +299,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
     let worker_status = Arc::clone(&status);
+    // Set when a worker fails (issue 6): the others stop instead of waiting for it forever.
+    let failed = Arc::new(AtomicBool::new(false));
     let guards = timely::execute(timely_config, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
@@ -308,6 +310,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             .expect("no worker panicked while cloning the sender")
             .clone();
         let status = Arc::clone(&worker_status);
+        let mut failure = StopOthersOnFailure::new(&status, &failed);
 
         let mut events_in = InputHandleVec::new();
         let (mut demographics_in, mut counters_in, probe) =
@@ -521,7 +524,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         drop(events_in);
         drop(demographics_in);
         drop(counters_in);
-        while !probe.done() {
+        while !probe.done() && !failure.others_failed() {
             worker.step();
         }
         if let WorkerEvents::Kafka { reader, .. } = &mut events {
@@ -535,6 +538,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 reader.commit_all().map_err(|e| e.to_string())?;
             }
         }
+        failure.disarm();
         Ok(())
     })
     .map_err(RunError::Dataflow)?;
@@ -554,6 +558,43 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         batches: status.batches.load(Ordering::Relaxed),
         written,
     })
+}
+
+/// Armed while a worker runs: if the worker ends any other way than by [`disarm`](Self::disarm)
+/// (an error returned with `?`, a panic), it stops the run, so that the other workers, which
+/// would wait for its progress forever, end too and the error reaches the user.
+struct StopOthersOnFailure {
+    status: Arc<Status>,
+    failed: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl StopOthersOnFailure {
+    fn new(status: &Arc<Status>, failed: &Arc<AtomicBool>) -> StopOthersOnFailure {
+        StopOthersOnFailure {
+            status: Arc::clone(status),
+            failed: Arc::clone(failed),
+            armed: true,
+        }
+    }
+
+    /// Whether another worker failed: then nothing it held will complete.
+    fn others_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StopOthersOnFailure {
+    fn drop(&mut self) {
+        if self.armed {
+            self.failed.store(true, Ordering::Relaxed);
+            self.status.stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Holds a worker's sources back while the sink has not written the ticks before `behind`: its
