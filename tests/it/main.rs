@@ -7,6 +7,7 @@ mod config;
 mod dashboards;
 mod dataflows;
 mod e2e;
+mod faults;
 mod influx;
 mod mysql;
 mod registry;
