@@ -125,6 +125,18 @@ check_ports_free() { # service port...
     done
 }
 
+spawned_pid() { # service -> pid on stdout while the process spawn started is alive
+    # (unlike pid_of, also between its fork and its exec, when it does not look like the service)
+    local pid
+    pid=$(cat "$RUN/$1.pid" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [ -d "/proc/$pid" ] || return 1
+    if grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+        return 1
+    fi
+    echo "$pid"
+}
+
 wait_until() { # service description probe-function
     local name=$1 what=$2 probe=$3 deadline pid
     deadline=$((SECONDS + TIMEOUT))
@@ -132,7 +144,7 @@ wait_until() { # service description probe-function
         if "$probe"; then
             return 0
         fi
-        if ! pid=$(pid_of "$name"); then
+        if ! pid=$(spawned_pid "$name"); then
             fail_with_log "$name" "$name exited before it was ready ($what)"
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then

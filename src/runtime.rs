@@ -392,18 +392,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 worker.step();
             }
             // Backpressure from the sink too (issue 6): see `wait_for_sink`.
-            if let Some(waited) = wait_for_sink(worker, &status, behind) {
-                let consumer_lag = match &mut events {
-                    WorkerEvents::Kafka { reader, .. } => reader.lag(),
-                    WorkerEvents::Generator { .. } => None,
-                };
-                let waited_ms = waited.as_millis() as u64;
-                tracing::warn!(
-                    waited_ms,
-                    consumer_lag,
-                    "the sink caught up; the sources resume"
-                );
-            }
+            let reader = match &mut events {
+                WorkerEvents::Kafka { reader, .. } => Some(reader.as_mut()),
+                WorkerEvents::Generator { .. } => None,
+            };
+            wait_for_sink(worker, &status, behind, reader);
             let mut end = tick + tick_ms;
             let mut sent = 0u64;
             let mut newest = 0u64;
@@ -599,25 +592,41 @@ impl Drop for StopOthersOnFailure {
 
 /// Holds a worker's sources back while the sink has not written the ticks before `behind`: its
 /// bounded queue is full because InfluxDB is slow or down. The dataflow is stepped meanwhile but
-/// nothing is polled, so unread events stay in Kafka (where the consumer lag shows them) rather
-/// than in memory. Returns how long it waited when that was long enough to be logged (1 s).
+/// nothing is polled. A wait of over a second is logged, and the worker's Kafka partitions are
+/// paused until it ends, which also drops what librdkafka had pre-fetched: unread events wait in
+/// Kafka (where the consumer lag shows them), not in memory.
 fn wait_for_sink(
     worker: &mut timely::worker::Worker,
     status: &Status,
     behind: Tick,
-) -> Option<Duration> {
+    mut reader: Option<&mut PartitionReader>,
+) {
     let started = Instant::now();
-    let mut logged = false;
+    let mut paused = false;
     while status.completed_until.load(Ordering::Relaxed) < behind
         && !status.stop.load(Ordering::Relaxed)
     {
-        if !logged && started.elapsed() >= Duration::from_secs(1) {
+        if !paused && started.elapsed() >= Duration::from_secs(1) {
             tracing::warn!("the sink is behind; the sources wait");
-            logged = true;
+            if let Some(Err(error)) = reader.as_mut().map(|r| r.pause()) {
+                tracing::warn!(%error, "cannot pause the partitions");
+            }
+            paused = true;
         }
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
-    logged.then(|| started.elapsed())
+    if paused {
+        if let Some(Err(error)) = reader.as_mut().map(|r| r.resume()) {
+            tracing::warn!(%error, "cannot resume the partitions");
+        }
+        let consumer_lag = reader.and_then(|r| r.lag());
+        let waited_ms = started.elapsed().as_millis() as u64;
+        tracing::warn!(
+            waited_ms,
+            consumer_lag,
+            "the sink caught up; the sources resume"
+        );
+    }
 }
 
 /// The sink thread's loop: collects every local worker's batches, and hands each timestamp to the

@@ -510,6 +510,30 @@ impl PartitionReader {
         Ok(polled)
     }
 
+    /// Stops fetching this worker's partitions, dropping what librdkafka has pre-fetched, so that
+    /// unread messages wait in Kafka rather than in memory; [`resume`](Self::resume) goes on
+    /// from the first message not yet polled.
+    pub fn pause(&mut self) -> Result<(), KafkaSourceError> {
+        self.consumer
+            .pause(&self.assignment())
+            .map_err(kafka("cannot pause the partitions"))
+    }
+
+    /// Fetches the partitions again after [`pause`](Self::pause).
+    pub fn resume(&mut self) -> Result<(), KafkaSourceError> {
+        self.consumer
+            .resume(&self.assignment())
+            .map_err(kafka("cannot resume the partitions"))
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+
     /// Records that everything read so far belongs to ticks before `tick_end`.
     pub fn end_tick(&mut self, tick_end: Tick) {
         if self.next_offsets.is_empty() {
