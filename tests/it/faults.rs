@@ -1327,6 +1327,8 @@ fn mysql_lost_mid_run_resumes_without_missing_a_change() {
             ("SHOPFLOW__ENGINE__TICK_MS", "250"),
             // Reconnection outlasts a restart: about a minute of backoff.
             ("SHOPFLOW__MYSQL__CONNECT_RETRIES", "15"),
+            // Reconnections are logged at info.
+            ("RUST_LOG", "warn,shopflow::sources::mysql=info"),
         ],
     );
     let mut pipeline = Pipeline::start(&env);
