@@ -353,7 +353,18 @@ pub struct PartitionReader {
     max_poll: usize,
     dead_letter: Option<(BaseProducer, String)>,
     high_watermarks: Option<(Instant, BTreeMap<i32, i64>)>,
+    /// Where a partition not read yet starts.
+    start: Offset,
+    /// When a message last arrived, or the watch below last looked.
+    last_progress: Instant,
+    /// Whether the partitions are paused (the sink is behind): no progress is expected.
+    paused: bool,
 }
+
+/// A reader that has received nothing for this long while its partitions hold unread messages
+/// re-assigns them at its positions: after a broker restart librdkafka's fetcher can stay stuck
+/// (confluentinc/librdkafka#5153, fede1024/rust-rdkafka#597), which only a new assignment mends.
+const STALL_AFTER: Duration = Duration::from_secs(10);
 
 impl PartitionReader {
     /// Assigns worker `index` of `peers` its partitions (`p % peers == index`) at the configured
@@ -445,6 +456,9 @@ impl PartitionReader {
             max_poll: config.max_poll_messages,
             dead_letter,
             high_watermarks: None,
+            start: offset,
+            last_progress: Instant::now(),
+            paused: false,
         })
     }
 
@@ -507,6 +521,20 @@ impl PartitionReader {
             }
         }
         polled.malformed = malformed.into_iter().collect();
+        if polled.messages > 0 || self.paused {
+            self.last_progress = Instant::now();
+        } else if self.last_progress.elapsed() >= STALL_AFTER {
+            self.last_progress = Instant::now();
+            if let Some(lag) = self.lag().filter(|lag| *lag > 0) {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partitions = ?self.partitions,
+                    lag,
+                    "nothing received for {STALL_AFTER:?} though messages wait: re-assigning the partitions at their positions"
+                );
+                self.reassign()?;
+            }
+        }
         Ok(polled)
     }
 
@@ -514,6 +542,7 @@ impl PartitionReader {
     /// unread messages wait in Kafka rather than in memory; [`resume`](Self::resume) goes on
     /// from the first message not yet polled.
     pub fn pause(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = true;
         self.consumer
             .pause(&self.assignment())
             .map_err(kafka("cannot pause the partitions"))
@@ -521,9 +550,36 @@ impl PartitionReader {
 
     /// Fetches the partitions again after [`pause`](Self::pause).
     pub fn resume(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = false;
+        self.last_progress = Instant::now();
         self.consumer
             .resume(&self.assignment())
             .map_err(kafka("cannot resume the partitions"))
+    }
+
+    /// Assigns the partitions afresh, each at the first message not yet polled (a partition not
+    /// read yet at the configured start), so that nothing is skipped or read twice.
+    /// [`poll`](Self::poll) does it when it has received nothing for 10 s while the partitions
+    /// hold unread messages: after a broker restart librdkafka's fetcher can stay stuck.
+    pub fn reassign(&mut self) -> Result<(), KafkaSourceError> {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            let offset = self
+                .next_offsets
+                .get(&partition)
+                .map_or(self.start, |&next| Offset::Offset(next));
+            list.add_partition_offset(&self.topic, partition, offset)
+                .map_err(kafka("cannot build the assignment"))?;
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(kafka("cannot re-assign the partitions"))?;
+        if self.paused {
+            self.consumer
+                .pause(&self.assignment())
+                .map_err(kafka("cannot pause the partitions"))?;
+        }
+        Ok(())
     }
 
     fn assignment(&self) -> TopicPartitionList {

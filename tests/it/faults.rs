@@ -279,6 +279,67 @@ fn each_kind_of_bad_message_is_counted_apart_and_dead_lettered() {
     assert_eq!(letters, expected);
 }
 
+/// A re-assignment, which the reader makes when its partitions stall after a broker restart,
+/// resumes at the first message not yet polled: nothing is skipped and nothing read twice.
+#[test]
+fn a_reassignment_resumes_where_the_reader_was() {
+    let config = KafkaConfig {
+        brokers: "127.0.0.1:1".into(),
+        topic: "faults-reassign".into(),
+        partitions: 2,
+        group_id: "faults-reassign".into(),
+        start: StartPosition::Earliest,
+        schema_id: avro::DEFAULT_SCHEMA_ID,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 7,
+        max_message_bytes: 1_024,
+        max_event_age_ms: 0,
+        max_future_skew_ms: 0,
+        properties: BTreeMap::new(),
+    };
+    let embedded = EmbeddedKafka::start(&config).expect("the mock cluster");
+    let config = embedded.config().clone();
+    let mut producer = EventProducer::new(&config).expect("a producer");
+    let sent: Vec<Event> = (0..200)
+        .map(|n| Event {
+            user_id: UserId(n as u32 % 13),
+            ..good_event(n, 1_000 + n)
+        })
+        .collect();
+    for event in &sent {
+        producer.send(event, 1_000).expect("sent");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    let mut reader = PartitionReader::open(&config, 0, 1).expect("a reader");
+    assert_eq!(reader.partitions(), [0, 1]);
+    let mut read = Vec::new();
+    let mut read_until = |reader: &mut PartitionReader, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while read.len() < n {
+            assert!(Instant::now() < deadline, "read {} of {n}", read.len());
+            reader
+                .poll(1_000, |event| read.push(event))
+                .expect("polled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        read.clone()
+    };
+    read_until(&mut reader, 50);
+    reader.reassign().expect("re-assigned");
+    let mut all = read_until(&mut reader, sent.len());
+    wait_for("the reader at the end", Duration::from_secs(20), || {
+        reader.lag() == Some(0)
+    });
+    let polled = reader.poll(1_000, |event| all.push(event)).expect("polled");
+    assert_eq!(polled.messages, 0, "nothing after the end");
+    all.sort();
+    let mut expected = sent;
+    expected.sort();
+    assert_eq!(all, expected, "every event once");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real services: set-up, the pipeline process, InfluxDB's contents and the oracle
 // ---------------------------------------------------------------------------------------------
@@ -1220,9 +1281,10 @@ fn kafka_restart_loses_nothing_and_counts_nothing_twice() {
     );
     let got = settle_and_compare(&scenario, &mut pipeline, &want, Duration::from_secs(120));
     assert_eq!(got.counter(Counter::EventsIn), events as i64, "none twice");
+    let reassigned = occurrences(&pipeline.log(), "re-assigning the partitions");
     eprintln!(
-        "kafka restart: stopped in {stopped:?}, up again after {restarted:?}; {} rows equal \
-         the oracle; {:.1}s",
+        "kafka restart: stopped in {stopped:?}, up again after {restarted:?}; stalled \
+         partitions re-assigned {reassigned} time(s); {} rows equal the oracle; {:.1}s",
         want.rows.len(),
         started.elapsed().as_secs_f64()
     );
