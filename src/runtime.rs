@@ -613,7 +613,8 @@ fn wait_for_sink(
             }
             paused = true;
         }
-        worker.step_or_park(Some(Duration::from_millis(1)));
+        // Promptly at first (a short wait is the common case), then without burning a core.
+        worker.step_or_park(Some(Duration::from_millis(if paused { 10 } else { 1 })));
     }
     if paused {
         if let Some(Err(error)) = reader.as_mut().map(|r| r.resume()) {

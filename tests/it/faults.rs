@@ -665,6 +665,37 @@ fn services(args: &[&str]) {
     );
 }
 
+/// A service the test stopped: started again when the test is done with it, or when it fails
+/// first, so that a failing test leaves the services as it found them.
+struct Stopped {
+    service: &'static str,
+    started: bool,
+}
+
+impl Stopped {
+    fn stop(service: &'static str) -> Stopped {
+        services(&["stop", service]);
+        Stopped {
+            service,
+            started: false,
+        }
+    }
+
+    fn start(mut self) {
+        self.started = true;
+        services(&["start", self.service]);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.started {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+            let _ = Command::new(script).args(["start", self.service]).status();
+        }
+    }
+}
+
 /// Polls `condition` every 200 ms until it holds; fails the test with `what` after `within`.
 fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -1125,7 +1156,7 @@ fn influxdb_down_for_30s_holds_back_the_sources_and_loses_nothing() {
             .is_some_and(|s| s.counter(Counter::EventsIn) >= 5_000)
     });
     let lag_before = committed_lag(&scenario.kafka).expect("the group's lag");
-    services(&["stop", "influxdb"]);
+    let influxdb = Stopped::stop("influxdb");
     let stopped = Instant::now();
     wait_for("the sources held back", Duration::from_secs(20), || {
         pipeline.assert_running();
@@ -1150,7 +1181,7 @@ fn influxdb_down_for_30s_holds_back_the_sources_and_loses_nothing() {
             .map(|kib| (mib(*kib) * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
     );
-    services(&["start", "influxdb"]);
+    influxdb.start();
     let outage = stopped.elapsed();
 
     let sent = producer.join().expect("the producer");
@@ -1261,9 +1292,9 @@ fn kafka_restart_loses_nothing_and_counts_nothing_twice() {
             .is_some_and(|s| s.counter(Counter::EventsIn) >= 5_000)
     });
     let restart = Instant::now();
-    services(&["stop", "kafka"]);
+    let broker = Stopped::stop("kafka");
     let stopped = restart.elapsed();
-    services(&["start", "kafka"]);
+    broker.start();
     let restarted = restart.elapsed();
     pipeline.assert_running();
 
@@ -1429,9 +1460,9 @@ fn mysql_lost_mid_run_resumes_without_missing_a_change() {
     applied += churn(100);
 
     // MariaDB restarted: the follower's connection is lost again, and comes back.
-    services(&["stop", "mariadb"]);
+    let mariadb = Stopped::stop("mariadb");
     pipeline.assert_running();
-    services(&["start", "mariadb"]);
+    mariadb.start();
     applied += churn(100);
 
     let sent = producer.join().expect("the producer");
@@ -1485,7 +1516,7 @@ fn soak_duration() -> Duration {
 
 /// RSS may not grow by more than this share between the first and the last third of a steady
 /// run after its warm-up (see the steady run's test).
-const RSS_GROWTH_ALLOWED: f64 = 0.10;
+const RSS_GROWTH_ALLOWED: f64 = 0.15;
 
 /// After this long, every state the steady run keeps is at its steady size: windows close 20 s
 /// after they start, orders are forgotten 15 s after they open.
@@ -1516,10 +1547,15 @@ fn table_changes(from: &[Demographic], to: &[Demographic], tick: Tick) -> Vec<(T
 /// arrived at the latest: the pipeline keeping up within seconds suffices.
 ///
 /// Memory is *flat* when the peak RSS of the last third of the run after the warm-up is within
-/// [`RSS_GROWTH_ALLOWED`] of the peak of the first third. Measured on the development machine
-/// (2 cores, debug build, 1,000 events/s): the steady part holds around 100 MiB and moves by
-/// allocator steps of a few MiB, either way; a leak of the kind this guards against (state that
-/// is never retired: open windows, orders never forgotten) grows by several MiB a minute.
+/// [`RSS_GROWTH_ALLOWED`] (15%) of the peak of the first third. Measured on the development
+/// machine (2 cores shared, debug build, 1,000 events/s, sampled every 500 ms): RSS rises to
+/// about 115 MiB in the first minute, then stays in a band of 105 to 136 MiB for six minutes
+/// (allocator steps and single-sample spikes of up to +12%); the peaks of the thirds of the 60 s
+/// run differed by -1% to +3%, of a 6-minute run by +3%. So 15% fails a run only for growth
+/// beyond that noise: in 60 s, gross growth (state that is never retired, or events buffered
+/// while a source outruns the sink); over a `scripts/soak` of 30 minutes, whose thirds are 20
+/// minutes apart, a leak of about 1 MiB a minute (orders never forgotten would leak some 9 MiB a
+/// minute here).
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn steady_run_keeps_memory_flat_and_equals_the_oracle() {
