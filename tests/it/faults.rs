@@ -1253,9 +1253,10 @@ fn influxdb_down_for_30s_holds_back_the_sources_and_loses_nothing() {
         started.elapsed().as_secs_f64()
     );
     // Held back, the process reads nothing: its memory does not grow with the events piling up
-    // in Kafka (about 1 MiB/s when librdkafka kept pre-fetching them), beyond allocator steps.
+    // in Kafka. When librdkafka kept pre-fetching them it grew by about 1 MiB/s, some 18 MiB
+    // between the thirds; held back, single allocator steps of up to 6.5 MiB were seen.
     assert!(
-        held_last <= held_first + 8 * 1024,
+        held_last <= held_first + 12 * 1024,
         "RSS flat while held back: {:.1} MiB at most in the first third, {:.1} MiB in the last",
         mib(held_first),
         mib(held_last)
