@@ -10,6 +10,12 @@
 #   scripts/services.sh stop      stop what start started (data is kept)
 #   scripts/services.sh clean     stop, then remove the whole state dir (jars too)
 #
+# start and stop take service names to act on those alone (the fault tests stop one service
+# mid-run and start it again; data is kept, so a restarted service has everything it had):
+#   scripts/services.sh stop influxdb          SIGTERM, then SIGKILL after 20 s
+#   scripts/services.sh start influxdb kafka   start them and wait until they answer
+# Services: mariadb, influxdb, kafka.
+#
 # Settings (environment):
 #   SHOPFLOW_SERVICES_DIR       state dir (default target/services, relative to the repo root)
 #   SHOPFLOW_MYSQL_PORT         3307     SHOPFLOW_INFLUX_PORT            8087
@@ -119,6 +125,18 @@ check_ports_free() { # service port...
     done
 }
 
+spawned_pid() { # service -> pid on stdout while the process spawn started is alive
+    # (unlike pid_of, also between its fork and its exec, when it does not look like the service)
+    local pid
+    pid=$(cat "$RUN/$1.pid" 2>/dev/null || true)
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [ -d "/proc/$pid" ] || return 1
+    if grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+        return 1
+    fi
+    echo "$pid"
+}
+
 wait_until() { # service description probe-function
     local name=$1 what=$2 probe=$3 deadline pid
     deadline=$((SECONDS + TIMEOUT))
@@ -126,7 +144,7 @@ wait_until() { # service description probe-function
         if "$probe"; then
             return 0
         fi
-        if ! pid=$(pid_of "$name"); then
+        if ! pid=$(spawned_pid "$name"); then
             fail_with_log "$name" "$name exited before it was ready ($what)"
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
@@ -520,21 +538,51 @@ ready_kafka() {
 
 # ---------------------------------------------------------------- commands
 
-cmd_start() {
+SERVICES=(mariadb influxdb kafka)
+
+check_names() { # names... : dies on a name that is not a service
+    local name
+    for name in "$@"; do
+        case $name in
+            mariadb | influxdb | kafka) ;;
+            *) die "unknown service '$name' (services: ${SERVICES[*]})" ;;
+        esac
+    done
+}
+
+services_of() { # checked names... -> the named services (all when none), in start order
+    local name
+    if [ $# -eq 0 ]; then
+        echo "${SERVICES[*]}"
+        return 0
+    fi
+    for name in "${SERVICES[@]}"; do
+        case " $* " in *" $name "*) printf '%s ' "$name" ;; esac
+    done
+    echo
+}
+
+cmd_start() { # [service...]
+    local names name
+    check_names "$@"
+    read -r -a names <<<"$(services_of "$@")"
     require_installed
     mark_state_dir
     # Refuse before launching anything if a port we need is held by a process we did not start.
-    pid_of mariadb >/dev/null || check_ports_free mariadb "$MYSQL_PORT"
-    pid_of influxdb >/dev/null || check_ports_free influxdb "$INFLUX_PORT" "$INFLUX_RPC_PORT"
-    pid_of kafka >/dev/null || check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
-    # Launch all three first (they boot in parallel), then wait for each.
-    start_mariadb
-    start_influxdb
-    start_kafka
-    ready_mariadb
-    ready_influxdb
-    ready_kafka
-    say "all services up (state dir $STATE)"
+    for name in "${names[@]}"; do
+        pid_of "$name" >/dev/null && continue
+        case $name in
+            mariadb) check_ports_free mariadb "$MYSQL_PORT" ;;
+            influxdb) check_ports_free influxdb "$INFLUX_PORT" "$INFLUX_RPC_PORT" ;;
+            kafka) check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ;;
+        esac
+    done
+    # Launch them all first (they boot in parallel), then wait for each.
+    for name in "${names[@]}"; do "start_$name"; done
+    for name in "${names[@]}"; do "ready_$name"; done
+    if [ $# -eq 0 ]; then
+        say "all services up (state dir $STATE)"
+    fi
 }
 
 stop_one() {
@@ -558,10 +606,13 @@ stop_one() {
     rm -f "$RUN/$name.pid"
 }
 
-cmd_stop() {
-    stop_one kafka
-    stop_one influxdb
-    stop_one mariadb
+cmd_stop() { # [service...]: in reverse start order
+    local names i
+    check_names "$@"
+    read -r -a names <<<"$(services_of "$@")"
+    for ((i = ${#names[@]} - 1; i >= 0; i--)); do
+        stop_one "${names[$i]}"
+    done
 }
 
 status_line() { # name address probe
@@ -603,17 +654,20 @@ cmd_clean() {
 }
 
 usage() {
-    echo "usage: $0 install|start|status|env|stop|clean" >&2
+    echo "usage: $0 install|status|env|clean" >&2
+    echo "       $0 start|stop [mariadb|influxdb|kafka...]" >&2
     exit 2
 }
 
-[ $# -eq 1 ] || usage
-case $1 in
-    install) cmd_install ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    clean) cmd_clean ;;
+[ $# -ge 1 ] || usage
+command=$1
+shift
+case $command in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    install | status | env | clean)
+        [ $# -eq 0 ] || usage
+        "cmd_$command"
+        ;;
     *) usage ;;
 esac

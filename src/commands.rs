@@ -36,6 +36,12 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         config.output.line_protocol = output;
     }
     args.workers.apply(&mut config);
+    // Simulated time leaves the wall clock with --start-ms or an unbounded pace; the embedded
+    // Kafka's reader would then reject its events as implausibly old or early.
+    if args.start_ms.is_some() || config.generator.pace == Pace::Unbounded {
+        config.kafka.max_event_age_ms = 0;
+        config.kafka.max_future_skew_ms = 0;
+    }
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;

@@ -76,7 +76,8 @@ pub struct EngineConfig {
     pub allowed_lateness_ms: u64,
     /// How long orders are remembered, in milliseconds.
     pub order_horizon_ms: u64,
-    /// How many ticks may be in flight before sources pause.
+    /// How many ticks may be produced but not yet complete, or not yet written by the sink, before
+    /// the sources pause.
     pub max_ticks_in_flight: u64,
     /// Where `run` keeps checkpoints; empty for none.
     pub checkpoint_dir: PathBuf,
@@ -268,6 +269,7 @@ const KAFKA_KEYS: &[&str] = &[
     "kafka.partitions",
     "kafka.group-id",
     "kafka.max-poll-messages",
+    "kafka.max-message-bytes",
     "kafka.schema-registry-url",
 ];
 

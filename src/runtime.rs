@@ -330,6 +330,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
     let worker_status = Arc::clone(&status);
+    // Set when a worker fails (issue 6): the others stop instead of waiting for it forever.
+    let failed = Arc::new(AtomicBool::new(false));
     let guards = cluster::execute(communication, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
@@ -339,6 +341,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             .expect("no worker panicked while cloning the sender")
             .clone();
         let status = Arc::clone(&worker_status);
+        let mut failure = StopOthersOnFailure::new(&status, &failed);
 
         let mut events_in = InputHandleVec::new();
         let mut orders_in = InputHandleVec::new();
@@ -498,6 +501,12 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             while probe.less_than(&behind) && !status.stop.load(Ordering::Relaxed) {
                 worker.step();
             }
+            // Backpressure from the sink too (issue 6): see `wait_for_sink`.
+            let reader = match &mut events {
+                WorkerEvents::Kafka { reader, .. } => Some(reader.as_mut()),
+                WorkerEvents::Generator { .. } => None,
+            };
+            wait_for_sink(worker, &status, behind, reader);
             let mut end = tick + tick_ms;
             let mut sent = 0u64;
             let mut newest = 0u64;
@@ -637,8 +646,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 } else if tick == next_checkpoint {
                     // Once the dataflow has done everything before the boundary (which needs
                     // every worker's inputs there), this worker's state is the boundary's.
-                    while probe.less_than(&tick) {
+                    while probe.less_than(&tick) && !failure.others_failed() {
                         worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
+                    if failure.others_failed() {
+                        break;
                     }
                     let state = handles.capture(tick).ok_or_else(|| {
                         format!("cannot read the dataflow's state at the boundary {tick}")
@@ -682,14 +694,17 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         drop(segments_in);
         drop(demographics_in);
         drop(counters_in);
-        while !probe.done() {
+        while !probe.done() && !failure.others_failed() {
             worker.step();
         }
         if let WorkerEvents::Kafka { reader, .. } = &mut events {
             // Everything read has been through the dataflow; commit once the sink has written it.
             // The sink passes `tick` unless it failed, which sets `stop` and ends the wait.
             let sink_failed = || status.sink_failed.load(Ordering::Relaxed);
-            while status.completed_until.load(Ordering::Relaxed) < tick && !sink_failed() {
+            while status.completed_until.load(Ordering::Relaxed) < tick
+                && !sink_failed()
+                && !failure.others_failed()
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if status.completed_until.load(Ordering::Relaxed) >= tick {
@@ -701,6 +716,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         for writer in writers {
             let _ = writer.join();
         }
+        failure.disarm();
         Ok(())
     })
     .map_err(RunError::Dataflow)?;
@@ -720,6 +736,83 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         batches: status.batches.load(Ordering::Relaxed),
         written,
     })
+}
+
+/// Armed while a worker runs: if the worker ends any other way than by [`disarm`](Self::disarm)
+/// (an error returned with `?`, a panic), it stops the run, so that the other workers, which
+/// would wait for its progress forever, end too and the error reaches the user.
+struct StopOthersOnFailure {
+    status: Arc<Status>,
+    failed: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl StopOthersOnFailure {
+    fn new(status: &Arc<Status>, failed: &Arc<AtomicBool>) -> StopOthersOnFailure {
+        StopOthersOnFailure {
+            status: Arc::clone(status),
+            failed: Arc::clone(failed),
+            armed: true,
+        }
+    }
+
+    /// Whether another worker failed: then nothing it held will complete.
+    fn others_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StopOthersOnFailure {
+    fn drop(&mut self) {
+        if self.armed {
+            self.failed.store(true, Ordering::Relaxed);
+            self.status.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Holds a worker's sources back while the sink has not written the ticks before `behind`: its
+/// bounded queue is full because InfluxDB is slow or down. The dataflow is stepped meanwhile but
+/// nothing is polled. A wait of over a second is logged, and the worker's Kafka partitions are
+/// paused until it ends, which also drops what librdkafka had pre-fetched: unread events wait in
+/// Kafka (where the consumer lag shows them), not in memory.
+fn wait_for_sink(
+    worker: &mut timely::worker::Worker,
+    status: &Status,
+    behind: Tick,
+    mut reader: Option<&mut PartitionReader>,
+) {
+    let started = Instant::now();
+    let mut paused = false;
+    while status.completed_until.load(Ordering::Relaxed) < behind
+        && !status.stop.load(Ordering::Relaxed)
+    {
+        if !paused && started.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!("the sink is behind; the sources wait");
+            if let Some(Err(error)) = reader.as_mut().map(|r| r.pause()) {
+                tracing::warn!(%error, "cannot pause the partitions");
+            }
+            paused = true;
+        }
+        // Promptly at first (a short wait is the common case), then without burning a core.
+        worker.step_or_park(Some(Duration::from_millis(if paused { 10 } else { 1 })));
+    }
+    if paused {
+        if let Some(Err(error)) = reader.as_mut().map(|r| r.resume()) {
+            tracing::warn!(%error, "cannot resume the partitions");
+        }
+        let consumer_lag = reader.and_then(|r| r.lag());
+        let waited_ms = started.elapsed().as_millis() as u64;
+        tracing::warn!(
+            waited_ms,
+            consumer_lag,
+            "the sink caught up; the sources resume"
+        );
+    }
 }
 
 /// The sink thread's loop: collects every local worker's batches, and hands each timestamp to the

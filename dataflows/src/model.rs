@@ -393,13 +393,25 @@ pub enum Counter {
     MalformedUnknownSchema,
     /// Source messages whose body ended early or had bytes left over.
     MalformedTruncated,
-    /// Source messages with a value out of range or of the wrong type.
+    /// Source messages with a value out of range or of the wrong type (bytes that do not decode
+    /// as the schema's types, an enum index out of range, a negative id, a total that is not a
+    /// finite number); negative units and totals are counted apart, in [`Counter::RejectedNegative`].
     MalformedInvalidValue,
+    /// Source messages larger than the source's size limit: counted, never decoded.
+    MalformedOversize,
+    /// Well-formed events with negative units or a negative total: rejected by the source.
+    RejectedNegative,
+    /// Events whose event time lies further before their processing time than the source's
+    /// plausibility bound (a time in 1970, say): rejected by the source, counted in no total.
+    RejectedTooOld,
+    /// Events whose event time lies further after their processing time than the source allows
+    /// for clock skew: rejected by the source, counted in no total.
+    RejectedFuture,
 }
 
 impl Counter {
-    /// Every counter, in a fixed order.
-    pub const ALL: [Counter; 9] = [
+    /// Every counter, in declaration order (the dataflow indexes arrays by `counter as usize`).
+    pub const ALL: [Counter; 13] = [
         Counter::EventsIn,
         Counter::Duplicates,
         Counter::LateForWindow,
@@ -409,6 +421,10 @@ impl Counter {
         Counter::MalformedUnknownSchema,
         Counter::MalformedTruncated,
         Counter::MalformedInvalidValue,
+        Counter::MalformedOversize,
+        Counter::RejectedNegative,
+        Counter::RejectedTooOld,
+        Counter::RejectedFuture,
     ];
 
     /// The field name in the `pipeline` measurement.
@@ -423,6 +439,10 @@ impl Counter {
             Counter::MalformedUnknownSchema => "malformed_unknown_schema",
             Counter::MalformedTruncated => "malformed_truncated",
             Counter::MalformedInvalidValue => "malformed_invalid_value",
+            Counter::MalformedOversize => "malformed_oversize",
+            Counter::RejectedNegative => "rejected_negative",
+            Counter::RejectedTooOld => "rejected_too_old",
+            Counter::RejectedFuture => "rejected_future",
         }
     }
 }
@@ -447,3 +467,19 @@ pub enum OutputValue {
 
 /// An output row: every key has at most one value at any time.
 pub type OutputRow = (OutputKey, OutputValue);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_listed_in_declaration_order_with_distinct_names() {
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i, "{counter:?}");
+        }
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}

@@ -49,7 +49,7 @@ pub const MAX_CENTS: i64 = 1 << 51;
 
 /// The longest message [`encode_event`] writes: the header, four ints and two longs as varints
 /// (at most 5 and 10 bytes), the double, and the enum index.
-const MAX_ENCODED_LEN: usize = HEADER_LEN + 5 + 5 + 10 + 8 + 5 + 5 + 10;
+pub const MAX_ENCODED_LEN: usize = HEADER_LEN + 5 + 5 + 10 + 8 + 5 + 5 + 10;
 
 /// How deep the generic path follows nested records, arrays, maps and unions before it gives up.
 /// A recursive writer schema could otherwise nest without end; the event schema nests once.

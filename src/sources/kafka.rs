@@ -50,6 +50,14 @@ pub struct KafkaConfig {
     /// At most this many messages per worker per poll round, so one busy partition cannot starve
     /// the worker's other duties.
     pub max_poll_messages: usize,
+    /// A message with a larger payload is counted as `malformed_oversize` and not decoded.
+    pub max_message_bytes: usize,
+    /// An event whose time lies more than this many milliseconds before the moment it is read is
+    /// rejected and counted as `rejected_too_old`; 0 for no bound.
+    pub max_event_age_ms: u64,
+    /// An event whose time lies more than this many milliseconds after the moment it is read is
+    /// rejected and counted as `rejected_future`; 0 for no bound.
+    pub max_future_skew_ms: u64,
     /// librdkafka properties passed through unchanged (TLS, SASL, fetch tuning...).
     pub properties: BTreeMap<String, String>,
 }
@@ -135,7 +143,21 @@ impl KafkaConfig {
         if self.max_poll_messages == 0 {
             return Err("kafka.max-poll-messages: must be at least 1".into());
         }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(format!(
+                "kafka.max-message-bytes: must be at least {MIN_MESSAGE_BYTES} (an event takes up to {} bytes)",
+                avro::MAX_ENCODED_LEN
+            ));
+        }
         Ok(())
+    }
+
+    /// The event-time bounds of `max-event-age-ms` and `max-future-skew-ms`.
+    pub fn time_bounds(&self) -> TimeBounds {
+        TimeBounds {
+            max_age_ms: self.max_event_age_ms,
+            max_future_skew_ms: self.max_future_skew_ms,
+        }
     }
 
     /// A client configuration: brokers, then the pass-through properties.
@@ -146,6 +168,50 @@ impl KafkaConfig {
             client.set(key, value);
         }
         client
+    }
+}
+
+/// The smallest `max-message-bytes` accepted: room for every event the bundled schema encodes.
+pub const MIN_MESSAGE_BYTES: usize = 64;
+
+/// How far an event's time may lie from the moment it is read (its processing time) before the
+/// source rejects it as implausible: a clock reset to 1970, a producer whose clock runs days ahead.
+///
+/// Late data within the bound is the dataflow's business (late for its window, counted in all-time
+/// totals); data beyond it never enters the dataflow and is counted in `rejected_too_old` or
+/// `rejected_future`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// The largest age, `now - event time`, accepted; 0 for no bound.
+    pub max_age_ms: u64,
+    /// The largest lead, `event time - now`, accepted; 0 for no bound.
+    pub max_future_skew_ms: u64,
+}
+
+impl TimeBounds {
+    /// The counter an event of time `event_time` read at `now_ms` is rejected under, if any.
+    ///
+    /// ```
+    /// use dataflows::model::{Counter, EventTimeMs};
+    /// use shopflow::sources::kafka::TimeBounds;
+    ///
+    /// let bounds = TimeBounds { max_age_ms: 1_000, max_future_skew_ms: 100 };
+    /// let now = 1_700_000_000_000;
+    /// assert_eq!(bounds.check(EventTimeMs(now - 1_000), now), None);
+    /// assert_eq!(bounds.check(EventTimeMs(now - 1_001), now), Some(Counter::RejectedTooOld));
+    /// assert_eq!(bounds.check(EventTimeMs(now + 101), now), Some(Counter::RejectedFuture));
+    /// ```
+    pub fn check(&self, event_time: EventTimeMs, now_ms: u64) -> Option<Counter> {
+        let time = event_time.0;
+        if self.max_age_ms > 0 && now_ms.saturating_sub(time) > self.max_age_ms {
+            Some(Counter::RejectedTooOld)
+        } else if self.max_future_skew_ms > 0
+            && time.saturating_sub(now_ms) > self.max_future_skew_ms
+        {
+            Some(Counter::RejectedFuture)
+        } else {
+            None
+        }
     }
 }
 
@@ -326,19 +392,25 @@ pub struct Polled {
 pub struct PartitionReader {
     consumer: BaseConsumer,
     topic: String,
-    decoder: Decoder,
-    /// The schema registry's writer schemas, when there is one.
-    schemas: Option<SchemaCache>,
+    messages: MessageReader,
     partitions: Vec<i32>,
-    /// The next offset to read, per partition, once something was read.
+    /// The next offset to read, per partition (from the start: the resolved start position).
     next_offsets: BTreeMap<i32, i64>,
     /// Offsets reached at the end of each tick, waiting for the sink to acknowledge the tick.
     uncommitted: VecDeque<(Tick, BTreeMap<i32, i64>)>,
     max_poll: usize,
     dead_letter: Option<(BaseProducer, String)>,
-    warnings: Warnings,
     high_watermarks: Option<(Instant, BTreeMap<i32, i64>)>,
+    /// When a message last arrived, or the watch below last looked.
+    last_progress: Instant,
+    /// Whether the partitions are paused (the sink is behind): no progress is expected.
+    paused: bool,
 }
+
+/// A reader that has received nothing for this long while its partitions hold unread messages
+/// re-assigns them at its positions: after a broker restart librdkafka's fetcher can stay stuck
+/// (confluentinc/librdkafka#5153, fede1024/rust-rdkafka#597), which only a new assignment mends.
+const STALL_AFTER: Duration = Duration::from_secs(10);
 
 impl PartitionReader {
     /// Assigns worker `index` of `peers` its partitions (`p % peers == index`), each at its offset
@@ -452,15 +524,21 @@ impl PartitionReader {
         Ok(PartitionReader {
             consumer,
             topic: config.topic.clone(),
-            decoder,
-            schemas,
+            messages: MessageReader {
+                decoder,
+                schemas,
+                max_message_bytes: config.max_message_bytes,
+                time_bounds: config.time_bounds(),
+                warnings: Warnings::default(),
+            },
             partitions,
             next_offsets,
             uncommitted: VecDeque::new(),
             max_poll: config.max_poll_messages,
             dead_letter,
-            warnings: Warnings::default(),
             high_watermarks: None,
+            last_progress: Instant::now(),
+            paused: false,
         })
     }
 
@@ -476,6 +554,11 @@ impl PartitionReader {
 
     /// Reads what is available now (up to the poll limit) without waiting; decodes each message
     /// and hands the events to `emit`. An event without an event time (0) gets `arrival`.
+    ///
+    /// What is not handed on is counted by reason in [`Polled::malformed`]: a payload over
+    /// `max-message-bytes` (not decoded), a message that does not decode, an event with negative
+    /// units or total, an event whose time lies outside the [`TimeBounds`] around the wall clock
+    /// at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
     pub fn poll(
         &mut self,
         arrival: Tick,
@@ -486,12 +569,15 @@ impl PartitionReader {
         if self.partitions.is_empty() {
             return Ok(polled);
         }
+        let now = crate::runtime::now_ms();
         while polled.messages < self.max_poll {
             let message = match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
                     // Transient broker errors are retried by librdkafka; report and go on.
-                    self.warnings.warn(format_args!("consumer error: {e}"));
+                    self.messages
+                        .warnings
+                        .warn(format_args!("consumer error: {e}"));
                     break;
                 }
                 Some(Ok(message)) => message,
@@ -499,41 +585,95 @@ impl PartitionReader {
             polled.messages += 1;
             let (partition, offset) = (message.partition(), message.offset());
             self.next_offsets.insert(partition, offset + 1);
-            // An id the decoder does not know is fetched from the registry once; when that
-            // fails, the message is counted as an unknown schema id below.
-            if let Some(schemas) = &mut self.schemas
-                && let Some(id) = registry::header_schema_id(message.payload().unwrap_or(&[]))
-                && !self.decoder.knows(id)
-                && let Err(error) = schemas.resolve(&mut self.decoder, id)
-                && !matches!(error, RegistryError::RecentlyFailed { .. })
-            {
-                self.warnings
-                    .warn(format_args!("cannot fetch writer schema {id}: {error}"));
-            }
-            match self.decoder.decode(message.payload().unwrap_or(&[])) {
-                Ok(decoded) => emit(decoded.into_event(EventTimeMs(arrival))),
-                Err(error) => {
-                    *malformed.entry(counter_of(&error)).or_default() += 1;
-                    self.warnings.warn(format_args!(
-                        "malformed message at {}/{partition}/{offset}: {error}",
-                        self.topic
-                    ));
-                    if let Some((producer, topic)) = &self.dead_letter {
-                        let origin = (self.topic.as_str(), partition, offset);
-                        dead_letter(
-                            producer,
-                            topic,
-                            message.payload().unwrap_or(&[]),
-                            message.key(),
-                            &error,
-                            origin,
-                        );
-                    }
+            let payload = message.payload().unwrap_or(&[]);
+            let rejected = match self.messages.read(payload, arrival, now) {
+                Ok(event) => {
+                    emit(event);
+                    continue;
                 }
+                Err(rejected) => rejected,
+            };
+            *malformed.entry(rejected.counter).or_default() += 1;
+            self.messages.warnings.warn(format_args!(
+                "rejected message at {}/{partition}/{offset} ({}): {}",
+                self.topic,
+                rejected.counter.name(),
+                rejected.detail
+            ));
+            if let Some((producer, topic)) = &self.dead_letter {
+                let origin = (self.topic.as_str(), partition, offset);
+                dead_letter(producer, topic, payload, message.key(), &rejected, origin);
             }
         }
         polled.malformed = malformed.into_iter().collect();
+        if polled.messages > 0 || self.paused {
+            self.last_progress = Instant::now();
+        } else if self.last_progress.elapsed() >= STALL_AFTER {
+            self.last_progress = Instant::now();
+            if let Some(lag) = self.lag().filter(|lag| *lag > 0) {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partitions = ?self.partitions,
+                    lag,
+                    "nothing received for {STALL_AFTER:?} though messages wait: re-assigning the partitions at their positions"
+                );
+                self.reassign()?;
+            }
+        }
         Ok(polled)
+    }
+
+    /// Stops fetching this worker's partitions, dropping what librdkafka has pre-fetched, so that
+    /// unread messages wait in Kafka rather than in memory; [`resume`](Self::resume) goes on
+    /// from the first message not yet polled.
+    pub fn pause(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = true;
+        self.consumer
+            .pause(&self.assignment())
+            .map_err(kafka("cannot pause the partitions"))
+    }
+
+    /// Fetches the partitions again after [`pause`](Self::pause).
+    pub fn resume(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = false;
+        self.last_progress = Instant::now();
+        self.consumer
+            .resume(&self.assignment())
+            .map_err(kafka("cannot resume the partitions"))
+    }
+
+    /// Assigns the partitions afresh, each at the first message not yet polled (a partition not
+    /// read yet at the configured start), so that nothing is skipped or read twice.
+    /// [`poll`](Self::poll) does it when it has received nothing for 10 s while the partitions
+    /// hold unread messages: after a broker restart librdkafka's fetcher can stay stuck.
+    pub fn reassign(&mut self) -> Result<(), KafkaSourceError> {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            // Every partition has a position from the start (see `open`).
+            let offset = self
+                .next_offsets
+                .get(&partition)
+                .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+            list.add_partition_offset(&self.topic, partition, offset)
+                .map_err(kafka("cannot build the assignment"))?;
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(kafka("cannot re-assign the partitions"))?;
+        if self.paused {
+            self.consumer
+                .pause(&self.assignment())
+                .map_err(kafka("cannot pause the partitions"))?;
+        }
+        Ok(())
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
     }
 
     /// Records that everything read so far belongs to ticks before `tick_end`.
@@ -617,26 +757,102 @@ impl PartitionReader {
     }
 }
 
-/// Copies a malformed message to the dead-letter topic, saying why and where it came from.
+/// Turns payloads into events: the size limit, the decoder (with the registry's writer schemas),
+/// and the event-time bounds.
+struct MessageReader {
+    decoder: Decoder,
+    /// The schema registry's writer schemas, when there is one.
+    schemas: Option<SchemaCache>,
+    max_message_bytes: usize,
+    time_bounds: TimeBounds,
+    warnings: Warnings,
+}
+
+impl MessageReader {
+    /// One message's event, or why it is rejected.
+    fn read(&mut self, payload: &[u8], arrival: Tick, now: u64) -> Result<Event, Rejected> {
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejected {
+                counter: Counter::MalformedOversize,
+                reason: "oversize",
+                detail: format!(
+                    "{} bytes, over max-message-bytes {}",
+                    payload.len(),
+                    self.max_message_bytes
+                ),
+            });
+        }
+        // An id the decoder does not know is fetched from the registry once; when that fails,
+        // the message is counted as an unknown schema id.
+        if let Some(schemas) = &mut self.schemas
+            && let Some(id) = registry::header_schema_id(payload)
+            && !self.decoder.knows(id)
+            && let Err(error) = schemas.resolve(&mut self.decoder, id)
+            && !matches!(error, RegistryError::RecentlyFailed { .. })
+        {
+            self.warnings
+                .warn(format_args!("cannot fetch writer schema {id}: {error}"));
+        }
+        let event = match self.decoder.decode(payload) {
+            Ok(decoded) => decoded.into_event(EventTimeMs(arrival)),
+            Err(error) => {
+                return Err(Rejected {
+                    counter: counter_of(&error),
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                });
+            }
+        };
+        match self.time_bounds.check(event.event_time, now) {
+            None => Ok(event),
+            Some(counter) => Err(Rejected {
+                counter,
+                reason: counter.name(),
+                detail: format!(
+                    "event time {} is {} ms from the wall clock at {now}, beyond the bounds {:?}",
+                    event.event_time,
+                    i128::from(event.event_time.0) - i128::from(now),
+                    self.time_bounds
+                ),
+            }),
+        }
+    }
+}
+
+/// Why a message was not handed on.
+#[derive(Debug)]
+struct Rejected {
+    /// The counter it is counted under.
+    counter: Counter,
+    /// A stable snake_case reason: [`DecodeError::reason`], `oversize`, or the counter's name.
+    reason: &'static str,
+    /// A message for the log and the dead-letter copy.
+    detail: String,
+}
+
+/// Copies a rejected message to the dead-letter topic, saying why and where it came from.
 fn dead_letter(
     producer: &BaseProducer,
     topic: &str,
     payload: &[u8],
     key: Option<&[u8]>,
-    error: &DecodeError,
+    rejected: &Rejected,
     (source, partition, offset): (&str, i32, i64),
 ) {
     let partition_text = partition.to_string();
     let offset_text = offset.to_string();
-    let error_text = error.to_string();
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "shopflow.reason",
-            value: Some(error.reason()),
+            value: Some(rejected.reason),
+        })
+        .insert(Header {
+            key: "shopflow.counter",
+            value: Some(rejected.counter.name()),
         })
         .insert(Header {
             key: "shopflow.error",
-            value: Some(&error_text),
+            value: Some(&rejected.detail),
         })
         .insert(Header {
             key: "shopflow.topic",
@@ -655,7 +871,7 @@ fn dead_letter(
         .key(key.unwrap_or(&[]))
         .headers(headers);
     if let Err((e, _)) = producer.send(record) {
-        tracing::warn!(topic = %topic, "cannot copy a malformed message to the dead-letter topic: {e}");
+        tracing::warn!(topic = %topic, "cannot copy a rejected message to the dead-letter topic: {e}");
     }
     producer.poll(Duration::ZERO);
 }
@@ -690,13 +906,20 @@ impl Drop for PartitionReader {
     }
 }
 
-/// The pipeline counter a decoding failure is counted under.
+/// The pipeline counter a decoding failure is counted under: framing, unknown schema, truncated
+/// (or bytes left over), negative units or total, any other invalid value (wrong types included).
 pub fn counter_of(error: &DecodeError) -> Counter {
-    match error.reason() {
-        "bad_magic" | "too_short" => Counter::MalformedFraming,
-        "unknown_schema_id" => Counter::MalformedUnknownSchema,
-        "truncated" | "trailing_bytes" => Counter::MalformedTruncated,
-        _ => Counter::MalformedInvalidValue,
+    match error {
+        DecodeError::BadMagic(_) | DecodeError::TooShort => Counter::MalformedFraming,
+        DecodeError::UnknownSchemaId(_) => Counter::MalformedUnknownSchema,
+        DecodeError::Truncated | DecodeError::TrailingBytes => Counter::MalformedTruncated,
+        DecodeError::InvalidValue {
+            field: "units" | "total_amount",
+            reason: "negative",
+        } => Counter::RejectedNegative,
+        DecodeError::InvalidValue { .. } | DecodeError::Resolution(_) => {
+            Counter::MalformedInvalidValue
+        }
     }
 }
 
@@ -925,4 +1148,189 @@ pub fn scan_topic(
         tracing::warn!(ids = ?unknown_ids, "schema ids the registry does not know");
     }
     Ok(extents)
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflows::model::{CampaignId, Cents, OrderId, Tag, UserId};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn event(event_time: u64) -> Event {
+        Event {
+            order_id: OrderId(7),
+            tag: Tag::Purchased,
+            user_id: UserId(3),
+            campaign_id: CampaignId(2),
+            total: Cents(1_999),
+            units: 2,
+            event_time: EventTimeMs(event_time),
+        }
+    }
+
+    fn message(event: &Event) -> Vec<u8> {
+        let mut out = Vec::new();
+        avro::encode_event(avro::DEFAULT_SCHEMA_ID, event, &mut out);
+        out
+    }
+
+    fn reader(max_message_bytes: usize, time_bounds: TimeBounds) -> MessageReader {
+        MessageReader {
+            decoder: Decoder::new().expect("the bundled schema"),
+            schemas: None,
+            max_message_bytes,
+            time_bounds,
+            warnings: Warnings::default(),
+        }
+    }
+
+    fn counter(reader: &mut MessageReader, payload: &[u8]) -> Option<Counter> {
+        reader
+            .read(payload, NOW - NOW % 1_000, NOW)
+            .err()
+            .map(|r| r.counter)
+    }
+
+    #[test]
+    fn every_decoding_failure_has_its_counter() {
+        let invalid = |field, reason| DecodeError::InvalidValue { field, reason };
+        let cases = [
+            (DecodeError::BadMagic(7), Counter::MalformedFraming),
+            (DecodeError::TooShort, Counter::MalformedFraming),
+            (
+                DecodeError::UnknownSchemaId(9),
+                Counter::MalformedUnknownSchema,
+            ),
+            (DecodeError::Truncated, Counter::MalformedTruncated),
+            (DecodeError::TrailingBytes, Counter::MalformedTruncated),
+            (invalid("units", "negative"), Counter::RejectedNegative),
+            (
+                invalid("total_amount", "negative"),
+                Counter::RejectedNegative,
+            ),
+            (invalid("id", "negative"), Counter::MalformedInvalidValue),
+            (
+                invalid("event_time", "negative"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                invalid("total_amount", "not a finite number"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                invalid("tag", "enum index out of range"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                DecodeError::Resolution("x".into()),
+                Counter::MalformedInvalidValue,
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(counter_of(&error), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn time_bounds_reject_beyond_them_and_zero_disables_them() {
+        let bounds = TimeBounds {
+            max_age_ms: 60_000,
+            max_future_skew_ms: 5_000,
+        };
+        assert_eq!(bounds.check(EventTimeMs(NOW), NOW), None);
+        assert_eq!(bounds.check(EventTimeMs(NOW - 60_000), NOW), None);
+        assert_eq!(
+            bounds.check(EventTimeMs(NOW - 60_001), NOW),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(
+            bounds.check(EventTimeMs(1), NOW),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(bounds.check(EventTimeMs(NOW + 5_000), NOW), None);
+        assert_eq!(
+            bounds.check(EventTimeMs(NOW + 5_001), NOW),
+            Some(Counter::RejectedFuture)
+        );
+        assert_eq!(
+            bounds.check(EventTimeMs(u64::MAX), NOW),
+            Some(Counter::RejectedFuture)
+        );
+        let off = TimeBounds::default();
+        assert_eq!(off.check(EventTimeMs(1), NOW), None);
+        assert_eq!(off.check(EventTimeMs(u64::MAX), NOW), None);
+    }
+
+    #[test]
+    fn a_message_is_read_or_rejected_under_one_counter() {
+        let bounds = TimeBounds {
+            max_age_ms: 86_400_000,
+            max_future_skew_ms: 300_000,
+        };
+        let mut reader = reader(64, bounds);
+        let good = event(NOW - 30_000);
+        assert_eq!(reader.read(&message(&good), NOW, NOW).ok(), Some(good));
+        // No event time: it gets the arrival tick, which is within the bounds.
+        let untimed = event(0);
+        assert_eq!(
+            reader.read(&message(&untimed), NOW - 500, NOW).ok(),
+            Some(event(NOW - 500))
+        );
+        let mut padded = message(&event(NOW));
+        padded.resize(65, 0);
+        assert_eq!(
+            counter(&mut reader, &padded),
+            Some(Counter::MalformedOversize)
+        );
+        padded.truncate(64);
+        assert_eq!(
+            counter(&mut reader, &padded),
+            Some(Counter::MalformedTruncated),
+            "at the limit it is decoded: bytes left over"
+        );
+        let negative_units = Event {
+            units: u32::MAX,
+            ..event(NOW)
+        };
+        let negative_total = Event {
+            total: Cents(-1),
+            ..event(NOW)
+        };
+        for bad in [negative_units, negative_total] {
+            assert_eq!(
+                counter(&mut reader, &message(&bad)),
+                Some(Counter::RejectedNegative)
+            );
+        }
+        assert_eq!(
+            counter(&mut reader, &message(&event(1))),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(
+            counter(&mut reader, &message(&event(NOW + 3_600_000))),
+            Some(Counter::RejectedFuture)
+        );
+        assert_eq!(
+            counter(&mut reader, b"\x07junk"),
+            Some(Counter::MalformedFraming)
+        );
+        assert_eq!(counter(&mut reader, b""), Some(Counter::MalformedFraming));
+    }
+
+    #[test]
+    fn the_message_size_limit_leaves_room_for_every_event() {
+        const { assert!(MIN_MESSAGE_BYTES >= avro::MAX_ENCODED_LEN) };
+        let widest = Event {
+            order_id: OrderId(u64::MAX >> 1),
+            user_id: UserId(i32::MAX as u32),
+            campaign_id: CampaignId(i32::MAX as u32),
+            units: i32::MAX as u32,
+            total: Cents(avro::MAX_CENTS),
+            event_time: EventTimeMs(u64::MAX >> 1),
+            ..event(NOW)
+        };
+        assert!(message(&widest).len() <= avro::MAX_ENCODED_LEN);
+    }
 }

@@ -782,6 +782,9 @@ fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
         schema_registry_url: String::new(),
         dead_letter_topic: String::new(),
         max_poll_messages: 10_000,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 300_000,
         properties: BTreeMap::new(),
     };
     let events = 12_000u64;
@@ -1016,6 +1019,9 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
         schema_registry_url: String::new(),
         dead_letter_topic: String::new(),
         max_poll_messages: 10_000,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 300_000,
         properties: BTreeMap::new(),
     };
     kafka::ensure_topic(&kafka, &topic).expect("the topic");

@@ -82,6 +82,9 @@ fn a_demographic_change_reaches_influxdb_within_five_seconds() {
         schema_registry_url: String::new(),
         dead_letter_topic: String::new(),
         max_poll_messages: 10_000,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 300_000,
         properties: BTreeMap::new(),
     };
     kafka::ensure_topic(&kafka, &topic).expect("the topic");

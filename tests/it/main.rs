@@ -9,6 +9,7 @@ mod dashboards;
 mod dataflows;
 mod e2e;
 mod experiments;
+mod faults;
 mod influx;
 mod latency;
 mod mysql;

@@ -23,6 +23,9 @@ fn config(properties: &[(&str, &str)]) -> KafkaConfig {
         schema_registry_url: String::new(),
         dead_letter_topic: String::new(),
         max_poll_messages: 10_000,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 0,
         properties: properties
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

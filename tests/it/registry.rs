@@ -481,6 +481,10 @@ fn producer_and_reader_use_the_registry() {
         schema_registry_url: registry.url.clone(),
         dead_letter_topic: String::new(),
         max_poll_messages: 100,
+        max_message_bytes: 65_536,
+        // The test's events are from 2023: no bound on their age.
+        max_event_age_ms: 0,
+        max_future_skew_ms: 300_000,
         properties: BTreeMap::new(),
     };
     assert_eq!(config.validate(), Ok(()));
@@ -553,6 +557,9 @@ fn a_bad_registry_url_fails_validation_and_a_refusal_fails_the_producer() {
         schema_registry_url: "localhost:8081".into(),
         dead_letter_topic: String::new(),
         max_poll_messages: 100,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 300_000,
         properties: BTreeMap::new(),
     };
     let message = config.validate().expect_err("not a URL");
