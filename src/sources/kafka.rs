@@ -974,6 +974,8 @@ pub struct ScannedMessage {
     pub offset: i64,
     /// Its timestamp (create or log-append time, as the topic keeps it), in ms since the epoch.
     pub timestamp_ms: Option<i64>,
+    /// Its payload's size in bytes (the pipeline does not decode one over `max-message-bytes`).
+    pub size: usize,
     /// The event, or why it is malformed (decoded exactly as the pipeline decodes it).
     pub decoded: Result<avro::DecodedEvent, DecodeError>,
 }
@@ -1141,6 +1143,7 @@ pub fn scan_topic(
             partition,
             offset,
             timestamp_ms: message.timestamp().to_millis(),
+            size: payload.len(),
             decoded: decoder.decode(payload),
         });
     }

@@ -120,19 +120,49 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
     let clock = Instant::now();
     let mut arrivals = Vec::new();
     let mut malformed: BTreeMap<Counter, i64> = BTreeMap::new();
-    let partitions = kafka::scan_topic(
-        &config.kafka,
-        options.idle_timeout,
-        |message| match message.decoded {
-            Ok(decoded) => arrivals.push(Arrival {
-                event: decoded.event,
-                partition: message.partition,
-                offset: message.offset,
-                timestamp_ms: message.timestamp_ms.and_then(|t| u64::try_from(t).ok()),
-            }),
+    // The pipeline's reader rejects oversize payloads unread, and events whose time is implausible
+    // when it reads them: the same here, taking the message's timestamp for that moment.
+    let bounds = config.kafka.time_bounds();
+    let tolerance_ms = options.arrival_tolerance.as_millis() as u64;
+    let mut near_bounds = 0u64;
+    let partitions = kafka::scan_topic(&config.kafka, options.idle_timeout, |message| {
+        if message.size > config.kafka.max_message_bytes {
+            *malformed.entry(Counter::MalformedOversize).or_default() += 1;
+            return;
+        }
+        match message.decoded {
+            Ok(decoded) => {
+                let timestamp_ms = message.timestamp_ms.and_then(|t| u64::try_from(t).ok());
+                // An event without a time takes its arrival's: always plausible.
+                if let Some(read_at) = timestamp_ms
+                    && decoded.event.event_time.0 != 0
+                {
+                    let rejected = bounds.check(decoded.event.event_time, read_at);
+                    if rejected != bounds.check(decoded.event.event_time, read_at + tolerance_ms) {
+                        near_bounds += 1;
+                    }
+                    if let Some(counter) = rejected {
+                        *malformed.entry(counter).or_default() += 1;
+                        return;
+                    }
+                }
+                arrivals.push(Arrival {
+                    event: decoded.event,
+                    partition: message.partition,
+                    offset: message.offset,
+                    timestamp_ms,
+                })
+            }
             Err(error) => *malformed.entry(kafka::counter_of(&error)).or_default() += 1,
-        },
-    )?;
+        }
+    })?;
+    if near_bounds > 0 {
+        tracing::warn!(
+            events = near_bounds,
+            "events whose time is within the arrival tolerance of kafka.max-event-age-ms or \
+             max-future-skew-ms: the pipeline may have judged them otherwise"
+        );
+    }
     let scanned = clock.elapsed();
 
     let clock = Instant::now();
