@@ -330,7 +330,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
     let worker_status = Arc::clone(&status);
-    // Set when a worker fails (issue 6): the others stop instead of waiting for it forever.
+    // Set when a worker fails: the others stop instead of waiting for it forever.
     let failed = Arc::new(AtomicBool::new(false));
     let guards = cluster::execute(communication, move |worker| -> Result<(), String> {
         let index = worker.index();
@@ -501,7 +501,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             while probe.less_than(&behind) && !status.stop.load(Ordering::Relaxed) {
                 worker.step();
             }
-            // Backpressure from the sink too (issue 6): see `wait_for_sink`.
+            // Backpressure from the sink too: see `wait_for_sink`.
             let reader = match &mut events {
                 WorkerEvents::Kafka { reader, .. } => Some(reader.as_mut()),
                 WorkerEvents::Generator { .. } => None,
@@ -832,7 +832,6 @@ fn forward_batches(
             pending.entry(batch.time).or_default().extend(batch.changes);
         }
         frontiers.insert(worker, progress.frontier);
-        // Until every local worker has reported, nothing is known complete.
         // Until every local worker has reported, nothing is known complete; `None`: all done.
         let complete_below: Option<Tick> = if frontiers.len() < local_workers {
             Some(0)
