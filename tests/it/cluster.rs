@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use shopflow::cluster::Handshake;
 use shopflow::generators::events::{EventGenerator, Pace};
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+use shopflow::sources::kafka::{self, EventProducer, KafkaConfig};
 
 use crate::cli::{assert_same_state, final_state, reference_lines_from, temp_env_config};
 use crate::services::unique;
@@ -772,21 +772,7 @@ fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
     let cluster = MockCluster::new(1).expect("the mock cluster");
     let topic = unique("shopflow-cluster").replace('_', "-");
     cluster.create_topic(&topic, 4, 1).expect("the topic");
-    let kafka = KafkaConfig {
-        brokers: cluster.bootstrap_servers(),
-        topic: topic.clone(),
-        partitions: 4,
-        group_id: topic.clone(),
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
-        max_future_skew_ms: 300_000,
-        properties: BTreeMap::new(),
-    };
+    let kafka = crate::services::kafka_config(&cluster.bootstrap_servers(), &topic, 4);
     let events = 12_000u64;
     // Ten minutes ago: no window is near closing (a day of allowed lateness).
     let start_ms = shopflow::runtime::now_ms() - 600_000;
@@ -1009,21 +995,7 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
     .expect("loaded");
 
     let topic = unique("shopflow-cluster").replace('_', "-");
-    let kafka = KafkaConfig {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 4,
-        group_id: topic.clone(),
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
-        max_future_skew_ms: 300_000,
-        properties: BTreeMap::new(),
-    };
+    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let events = 12_000u64;
     let start_ms = shopflow::runtime::now_ms() - 600_000;

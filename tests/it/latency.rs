@@ -2,14 +2,13 @@
 //! in MariaDB must move their purchases between the two country rows in InfluxDB within 5 s,
 //! with the default tick.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+use shopflow::sources::kafka::{self, EventProducer};
 use shopflow::sources::mysql::{self as source, MysqlConfig};
 
 use crate::services::{Cleanup, env, unique};
@@ -72,21 +71,7 @@ fn a_demographic_change_reaches_influxdb_within_five_seconds() {
         .expect("the user's row");
 
     let topic = unique("shopflow-latency").replace('_', "-");
-    let kafka = KafkaConfig {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 2,
-        group_id: topic.clone(),
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
-        max_future_skew_ms: 300_000,
-        properties: BTreeMap::new(),
-    };
+    let kafka = crate::services::kafka_config(&brokers, &topic, 2);
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let mut producer = EventProducer::new(&kafka).expect("a producer");
     let now = shopflow::runtime::now_ms();

@@ -3,7 +3,6 @@
 //! mid-run, restarted again to the end of the topic — and InfluxDB then holds exactly what the
 //! SQL oracle computes over every event once, with the final table.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::AtomicBool;
@@ -13,7 +12,7 @@ use mysql::prelude::Queryable;
 use shopflow::checkpoint;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+use shopflow::sources::kafka::{self, EventProducer};
 use shopflow::sources::mysql::{self as source, MysqlConfig};
 
 use crate::e2e::{all_events, influx_rows, load_events, oracle};
@@ -95,21 +94,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
     .expect("loaded");
 
     let topic = unique("shopflow-restart").replace('_', "-");
-    let kafka = KafkaConfig {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 4,
-        group_id: topic.clone(),
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
-        max_future_skew_ms: 300_000,
-        properties: BTreeMap::new(),
-    };
+    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
     let run = |extra: &[&str]| {

@@ -55,3 +55,27 @@ pub fn send_malformed(producer: &mut shopflow::sources::kafka::EventProducer) ->
     }
     messages.len() as i64
 }
+
+/// The Kafka settings the service tests use: `topic`, also the consumer group, with `partitions`,
+/// read from the start with the bundled schema and the shipped limits.
+pub fn kafka_config(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> shopflow::sources::kafka::KafkaConfig {
+    shopflow::sources::kafka::KafkaConfig {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+        partitions,
+        group_id: topic.to_owned(),
+        start: shopflow::sources::kafka::StartPosition::Earliest,
+        schema_id: 1,
+        schema_registry_url: String::new(),
+        dead_letter_topic: String::new(),
+        max_poll_messages: 10_000,
+        max_message_bytes: 65_536,
+        max_event_age_ms: 2_592_000_000,
+        max_future_skew_ms: 300_000,
+        properties: Default::default(),
+    }
+}

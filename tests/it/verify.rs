@@ -904,7 +904,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     use mysql::prelude::Queryable;
     use shopflow::generators::demographics;
     use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
-    use shopflow::sources::kafka::{self, EventProducer, KafkaConfig, StartPosition};
+    use shopflow::sources::kafka::{self, EventProducer};
     use shopflow::sources::mysql::{self as source, MysqlConfig};
 
     use crate::services::{Cleanup, env, unique};
@@ -934,21 +934,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     )
     .expect("loaded");
     let topic = unique("shopflow-verify").replace('_', "-");
-    let kafka = KafkaConfig {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        partitions: 4,
-        group_id: topic.clone(),
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
-        max_future_skew_ms: 300_000,
-        properties: BTreeMap::new(),
-    };
+    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
 
     // `run` and `verify` read the same configuration, as a user's deployment would: the default
