@@ -16,9 +16,9 @@ use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
 use shopflow::sources::kafka::{self, EventProducer};
-use shopflow::sources::mysql::{self as source, MysqlConfig};
+use shopflow::sources::mysql as source;
 
-use crate::services::{Cleanup, env, unique};
+use crate::services::unique;
 
 const AGE_BAND: &str = "CASE WHEN d.id IS NULL THEN 'unknown' WHEN d.age < 18 THEN '<18' WHEN d.age <= 24 THEN '18-24' \
      WHEN d.age <= 34 THEN '25-34' WHEN d.age <= 44 THEN '35-44' WHEN d.age <= 54 THEN '45-54' \
@@ -208,23 +208,8 @@ pub(crate) fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, 
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn pipeline_on_real_services_equals_sql_group_by() {
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-    );
-    let database = unique("shopflow_e2e");
-    let _cleanup = Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: database.clone(),
-        influx: influx_url.clone(),
-    };
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
-    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let test_database = crate::services::TestDatabase::create("shopflow_e2e");
+    let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
 
     // 100,000 users, plus 500 that events name before their rows exist.
     let (seed, users, new_users) = (23, 100_000u32, 500u32);

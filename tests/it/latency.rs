@@ -9,9 +9,9 @@ use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, User
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::sources::kafka::{self, EventProducer};
-use shopflow::sources::mysql::{self as source, MysqlConfig};
+use shopflow::sources::mysql as source;
 
-use crate::services::{Cleanup, env, unique};
+use crate::services::unique;
 
 /// The last all-time `purchases` of a country in InfluxDB, if it has a point.
 fn country_purchases(influx: &str, database: &str, country: &str) -> Option<i64> {
@@ -44,23 +44,8 @@ fn until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) -> Dur
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn a_demographic_change_reaches_influxdb_within_five_seconds() {
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-    );
-    let database = unique("shopflow_latency");
-    let _cleanup = Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: database.clone(),
-        influx: influx_url.clone(),
-    };
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
-    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let test_database = crate::services::TestDatabase::create("shopflow_latency");
+    let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
     source::load_demographics(&mysql_config, demographics::table(5, 100), 100).expect("loaded");
     let mut conn = pool.get_conn().expect("a connection");
     conn.query_drop(format!("USE `{database}`")).expect("use");

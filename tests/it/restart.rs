@@ -13,10 +13,10 @@ use shopflow::checkpoint;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
 use shopflow::sources::kafka::{self, EventProducer};
-use shopflow::sources::mysql::{self as source, MysqlConfig};
+use shopflow::sources::mysql as source;
 
 use crate::e2e::{all_events, influx_rows, load_events, oracle};
-use crate::services::{Cleanup, env, unique};
+use crate::services::unique;
 
 /// `shopflow run` on the test's topic, database and checkpoint directory.
 fn pipeline(
@@ -68,23 +68,8 @@ fn checkpoint_after(dir: &Path, after: u64, deadline: Duration) -> u64 {
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-    );
-    let database = unique("shopflow_restart");
-    let _cleanup = Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: database.clone(),
-        influx: influx_url.clone(),
-    };
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
-    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let test_database = crate::services::TestDatabase::create("shopflow_restart");
+    let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
     let (seed, users, new_users) = (31, 20_000u32, 200u32);
     source::load_demographics(
         &mysql_config,

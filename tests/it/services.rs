@@ -79,3 +79,65 @@ pub fn kafka_config(
         properties: Default::default(),
     }
 }
+
+/// A test's own database, the same name in MariaDB and InfluxDB, created empty in MariaDB and
+/// dropped from both when the value goes.
+pub struct TestDatabase {
+    /// The database's name.
+    pub name: String,
+    /// A connection pool to MariaDB (no database selected).
+    pub pool: mysql::Pool,
+    /// The source configuration pointing at the database.
+    pub mysql: shopflow::sources::mysql::MysqlConfig,
+    /// The InfluxDB base URL.
+    pub influx_url: String,
+    /// The Kafka bootstrap servers.
+    pub brokers: String,
+    _cleanup: Cleanup,
+}
+
+impl TestDatabase {
+    /// Creates `<prefix>_<unique>` on the services of `scripts/services.sh env`.
+    pub fn create(prefix: &str) -> TestDatabase {
+        let mysql_url = env("SHOPFLOW_TEST_MYSQL_URL");
+        let influx_url = env("SHOPFLOW_TEST_INFLUX_URL");
+        let name = unique(prefix);
+        let cleanup = Cleanup {
+            mysql_admin: mysql_url.clone(),
+            database: name.clone(),
+            influx: influx_url.clone(),
+        };
+        let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
+        pool.get_conn()
+            .expect("a connection")
+            .query_drop(format!("CREATE DATABASE `{name}`"))
+            .expect("a database");
+        TestDatabase {
+            mysql: shopflow::sources::mysql::MysqlConfig::new(format!("{mysql_url}/{name}")),
+            name,
+            pool,
+            influx_url,
+            brokers: env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+            _cleanup: cleanup,
+        }
+    }
+
+    /// The InfluxDB URL, the brokers, the name, the pool and the MySQL configuration, owned.
+    pub fn parts(
+        &self,
+    ) -> (
+        String,
+        String,
+        String,
+        mysql::Pool,
+        shopflow::sources::mysql::MysqlConfig,
+    ) {
+        (
+            self.influx_url.clone(),
+            self.brokers.clone(),
+            self.name.clone(),
+            self.pool.clone(),
+            self.mysql.clone(),
+        )
+    }
+}

@@ -901,31 +901,15 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
-    use mysql::prelude::Queryable;
     use shopflow::generators::demographics;
     use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
     use shopflow::sources::kafka::{self, EventProducer};
-    use shopflow::sources::mysql::{self as source, MysqlConfig};
+    use shopflow::sources::mysql as source;
 
-    use crate::services::{Cleanup, env, unique};
+    use crate::services::unique;
 
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-    );
-    let database = unique("shopflow_verify");
-    let _cleanup = Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: database.clone(),
-        influx: influx_url.clone(),
-    };
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
-    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    let test_database = crate::services::TestDatabase::create("shopflow_verify");
+    let (influx_url, brokers, database, _, mysql_config) = test_database.parts();
     let (seed, users, new_users) = (31, 20_000u32, 300u32);
     source::load_demographics(
         &mysql_config,
