@@ -95,21 +95,31 @@ fn pre_sum<'scope>(
         .as_collection()
 }
 
-type AgeGender = Option<(AgeBand, Gender)>;
-
 /// Sums of segment rows per family, on the family's own columns.
 #[derive(Default)]
 struct PartialSums {
-    campaign: FxHashMap<(Tick, Slot, CampaignId), Totals>,
-    segment: FxHashMap<(Tick, Slot, Option<Segment>), Totals>,
-    campaign_country: FxHashMap<(Tick, Slot, CampaignId, Option<Name>), Totals>,
-    campaign_age_gender: FxHashMap<(Tick, Slot, CampaignId, AgeGender), Totals>,
+    /// Per campaign: every contribution (each counted once, by its unknown copy), and what is
+    /// left in the unknown segment once the rows the join found have taken theirs out.
+    campaign: FxHashMap<(Tick, Slot, CampaignId), CampaignSums>,
+    segment: FxHashMap<(Tick, Slot, Segment), Totals>,
+    campaign_country: FxHashMap<(Tick, Slot, CampaignId, Name), Totals>,
+    campaign_age_gender: FxHashMap<(Tick, Slot, CampaignId, (AgeBand, Gender)), Totals>,
+    /// The keys of every family, summed; kept between activations, as the maps above are, so
+    /// they are not grown from empty (and their memory zeroed afresh) every time.
+    keys: FxHashMap<(Tick, AggregateKey), Totals>,
+}
+
+#[derive(Default)]
+struct CampaignSums {
+    all: Totals,
+    unknown: Totals,
 }
 
 impl PartialSums {
     /// Adds a row. A row with a segment was found by the join: it counts there and no longer in
     /// the unknown segment, where its unknown copy counted it. The campaign family counts each
-    /// contribution once: from its unknown copy, the found row's two halves cancelling there.
+    /// contribution once: from its unknown copy. A known row thus costs one update of the
+    /// campaign's sums and one per family of its segment.
     fn add(
         &mut self,
         time: Tick,
@@ -118,48 +128,33 @@ impl PartialSums {
         segment: Option<Segment>,
         totals: Totals,
     ) {
+        let sums = self.campaign.entry((time, slot, campaign)).or_default();
         match segment {
             None => {
-                self.campaign
-                    .entry((time, slot, campaign))
-                    .or_default()
-                    .add(&totals);
-                self.add_segment(time, slot, campaign, None, totals);
+                sums.all.add(&totals);
+                sums.unknown.add(&totals);
             }
             Some(segment) => {
-                self.add_segment(time, slot, campaign, None, totals.negated());
-                self.add_segment(time, slot, campaign, Some(segment), totals);
+                sums.unknown.add(&totals.negated());
+                self.campaign_country
+                    .entry((time, slot, campaign, segment.country.clone()))
+                    .or_default()
+                    .add(&totals);
+                self.campaign_age_gender
+                    .entry((time, slot, campaign, (segment.age_band, segment.gender)))
+                    .or_default()
+                    .add(&totals);
+                self.segment
+                    .entry((time, slot, segment))
+                    .or_default()
+                    .add(&totals);
             }
         }
     }
 
-    fn add_segment(
-        &mut self,
-        time: Tick,
-        slot: Slot,
-        campaign: CampaignId,
-        segment: Option<Segment>,
-        totals: Totals,
-    ) {
-        let country = segment.as_ref().map(|s| s.country.clone());
-        let age_gender = segment.as_ref().map(|s| (s.age_band, s.gender));
-        self.campaign_country
-            .entry((time, slot, campaign, country))
-            .or_default()
-            .add(&totals);
-        self.campaign_age_gender
-            .entry((time, slot, campaign, age_gender))
-            .or_default()
-            .add(&totals);
-        self.segment
-            .entry((time, slot, segment))
-            .or_default()
-            .add(&totals);
-    }
-
     /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps.
     fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
-        let mut sums: FxHashMap<(Tick, AggregateKey), Totals> = FxHashMap::default();
+        let sums = &mut self.keys;
         let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
             if totals.is_empty() {
                 return;
@@ -181,14 +176,31 @@ impl PartialSums {
             .or_default()
             .add(&totals);
         };
-        for ((time, slot, campaign), totals) in self.campaign.drain() {
-            add(time, slot, Dimension::Campaign(campaign), totals);
+        for ((time, slot, campaign), CampaignSums { all, unknown }) in self.campaign.drain() {
+            add(time, slot, Dimension::Campaign(campaign), all);
+            if !unknown.is_empty() {
+                add(
+                    time,
+                    slot,
+                    Dimension::CampaignCountry(campaign, None),
+                    unknown,
+                );
+                add(
+                    time,
+                    slot,
+                    Dimension::CampaignAgeGender(campaign, None),
+                    unknown,
+                );
+                add(time, slot, Dimension::AgeGender(None), unknown);
+                add(time, slot, Dimension::State(None), unknown);
+                add(time, slot, Dimension::Country(None), unknown);
+            }
         }
         for ((time, slot, campaign, country), totals) in self.campaign_country.drain() {
             add(
                 time,
                 slot,
-                Dimension::CampaignCountry(campaign, country),
+                Dimension::CampaignCountry(campaign, Some(country)),
                 totals,
             );
         }
@@ -196,21 +208,31 @@ impl PartialSums {
             add(
                 time,
                 slot,
-                Dimension::CampaignAgeGender(campaign, age_gender),
+                Dimension::CampaignAgeGender(campaign, Some(age_gender)),
                 totals,
             );
         }
         for ((time, slot, segment), totals) in self.segment.drain() {
-            let age_gender = segment.as_ref().map(|s| (s.age_band, s.gender));
-            let state = segment
-                .as_ref()
-                .map(|s| (s.country.clone(), s.state.clone()));
-            let country = segment.map(|s| s.country);
-            add(time, slot, Dimension::AgeGender(age_gender), totals);
-            add(time, slot, Dimension::State(state), totals);
-            add(time, slot, Dimension::Country(country), totals);
+            add(
+                time,
+                slot,
+                Dimension::AgeGender(Some((segment.age_band, segment.gender))),
+                totals,
+            );
+            add(
+                time,
+                slot,
+                Dimension::State(Some((segment.country.clone(), segment.state))),
+                totals,
+            );
+            add(
+                time,
+                slot,
+                Dimension::Country(Some(segment.country)),
+                totals,
+            );
         }
-        for ((time, key), totals) in sums {
+        for ((time, key), totals) in self.keys.drain() {
             if !totals.is_empty() {
                 give(key, time, totals);
             }
