@@ -1712,7 +1712,9 @@ fn steady_run_keeps_memory_flat_and_equals_the_oracle() {
     // Memory: flat after the warm-up.
     let steady: Vec<u64> = samples
         .iter()
-        .filter(|(at, _)| *at >= production_done - duration + warm_up(duration) && *at <= production_done)
+        .filter(|(at, _)| {
+            *at >= production_done - duration + warm_up(duration) && *at <= production_done
+        })
         .map(|(_, kib)| *kib)
         .collect();
     let third = steady.len() / 3;
