@@ -1,14 +1,18 @@
 //! The aggregate families: per campaign, per segment, per campaign and segment, each all-time and
-//! per window, maintained by one `count_total` over a single arrangement of keys.
+//! per window, maintained by one operator that keeps every key's total.
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Operator;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{Capability, Operator};
 
 use crate::model::{
     AgeBand, AggregateKey, CampaignId, Counter, Dimension, Gender, Name, Segment, Slot, Tick,
@@ -42,12 +46,90 @@ pub fn aggregate<'scope>(
     rows: VecCollection<'scope, Tick, SegmentRow, Totals>,
     spec: WindowSpec,
 ) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
-    pre_sum(rows)
-        .arrange_by_self_named("Arrange: aggregates")
-        .count_total()
+    totals(pre_sum(rows))
         .inner
         .filter(move |((key, _), time, _)| {
             key.window.is_none_or(|start| !spec.is_closed(start, *time))
+        })
+        .as_collection()
+}
+
+/// Keeps each key's total: `(key, total)` rows, a change being the old total retracted and the new
+/// one inserted, and a key whose total returns to zero retracted and forgotten. This is what
+/// `arrange_by_self().count_total()` computes, for a totally ordered time; it holds one total per
+/// key in a hash map instead of the arrangement's history.
+///
+/// The keys are few (thousands) and nearly all change at every tick, so the arrangement's costs
+/// came at every tick whatever its size: sorting the keys (comparing segment names), sealing a
+/// batch, merging the spine's batches and seeking each key through them. At 10,000 events a
+/// tick that was a large part of the engine's time (perf, `shopflow bench -w 2`).
+///
+/// Keys are routed by hash, so each lives on one worker and a timestamp's changes of it are in
+/// one batch, as with the arrangement. Updates are applied a whole timestamp at a time, once the
+/// frontier has passed it, in time order.
+fn totals<'scope>(
+    updates: VecCollection<'scope, Tick, AggregateKey, Totals>,
+) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
+    let route =
+        Exchange::new(|(key, _, _): &(AggregateKey, Tick, Totals)| FxBuildHasher.hash_one(key));
+    updates
+        .inner
+        .unary_frontier(route, "Aggregate: totals", |_capability, _info| {
+            let mut pending: BTreeMap<Tick, (Capability<Tick>, FxHashMap<AggregateKey, Totals>)> =
+                BTreeMap::new();
+            let mut totals: FxHashMap<AggregateKey, Totals> = FxHashMap::default();
+            // Emptied maps of applied timestamps, reused rather than grown afresh each tick.
+            let mut spare: Vec<FxHashMap<AggregateKey, Totals>> = Vec::new();
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each_stamp(|capability, data| {
+                    for batch in data {
+                        for (key, time, delta) in batch.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| {
+                                    let map = spare.pop().unwrap_or_default();
+                                    (capability.delayed(&time, port), map)
+                                })
+                                .1
+                                .entry(key)
+                                .or_default()
+                                .add(&delta);
+                        }
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (time, (capability, mut deltas)) = entry.remove_entry();
+                    let mut session = output.session(&capability);
+                    for (key, delta) in deltas.drain() {
+                        if delta.is_empty() {
+                            continue;
+                        }
+                        match totals.entry(key) {
+                            Entry::Occupied(mut entry) => {
+                                let old = *entry.get();
+                                let mut new = old;
+                                new.add(&delta);
+                                session.give(((entry.key().clone(), old), time, -1));
+                                if new.is_empty() {
+                                    entry.remove();
+                                } else {
+                                    *entry.get_mut() = new;
+                                    session.give(((entry.key().clone(), new), time, 1));
+                                }
+                            }
+                            Entry::Vacant(entry) => {
+                                session.give(((entry.key().clone(), delta), time, 1));
+                                entry.insert(delta);
+                            }
+                        }
+                    }
+                    spare.push(deltas);
+                }
+            }
         })
         .as_collection()
 }

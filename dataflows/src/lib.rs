@@ -9,7 +9,8 @@
 //! 2. [`windows::retire_windows`]: each windowed contribution is moved to the all-time remainder
 //!    when its window closes, so window state is bounded by the allowed lateness.
 //! 3. [`segments::attribute`]: joined with demographics by user (unknown users counted apart).
-//! 4. [`aggregates::aggregate`]: expanded to every aggregate family and maintained by `count_total`.
+//! 4. [`aggregates::aggregate`]: expanded to every aggregate family, pre-summed, and kept as one
+//!    total per key.
 //! 5. [`output::emit_batches`]: one batch of changed rows per completed timestamp.
 
 pub mod aggregates;
