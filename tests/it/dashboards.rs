@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::services::{Cleanup, env};
-
 const DASHBOARDS: &str = "grafana/dashboards";
 const DATASOURCES: &str = "grafana/provisioning/datasources";
 const DASHBOARD_PROVIDERS: &str = "grafana/provisioning/dashboards";
@@ -1635,27 +1633,9 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     use mysql::prelude::Queryable;
     use shopflow::sources::kafka::{self, EventProducer};
 
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-    );
     let started_ms = shopflow::runtime::now_ms();
-    let database = format!(
-        "shopflow_dash_{}_{}",
-        std::process::id(),
-        rand::random::<u32>()
-    );
-    let _cleanup = Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: database.clone(),
-        influx: influx_url.clone(),
-    };
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
+    let db = crate::services::TestDatabase::create("shopflow_dash");
+    let (influx_url, brokers, database, pool, mysql) = db.parts();
     let topic = database.replace('_', "-");
 
     // The stack's services, as docker-compose.yml runs them, on the integration services.
@@ -1667,7 +1647,7 @@ fn every_panel_query_returns_rows_after_a_real_run() {
             .env("SHOPFLOW__KAFKA__BROKERS", &brokers)
             .env("SHOPFLOW__KAFKA__TOPIC", &topic)
             .env("SHOPFLOW__KAFKA__GROUP_ID", &topic)
-            .env("SHOPFLOW__MYSQL__URL", format!("{mysql_url}/{database}"))
+            .env("SHOPFLOW__MYSQL__URL", &mysql.url)
             .env("SHOPFLOW__INFLUX__URL", &influx_url)
             .env("SHOPFLOW__INFLUX__DATABASE", &database);
         command

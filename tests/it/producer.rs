@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use shopflow::sources::kafka::{
-    self, EventProducer, KafkaConfig, KafkaSourceError, PartitionReader, StartPosition,
+    self, EventProducer, KafkaConfig, KafkaSourceError, PartitionReader,
 };
 
 use crate::services::{env, unique};
@@ -14,22 +14,12 @@ use crate::services::{env, unique};
 fn config(properties: &[(&str, &str)]) -> KafkaConfig {
     let topic = unique("shopflow-producer").replace('_', "-");
     KafkaConfig {
-        brokers: env("SHOPFLOW_TEST_KAFKA_BROKERS"),
-        topic: topic.clone(),
-        partitions: 1,
-        group_id: topic,
-        start: StartPosition::Earliest,
-        schema_id: 1,
-        schema_registry_url: String::new(),
-        dead_letter_topic: String::new(),
-        max_poll_messages: 10_000,
-        max_message_bytes: 65_536,
-        max_event_age_ms: 2_592_000_000,
         max_future_skew_ms: 0,
         properties: properties
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        ..crate::services::kafka_config(&env("SHOPFLOW_TEST_KAFKA_BROKERS"), &topic, 1)
     }
 }
 
