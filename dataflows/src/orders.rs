@@ -272,6 +272,8 @@ impl Ledger {
     /// Takes back orders a checkpoint remembered; they are forgotten when their own horizon
     /// passes, as if they had never left. An order already remembered takes the imported state.
     pub fn import(&mut self, orders: impl IntoIterator<Item = (OrderId, OrderState)>) {
+        // An order given twice takes its last state, and one place in the expiry lists.
+        let orders: FxHashMap<OrderId, OrderState> = orders.into_iter().collect();
         let mut expiry: Vec<(Tick, OrderId)> = Vec::new();
         let mut imported = Vec::new();
         for (order, state) in orders {
@@ -698,6 +700,8 @@ mod tests {
         let (first, second) = exported.split_at(exported.len() / 2);
         imported.import(first.to_vec());
         imported.import(second.to_vec());
+        // Given again, even twice in one import, an order is still remembered once.
+        imported.import(second.iter().take(3).chain(second.iter().take(3)).cloned());
         let sorted = |mut orders: Vec<(OrderId, OrderState)>| {
             orders.sort_by_key(|(order, _)| *order);
             orders
