@@ -289,13 +289,16 @@ const GENERATOR_KEYS: &[&str] = &[
     "generator.users",
 ];
 
+/// No environment variables: what the configuration layers read in tests, so a developer's own
+/// `SHOPFLOW__*` settings never leak into them.
+#[cfg(test)]
+pub(crate) fn no_env() -> Env {
+    Env::prefixed("SHOPFLOW_TEST_UNSET_PREFIX__")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn no_env() -> Env {
-        Env::prefixed("SHOPFLOW_TEST_UNSET_PREFIX__")
-    }
 
     #[test]
     fn the_shipped_file_parses_and_validates() {

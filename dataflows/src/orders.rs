@@ -274,9 +274,15 @@ impl Ledger {
     pub fn import(&mut self, orders: impl IntoIterator<Item = (OrderId, OrderState)>) {
         // An order given twice takes its last state, and one place in the expiry lists.
         let orders: FxHashMap<OrderId, OrderState> = orders.into_iter().collect();
-        let mut expiry: Vec<(Tick, OrderId)> = Vec::new();
-        let mut imported = Vec::new();
-        for (order, state) in orders {
+        // Kept orders keep their place in the expiry lists; imported ones take the place of
+        // their own first tick.
+        let mut expiry: Vec<(Tick, OrderId)> = self
+            .expiry
+            .drain(..)
+            .flat_map(|(first_seen, kept)| kept.into_iter().map(move |order| (first_seen, order)))
+            .filter(|(_, order)| !orders.contains_key(order))
+            .collect();
+        for (&order, state) in &orders {
             self.forget(order);
             let mut remembered = Remembered::default();
             if state.clicked {
@@ -285,21 +291,11 @@ impl Ledger {
             if state.refunded {
                 remembered.set_refunded();
             }
-            if let Some(counted) = state.purchase {
-                remembered.set_purchase(self.purchases.insert(Purchase::of(&counted)));
+            if let Some(counted) = &state.purchase {
+                remembered.set_purchase(self.purchases.insert(Purchase::of(counted)));
             }
             self.orders.of(order).insert(order, remembered);
-            imported.push(order);
             expiry.push((state.first_seen, order));
-        }
-        imported.sort_unstable();
-        for (first_seen, orders) in self.expiry.drain(..) {
-            expiry.extend(
-                orders
-                    .into_iter()
-                    .filter(|order| imported.binary_search(order).is_err())
-                    .map(|order| (first_seen, order)),
-            );
         }
         expiry.sort_unstable();
         for (first_seen, order) in expiry {

@@ -1232,9 +1232,8 @@ mod tests {
     /// `kafka.properties` override shopflow's tuning, never what the offset handling needs.
     #[test]
     fn properties_override_tuning_but_not_the_offset_settings() {
-        use crate::config::{Config, DEFAULT_TOML};
-        let env = figment::providers::Env::prefixed("SHOPFLOW_TEST_UNSET_PREFIX__");
-        let mut config = Config::from_layers(DEFAULT_TOML, env)
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        let mut config = Config::from_layers(DEFAULT_TOML, no_env())
             .expect("the default configuration")
             .kafka;
         let consumer = consumer_config(&config);
