@@ -678,7 +678,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                         finished = true;
                     }
                 }
-                // Let the arrangements compact, but never across the next boundary.
+                // Let the counters' arrangement compact, but never across the next boundary.
                 let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
                 handles.allow_compaction(frontier.min(next_checkpoint - 1));
                 let written = status.completed_until.load(Ordering::Relaxed);

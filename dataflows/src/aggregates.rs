@@ -39,9 +39,9 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
 /// Maintains every aggregate: `(key, totals)` rows, one per key, updated as old value retracted
 /// and new value inserted.
 ///
-/// Rows of a window disappear from the arrangement when the window closes (see
-/// [`crate::windows::retire_windows`]); those disappearances are not changes of the aggregate and
-/// are filtered out, so a closed window's last value is its final value.
+/// Changes to a closed window's rows (a demographic change moving a user's contributions to it)
+/// are not changes of the aggregate and are filtered out, so a closed window's last value is its
+/// final value.
 pub fn aggregate<'scope>(
     rows: VecCollection<'scope, Tick, SegmentRow, Totals>,
     spec: WindowSpec,

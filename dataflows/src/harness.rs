@@ -228,7 +228,10 @@ pub fn run_restarted(
                 (demographics_in, counters_in, restored_in, segments_in)
             });
         // The state enters two ticks before the boundary, with the segments it held; one tick
-        // later the segments make way for the demographics as their source holds them.
+        // later the segments make way for the demographics as their source holds them. (The
+        // state holds a window closed before the boundary in its all-time remainder, so no window
+        // may close in those two milliseconds: the test scenarios close theirs on multiples of
+        // 500 ms.)
         let (restore_at, reread_at) = (boundary.saturating_sub(2), boundary.saturating_sub(1));
         events_in.advance_to(restore_at);
         orders_in.advance_to(restore_at);

@@ -6,12 +6,17 @@
 //! Where a purchase goes, in order:
 //! 1. [`orders::order_ledger`]: routed by order id; duplicates dropped, refunds matched to what
 //!    they retract; out come contributions `(user, (campaign, slot))` carrying totals as their diff.
-//! 2. [`windows::retire_windows`]: each windowed contribution is moved to the all-time remainder
-//!    when its window closes, so window state is bounded by the allowed lateness.
-//! 3. [`segments::attribute`]: joined with demographics by user (unknown users counted apart).
-//! 4. [`aggregates::aggregate`]: expanded to every aggregate family, pre-summed, and kept as one
+//! 2. [`segments::attribute`]: routed by user and joined with demographics (unknown users counted
+//!    apart); held in its window until the window closes, then folded into the all-time remainder,
+//!    so window state is bounded by the allowed lateness.
+//! 3. [`aggregates::aggregate`]: expanded to every aggregate family, pre-summed, and kept as one
 //!    total per key.
-//! 5. [`output::emit_batches`]: one batch of changed rows per completed timestamp.
+//! 4. [`output::emit_batches`]: one batch of changed rows per completed timestamp.
+//!
+//! The ledger, the join and the totals are timely operators over differential collections that
+//! keep their state in hash maps, applying a timestamp once the frontier has passed it: for a
+//! totally ordered time that is what differential's arrangements compute, without a sort, a batch
+//! and spine merges at every tick (see docs/benchmarks.md for what each replacement measured).
 
 pub mod aggregates;
 pub mod harness;
@@ -27,8 +32,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::StreamVec;
 use timely::dataflow::operators::generic::operator::empty;
+use timely::dataflow::{Scope, StreamVec};
 
 use model::{
     Contribution, Counter, Demographic, Event, OrderId, OutputKey, OutputRow, OutputValue, Segment,
@@ -59,12 +64,7 @@ pub fn analytics<'scope>(
     source_counters: VecCollection<'scope, Tick, Counter, isize>,
     params: Params,
 ) -> VecCollection<'scope, Tick, OutputRow> {
-    let scope = events.scope();
-    let restored = Restored {
-        contributions: empty(scope).as_collection(),
-        segments: empty(scope).as_collection(),
-        orders: empty(scope),
-    };
+    let restored = Restored::empty(events.scope());
     analytics_with_state(events, demographics, source_counters, restored, params).0
 }
 
@@ -78,6 +78,17 @@ pub struct Restored<'scope> {
     pub segments: VecCollection<'scope, Tick, (UserId, Segment)>,
     /// Orders the ledgers remembered.
     pub orders: StreamVec<'scope, Tick, (OrderId, OrderState)>,
+}
+
+impl<'scope> Restored<'scope> {
+    /// Nothing to restore.
+    pub fn empty(scope: Scope<'scope, Tick>) -> Restored<'scope> {
+        Restored {
+            contributions: empty(scope).as_collection(),
+            segments: empty(scope).as_collection(),
+            orders: empty(scope),
+        }
+    }
 }
 
 /// [`analytics`], restoring state and handing back this worker's [`Handles`] to read it for
@@ -95,10 +106,12 @@ pub fn analytics_with_state<'scope>(
     )));
     let (contributions, counters) =
         orders::order_ledger(events, restored.orders, Rc::clone(&ledger));
-    let contributions =
-        windows::retire_windows(contributions.concat(restored.contributions), params.windows);
-    let (rows, contribution_trace, segment_trace) =
-        segments::attribute(contributions, demographics, restored.segments);
+    let (rows, attribution) = segments::attribute(
+        contributions.concat(restored.contributions),
+        demographics,
+        restored.segments,
+        params.windows,
+    );
     let aggregates = aggregates::aggregate(rows, params.windows)
         .map(|(key, totals)| (OutputKey::Aggregate(key), OutputValue::Totals(totals)));
     let (counters, counter_trace) = aggregates::count_counters(counters.concat(source_counters));
@@ -106,6 +119,6 @@ pub fn analytics_with_state<'scope>(
         counters.map(|(counter, n)| (OutputKey::Counter(counter), OutputValue::Count(n as i64)));
     (
         aggregates.concat(counters),
-        Handles::new(contribution_trace, segment_trace, counter_trace, ledger),
+        Handles::new(attribution, counter_trace, ledger),
     )
 }

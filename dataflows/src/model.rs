@@ -335,7 +335,7 @@ mod totals_difference {
 }
 
 /// Where a contribution sits in time: an event-time window still open to corrections, or the
-/// all-time remainder that windows retire into once they close.
+/// all-time remainder that windows fold into once they close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Slot {
     /// The tumbling window starting at this event time.

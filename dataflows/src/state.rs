@@ -2,15 +2,15 @@
 //! back in, so a restarted pipeline continues where a checkpoint left it.
 //!
 //! A worker's state at a boundary `t` — once every input has reached `t` and nothing at or after
-//! `t` has been applied — is three things, all already consolidated:
-//! - the contributions arranged by user (every all-time remainder and every open window), read
-//!   from the arrangement the join keeps anyway;
+//! `t` has been applied — is four things, all already consolidated:
+//! - the contributions by user (every all-time remainder and every open window), read from the
+//!   state the join keeps anyway;
 //! - every user's segment as the join holds it;
 //! - the engine's counters, read from their arrangement;
 //! - the orders the ledger remembers (for de-duplication and refunds).
 //!
-//! Restoring feeds them back in at the restart's first tick: the contributions before window
-//! retirement (a window that closed meanwhile goes straight to the remainder), the segments beside
+//! Restoring feeds them back in at the restart's first tick: the contributions to the join (a
+//! window that closed meanwhile goes straight to the remainder), the segments beside
 //! the demographics, the counters as increments, the orders into the ledger of the worker their
 //! events go to. The restored graph then emits exactly the rows the sink held at the checkpoint.
 //! At a later tick the runtime retracts the restored segments and enters the demographics as
@@ -29,7 +29,7 @@ use timely::progress::frontier::AntichainRef;
 use crate::aggregates::CounterTrace;
 use crate::model::{Contribution, Counter, OrderId, Segment, Tick, Totals, UserId};
 use crate::orders::{Ledger, OrderState};
-use crate::segments::{ContributionTrace, SegmentTrace};
+use crate::segments::Attribution;
 
 /// One worker's share of the graph's state at a tick boundary.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,88 +54,59 @@ impl State {
     }
 }
 
-/// A worker's handles on its own state: the two arrangements and its ledger.
+/// A worker's handles on its own state: the join's, the counters' arrangement and the ledger.
 pub struct Handles {
-    contributions: ContributionTrace,
-    segments: SegmentTrace,
+    attribution: Rc<RefCell<Attribution>>,
     counters: CounterTrace,
     ledger: Rc<RefCell<Ledger>>,
 }
 
 impl Handles {
     pub(crate) fn new(
-        contributions: ContributionTrace,
-        segments: SegmentTrace,
+        attribution: Rc<RefCell<Attribution>>,
         counters: CounterTrace,
         ledger: Rc<RefCell<Ledger>>,
     ) -> Handles {
         Handles {
-            contributions,
-            segments,
+            attribution,
             counters,
             ledger,
         }
     }
 
-    /// Lets the arrangements compact up to `frontier`: a held handle otherwise keeps every
-    /// historical batch. Call it with each boundary the output has passed; a later
+    /// Lets the counters' arrangement compact up to `frontier`: a held handle otherwise keeps
+    /// every historical batch. Call it with each boundary the output has passed; a later
     /// [`Handles::capture`] must be at or after it.
     pub fn allow_compaction(&mut self, frontier: Tick) {
         let frontier = [frontier];
         let frontier = AntichainRef::new(&frontier);
-        self.contributions.set_logical_compaction(frontier);
-        self.contributions.set_physical_compaction(frontier);
-        self.segments.set_logical_compaction(frontier);
-        self.segments.set_physical_compaction(frontier);
         self.counters.set_logical_compaction(frontier);
         self.counters.set_physical_compaction(frontier);
+    }
+
+    /// How many contributions the join holds: one per (user, campaign) all-time remainder and
+    /// per (user, campaign, window) not yet folded into it.
+    pub fn held(&self) -> usize {
+        self.attribution.borrow().held()
     }
 
     /// Reads this worker's state at boundary `through`: every update before it, accumulated.
     ///
     /// Only meaningful when every input of every worker has reached `through`, the dataflow has
     /// processed everything before it (a probe has passed it), and no input has gone further —
-    /// the runtime pauses its inputs there. `None` when the arrangements cannot be cut at
-    /// `through` (it was not a boundary, or compaction already went past it).
+    /// the runtime pauses its inputs there. `None` when the state cannot be cut at `through`
+    /// (the join has applied a tick at or after it, or compaction already went past it).
     pub fn capture(&mut self, through: Tick) -> Option<State> {
         let upper = [through];
         let upper = AntichainRef::new(&upper);
 
-        let mut contributions = Vec::new();
-        let (mut cursor, storage) = cursor_list(self.contributions.batches_through(upper)?);
-        while let Some(user) = cursor.get_key(&storage) {
-            while let Some(value) = cursor.get_val(&storage) {
-                let mut totals = Totals::default();
-                cursor.map_times(&storage, |time, diff| {
-                    if *time < through {
-                        totals.add(diff);
-                    }
-                });
-                if !totals.is_empty() {
-                    contributions.push(((*user, *value), totals));
-                }
-                cursor.step_val(&storage);
-            }
-            cursor.step_key(&storage);
+        let attribution = self.attribution.borrow();
+        if attribution.applied().is_some_and(|tick| tick >= through) {
+            return None;
         }
-
-        let mut segments = Vec::new();
-        let (mut cursor, storage) = cursor_list(self.segments.batches_through(upper)?);
-        while let Some(user) = cursor.get_key(&storage) {
-            while let Some(segment) = cursor.get_val(&storage) {
-                let mut count = 0isize;
-                cursor.map_times(&storage, |time, diff| {
-                    if *time < through {
-                        count += *diff;
-                    }
-                });
-                if count != 0 {
-                    segments.push(((*user, segment.clone()), count));
-                }
-                cursor.step_val(&storage);
-            }
-            cursor.step_key(&storage);
-        }
+        let contributions = attribution.contributions();
+        let segments = attribution.segments();
+        drop(attribution);
 
         let mut counters = Vec::new();
         let (mut cursor, storage) = cursor_list(self.counters.batches_through(upper)?);

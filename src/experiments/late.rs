@@ -19,8 +19,8 @@
 //!   start holds only late arrivals, and the last ones lack the arrivals after the end.)
 //! - **state**: the most `(user, campaign, window)` keys with a contribution in a window not yet
 //!   closed, at any tick (computed from the inputs: what the window state must hold), and the most
-//!   updates the dataflow's arrangements held after any tick (measured, from differential's
-//!   logging: [`super::runner`]).
+//!   contributions the join held after any tick (measured: [`super::runner`]), which adds the
+//!   all-time remainders and closed windows not yet folded into them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -178,10 +178,10 @@ pub struct Row {
     pub max_window_error_pct: f64,
     /// The most `(user, campaign, window)` keys with a contribution in an open window at any tick.
     pub peak_window_keys: u64,
-    /// The most updates held by the dataflow's arrangements after any tick (all workers).
-    pub peak_arranged: u64,
-    /// The mean over ticks of the updates held by the dataflow's arrangements (all workers).
-    pub mean_arranged: u64,
+    /// The most contributions the join held after any tick (all workers).
+    pub peak_held: u64,
+    /// The mean over ticks of the contributions the join held (all workers).
+    pub mean_held: u64,
     /// Wall-clock time of the dataflow run, in milliseconds.
     pub run_ms: u64,
 }
@@ -317,8 +317,8 @@ pub fn run(settings: &Settings) -> Result<LateReport, ExperimentError> {
             },
             max_window_error_pct: window_errors.iter().copied().fold(0.0, f64::max),
             peak_window_keys: peak_window_keys(&events, spec.size_ms, lateness_ms),
-            peak_arranged: measured.peak_arranged(),
-            mean_arranged: measured.mean_arranged(),
+            peak_held: measured.peak_held(),
+            mean_held: measured.mean_held(),
             run_ms,
         });
     }
@@ -413,8 +413,8 @@ impl Report for LateReport {
             "mean window error %",
             "max window error %",
             "peak window keys",
-            "peak arranged",
-            "mean arranged",
+            "peak held",
+            "mean held",
             "run ms",
         ];
         let rows = self
@@ -433,8 +433,8 @@ impl Report for LateReport {
                     format!("{:.2}", r.mean_window_error_pct),
                     format!("{:.2}", r.max_window_error_pct),
                     r.peak_window_keys.to_string(),
-                    r.peak_arranged.to_string(),
-                    r.mean_arranged.to_string(),
+                    r.peak_held.to_string(),
+                    r.mean_held.to_string(),
                     r.run_ms.to_string(),
                 ]
             })
@@ -507,11 +507,11 @@ impl Report for LateReport {
                 x_label,
                 y_label: "count".into(),
                 series: vec![
-                    line("updates in arrangements, peak (measured)", |r| {
-                        r.peak_arranged as f64
+                    line("contributions held, peak (measured)", |r| {
+                        r.peak_held as f64
                     }),
-                    line("updates in arrangements, mean (measured)", |r| {
-                        r.mean_arranged as f64
+                    line("contributions held, mean (measured)", |r| {
+                        r.mean_held as f64
                     }),
                     line("(user, campaign, window) keys open", |r| {
                         r.peak_window_keys as f64

@@ -3,21 +3,18 @@
 //! [`dataflows::harness::run`] feeds every tick without waiting, which is the quickest way to get
 //! the graph's answer. The experiments also want to know how long each tick took and how much
 //! state the graph held, so this runner drives the same graph as timely's own loop does
-//! (`advance_to(next)`, then step while the probe is behind `next`) and counts the updates held by
-//! every arrangement from differential's logging. The batches are the same; a test checks it.
+//! (`advance_to(next)`, then step while the probe is behind `next`) and counts the contributions
+//! the join holds after each tick. The batches are the same; a test checks it.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataflows::harness::{Input, merge};
 use dataflows::model::Tick;
 use dataflows::output::{Batch, Progress, emit_batches};
-use dataflows::{Params, analytics};
+use dataflows::{Params, Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
-use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
@@ -30,22 +27,22 @@ pub struct Measured {
     /// closing the tick's input (`advance_to` the next tick) until the output frontier passed it,
     /// as worker 0 saw it.
     pub tick_latency: BTreeMap<Tick, Duration>,
-    /// For the same ticks: the updates held in the batches of every arrangement (traces) once the
-    /// tick was complete, summed over the workers.
-    pub arranged: BTreeMap<Tick, u64>,
+    /// For the same ticks: the contributions the join held once the tick was complete — one per
+    /// (user, campaign) all-time remainder and per (user, campaign, window) not yet folded into
+    /// it — summed over the workers.
+    pub held: BTreeMap<Tick, u64>,
 }
 
 impl Measured {
-    /// The most updates the arrangements held after any tick.
-    pub fn peak_arranged(&self) -> u64 {
-        self.arranged.values().copied().max().unwrap_or(0)
+    /// The most contributions the join held after any tick.
+    pub fn peak_held(&self) -> u64 {
+        self.held.values().copied().max().unwrap_or(0)
     }
 
-    /// The mean over ticks of the updates the arrangements held: less sensitive than the peak to
-    /// when the traces happened to merge their batches.
-    pub fn mean_arranged(&self) -> u64 {
-        let total: u64 = self.arranged.values().sum();
-        total / (self.arranged.len() as u64).max(1)
+    /// The mean over ticks of the contributions the join held.
+    pub fn mean_held(&self) -> u64 {
+        let total: u64 = self.held.values().sum();
+        total / (self.held.len() as u64).max(1)
     }
 }
 
@@ -65,61 +62,39 @@ pub fn run(
     let inputs = Arc::new(inputs);
     let reports: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let latencies: Arc<Mutex<BTreeMap<Tick, Duration>>> = Arc::default();
-    let arranged: Arc<Mutex<BTreeMap<Tick, u64>>> = Arc::default();
-    let (shared_reports, shared_latencies, shared_arranged) = (
+    let held: Arc<Mutex<BTreeMap<Tick, u64>>> = Arc::default();
+    let (shared_reports, shared_latencies, shared_held) = (
         Arc::clone(&reports),
         Arc::clone(&latencies),
-        Arc::clone(&arranged),
+        Arc::clone(&held),
     );
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
 
-        // Updates held by this worker's arrangements: differential logs every batch a trace gains,
-        // every merge (two batches become one) and every batch dropped with its trace. The logger
-        // must be in place before the dataflow is built: operators fetch it at construction.
-        let held = Rc::new(RefCell::new(0i64));
-        let counter = Rc::clone(&held);
-        if let Some(mut registry) = worker.log_register() {
-            registry.insert::<DifferentialEventBuilder, _>(
-                "differential/arrange",
-                move |_time, data: &mut Option<Vec<(Duration, DifferentialEvent)>>| {
-                    let Some(events) = data else { return };
-                    let mut held = counter.borrow_mut();
-                    for (_, event) in events.iter() {
-                        match event {
-                            DifferentialEvent::Batch(batch) => *held += batch.length as i64,
-                            DifferentialEvent::Merge(merge) => {
-                                if let Some(complete) = merge.complete {
-                                    *held += complete as i64
-                                        - merge.length1 as i64
-                                        - merge.length2 as i64;
-                                }
-                            }
-                            DifferentialEvent::Drop(dropped) => *held -= dropped.length as i64,
-                            _ => {}
-                        }
-                    }
-                },
-            );
-        }
-
         let reports = Arc::clone(&shared_reports);
         let mut events_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in, probe) =
+        let (mut demographics_in, mut counters_in, probe, handles) =
             worker.dataflow::<Tick, _, _>(|scope| {
                 let events = scope.input_from(&mut events_in);
                 let (demographics_in, demographics) = scope.new_collection();
                 let (counters_in, counters) = scope.new_collection();
-                let (probe, rows) = analytics(events, demographics, counters, params).probe();
+                let (rows, handles) = analytics_with_state(
+                    events,
+                    demographics,
+                    counters,
+                    Restored::empty(scope),
+                    params,
+                );
+                let (probe, rows) = rows.probe();
                 emit_batches(rows, move |progress| {
                     reports
                         .lock()
                         .expect("no reporter panicked while holding the lock")
                         .push(progress)
                 });
-                (demographics_in, counters_in, probe)
+                (demographics_in, counters_in, probe, handles)
             });
 
         let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
@@ -167,8 +142,8 @@ pub fn run(
                     .expect("no worker panicked while holding the lock")
                     .insert(tick, elapsed);
             }
-            let now_held = u64::try_from(*held.borrow()).unwrap_or(0);
-            *shared_arranged
+            let now_held = handles.held() as u64;
+            *shared_held
                 .lock()
                 .expect("no worker panicked while holding the lock")
                 .entry(tick)
@@ -185,10 +160,10 @@ pub fn run(
     // reported that above.
     let reports = std::mem::take(&mut *reports.lock().map_err(|e| e.to_string())?);
     let tick_latency = std::mem::take(&mut *latencies.lock().map_err(|e| e.to_string())?);
-    let arranged = std::mem::take(&mut *arranged.lock().map_err(|e| e.to_string())?);
+    let held = std::mem::take(&mut *held.lock().map_err(|e| e.to_string())?);
     Ok(Measured {
         batches: merge(reports),
         tick_latency,
-        arranged,
+        held,
     })
 }

@@ -228,8 +228,8 @@ fn the_measured_runner_emits_what_the_harness_emits() {
         assert_eq!(measured.batches, batches, "{workers} workers");
         let ticks = measured.tick_latency.len();
         assert!(ticks >= 12, "a latency per tick: {ticks}");
-        assert_eq!(measured.arranged.len(), ticks, "a state size per tick");
-        assert!(measured.peak_arranged() > 0);
+        assert_eq!(measured.held.len(), ticks, "a state size per tick");
+        assert!(measured.peak_held() > 0);
     }
 }
 
@@ -332,7 +332,7 @@ fn late_sweep_against_a_direct_sum_of_the_events() {
         let max = errors.iter().copied().fold(0.0, f64::max);
         assert!((row.mean_window_error_pct - mean).abs() < 1e-9, "{row:?}");
         assert!((row.max_window_error_pct - max).abs() < 1e-9, "{row:?}");
-        assert!(row.peak_arranged > 0 && row.peak_window_keys > 0);
+        assert!(row.peak_held > 0 && row.peak_window_keys > 0);
     }
 
     // What the experiment is for.
@@ -457,7 +457,7 @@ const RETRACTIONS_COLUMNS: &str = "second,time_ms,events,refunds,demographic_upd
     inserted,replaced,removed,retractions,decreased,rows,equal";
 const LATE_COLUMNS: &str = "lateness_ms,events,late_events,absorbed,absorbed_pct,corrections,\
     windows,windows_exact,rows_wrong,missing_events,missing_revenue_cents,mean_window_error_pct,\
-    max_window_error_pct,peak_window_keys,peak_arranged,mean_arranged,run_ms";
+    max_window_error_pct,peak_window_keys,peak_held,mean_held,run_ms";
 const CHURN_COLUMNS: &str = "second,time_ms,changes,moves,affected_rows,changed_rows,\
     baseline_rows,corrections,baseline_corrections,latency_ticks,latency_ms,baseline_ms";
 
