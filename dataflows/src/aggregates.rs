@@ -10,7 +10,7 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Capability, Operator};
 
@@ -18,7 +18,6 @@ use crate::model::{
     AgeBand, AggregateKey, CampaignId, Counter, Dimension, Gender, Name, Segment, Slot, Tick,
     Totals,
 };
-use crate::segments::SegmentRow;
 use crate::windows::WindowSpec;
 
 /// The dimensions a contribution of `campaign` by a user of `segment` (or of no known segment)
@@ -43,10 +42,10 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
 /// are not changes of the aggregate and are filtered out, so a closed window's last value is its
 /// final value.
 pub fn aggregate<'scope>(
-    rows: VecCollection<'scope, Tick, SegmentRow, Totals>,
+    sums: VecCollection<'scope, Tick, AggregateKey, Totals>,
     spec: WindowSpec,
 ) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
-    totals(pre_sum(rows))
+    totals(sums)
         .inner
         .filter(move |((key, _), time, _)| {
             key.window.is_none_or(|start| !spec.is_closed(start, *time))
@@ -149,37 +148,15 @@ pub fn count_counters<'scope>(
     (arranged.count_total(), trace)
 }
 
-/// Expands segment rows into aggregate keys, summing what each worker received in one activation
-/// before anything is exchanged or sorted.
+/// Sums of attributed contributions per family, on the family's own columns, before anything is
+/// exchanged: [`crate::segments::attribute`] adds a tick's contributions and drains the sums.
 ///
-/// Rows are many and keys few (a handful of age bands, fifty states), so summing in hash maps first
-/// shrinks what the arrangement has to sort by orders of magnitude. Each family is summed on just
-/// the columns it keeps, so a row costs a few small-key hash updates, and the segment-only families
-/// forget the campaign before they meet the many segments.
-fn pre_sum<'scope>(
-    rows: VecCollection<'scope, Tick, SegmentRow, Totals>,
-) -> VecCollection<'scope, Tick, AggregateKey, Totals> {
-    rows.inner
-        .unary(Pipeline, "Aggregate: pre-sum", |_capability, _info| {
-            let mut sums = PartialSums::default();
-            move |input, output| {
-                input.for_each_stamp(|capability, data| {
-                    for batch in data {
-                        for ((campaign, slot, segment), time, totals) in batch.drain(..) {
-                            sums.add(time, campaign, slot, segment, totals);
-                        }
-                    }
-                    let mut session = output.session(&capability);
-                    sums.drain(|key, time, totals| session.give((key, time, totals)));
-                });
-            }
-        })
-        .as_collection()
-}
-
-/// Sums of segment rows per family, on the family's own columns.
+/// Contributions are many and keys few (a handful of age bands, fifty states), so summing in hash
+/// maps first shrinks what the totals receive by orders of magnitude. Each family is summed on just
+/// the columns it keeps, so a contribution costs a few small-key hash updates, and the segment-only
+/// families forget the campaign before they meet the many segments.
 #[derive(Default)]
-struct PartialSums {
+pub(crate) struct PartialSums {
     /// Per campaign: every contribution (each counted once, by its unknown copy), and what is
     /// left in the unknown segment once the rows the join found have taken theirs out.
     campaign: FxHashMap<(Tick, Slot, CampaignId), CampaignSums>,
@@ -198,16 +175,17 @@ struct CampaignSums {
 }
 
 impl PartialSums {
-    /// Adds a row. A row with a segment was found by the join: it counts there and no longer in
-    /// the unknown segment, where its unknown copy counted it. The campaign family counts each
-    /// contribution once: from its unknown copy. A known row thus costs one update of the
-    /// campaign's sums and one per family of its segment.
-    fn add(
+    /// Adds a contribution attributed to a segment (`None`: the unknown segment). Every
+    /// contribution is added once unknown; one added with a segment was found by the join: it
+    /// counts there and no longer in the unknown segment, where its unknown copy counted it. The
+    /// campaign family counts each contribution once: from its unknown copy. A known contribution
+    /// thus costs one update of the campaign's sums and one per family of its segment.
+    pub(crate) fn add(
         &mut self,
         time: Tick,
         campaign: CampaignId,
         slot: Slot,
-        segment: Option<Segment>,
+        segment: Option<&Segment>,
         totals: Totals,
     ) {
         let sums = self.campaign.entry((time, slot, campaign)).or_default();
@@ -227,7 +205,7 @@ impl PartialSums {
                     .or_default()
                     .add(&totals);
                 self.segment
-                    .entry((time, slot, segment))
+                    .entry((time, slot, segment.clone()))
                     .or_default()
                     .add(&totals);
             }
@@ -235,7 +213,7 @@ impl PartialSums {
     }
 
     /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps.
-    fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
+    pub(crate) fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
         let sums = &mut self.keys;
         let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
             if totals.is_empty() {

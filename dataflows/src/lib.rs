@@ -8,9 +8,9 @@
 //!    they retract; out come contributions `(user, (campaign, slot))` carrying totals as their diff.
 //! 2. [`segments::attribute`]: routed by user and joined with demographics (unknown users counted
 //!    apart); held in its window until the window closes, then folded into the all-time remainder,
-//!    so window state is bounded by the allowed lateness.
-//! 3. [`aggregates::aggregate`]: expanded to every aggregate family, pre-summed, and kept as one
-//!    total per key.
+//!    so window state is bounded by the allowed lateness. What the join finds is expanded to every
+//!    aggregate family and summed per key on the spot.
+//! 3. [`aggregates::aggregate`]: routed by key and kept as one total per key.
 //! 4. [`output::emit_batches`]: one batch of changed rows per completed timestamp.
 //!
 //! The ledger, the join and the totals are timely operators over differential collections that
@@ -106,13 +106,13 @@ pub fn analytics_with_state<'scope>(
     )));
     let (contributions, counters) =
         orders::order_ledger(events, restored.orders, Rc::clone(&ledger));
-    let (rows, attribution) = segments::attribute(
+    let (sums, attribution) = segments::attribute(
         contributions.concat(restored.contributions),
         demographics,
         restored.segments,
         params.windows,
     );
-    let aggregates = aggregates::aggregate(rows, params.windows)
+    let aggregates = aggregates::aggregate(sums, params.windows)
         .map(|(key, totals)| (OutputKey::Aggregate(key), OutputValue::Totals(totals)));
     let (counters, counter_trace) = aggregates::count_counters(counters.concat(source_counters));
     let counters =

@@ -23,14 +23,11 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, InputCapability, Operator};
 
+use crate::aggregates::PartialSums;
 use crate::model::{
-    CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals, UserId,
+    AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals, UserId,
 };
 use crate::windows::WindowSpec;
-
-/// A contribution attributed to a segment (`None`: the unknown segment); its totals travel in the
-/// difference. A `Some` row also stands for the negation of the same row with `None`.
-pub type SegmentRow = (CampaignId, Slot, Option<Segment>);
 
 /// What one worker's join holds: for each of its users, the segments the demographics give it and
 /// every contribution counted so far (all-time remainders and open windows). Checkpoints read it.
@@ -55,8 +52,17 @@ struct User {
     /// demographics row, none for an unknown user. Anything else (two rows for one id) is joined
     /// as differential's join would, each segment times its multiplicity.
     segments: Vec<(Segment, isize)>,
-    /// Contributions, sorted by campaign and slot, none zero.
-    contributions: Vec<(CampaignId, Slot, Totals)>,
+    /// Contributions in open windows (and closed ones not yet folded), sorted by campaign and
+    /// window, none zero. Most contributions land here, and the list is short: the user's
+    /// contributions within the allowed lateness.
+    windows: Vec<(CampaignId, EventTimeMs, Totals)>,
+    /// The all-time remainder per campaign, sorted by campaign, none zero.
+    retired: Vec<(CampaignId, Totals)>,
+    /// The latest closing time the user is listed under in [`Attribution::closing`]. A visit then
+    /// folds every window closed by that time, so a user is listed once per window, however many
+    /// campaigns it contributes to there, and not at all for an earlier window (one a late event
+    /// opens): that one is folded at the later visit.
+    listed_until: Tick,
 }
 
 impl Attribution {
@@ -76,12 +82,13 @@ impl Attribution {
     /// before the tick, then the contributions, each counted in the user's segments as they are
     /// after the tick. Together that is `C ⋈ D' - C ⋈ D` for `C' = C + dC`, `D' = D + dD`:
     /// `dC ⋈ D' + C ⋈ dD`, which is what a differential join emits at the tick.
+    #[inline(never)]
     fn apply(
         &mut self,
         tick: Tick,
         segments: &mut Vec<((UserId, Segment), isize)>,
         contributions: &mut Vec<(Contribution, Totals)>,
-        mut emit: impl FnMut(SegmentRow, Totals),
+        mut emit: impl FnMut(CampaignId, Slot, Option<&Segment>, Totals),
     ) {
         self.applied = Some(tick);
         for ((id, segment), change) in segments.drain(..) {
@@ -89,18 +96,19 @@ impl Attribution {
                 continue;
             }
             let user = self.users.entry(id).or_default();
-            for (campaign, slot, totals) in &user.contributions {
-                emit(
-                    (*campaign, *slot, Some(segment.clone())),
-                    totals.scaled(change),
-                );
+            for (campaign, start, totals) in &user.windows {
+                let slot = Slot::Window(*start);
+                emit(*campaign, slot, Some(&segment), totals.scaled(change));
+            }
+            for (campaign, totals) in &user.retired {
+                emit(*campaign, Slot::Retired, Some(&segment), totals.scaled(change));
             }
             match user.segments.iter().position(|(s, _)| *s == segment) {
                 Some(at) => {
                     user.segments[at].1 += change;
                     if user.segments[at].1 == 0 {
                         user.segments.swap_remove(at);
-                        if user.segments.is_empty() && user.contributions.is_empty() {
+                        if user.is_empty() {
                             self.users.remove(&id);
                         }
                     }
@@ -117,36 +125,39 @@ impl Attribution {
                 Slot::Window(start) if spec.is_closed(start, tick) => Slot::Retired,
                 slot => slot,
             };
-            emit((campaign, slot, None), totals);
+            emit(campaign, slot, None, totals);
             let user = self.users.entry(id).or_default();
             for (segment, count) in &user.segments {
-                emit(
-                    (campaign, slot, Some(segment.clone())),
-                    totals.scaled(*count),
-                );
+                emit(campaign, slot, Some(segment), totals.scaled(*count));
             }
-            let list = &mut user.contributions;
-            match list.binary_search_by(|(c, s, _)| (*c, *s).cmp(&(campaign, slot))) {
-                Ok(at) => {
-                    list[at].2.add(&totals);
-                    if list[at].2.is_empty() {
-                        list.remove(at);
-                        if list.is_empty() && user.segments.is_empty() {
-                            self.users.remove(&id);
+            match slot {
+                Slot::Retired => add_retired(&mut user.retired, campaign, totals),
+                Slot::Window(start) => {
+                    let list = &mut user.windows;
+                    match list.binary_search_by(|(c, s, _)| (*c, *s).cmp(&(campaign, start))) {
+                        Ok(at) => {
+                            list[at].2.add(&totals);
+                            if list[at].2.is_empty() {
+                                list.remove(at);
+                            }
+                        }
+                        Err(at) => {
+                            list.insert(at, (campaign, start, totals));
+                            let closes = spec.closes_at(start);
+                            if closes > user.listed_until {
+                                user.listed_until = closes;
+                                let spare = &mut self.spare;
+                                self.closing
+                                    .entry(closes)
+                                    .or_insert_with(|| spare.pop().unwrap_or_default())
+                                    .push(id);
+                            }
                         }
                     }
                 }
-                Err(at) => {
-                    list.insert(at, (campaign, slot, totals));
-                    if let Slot::Window(start) = slot {
-                        let closes = spec.closes_at(start);
-                        let spare = &mut self.spare;
-                        self.closing
-                            .entry(closes)
-                            .or_insert_with(|| spare.pop().unwrap_or_default())
-                            .push(id);
-                    }
-                }
+            }
+            if user.is_empty() {
+                self.users.remove(&id);
             }
         }
     }
@@ -165,6 +176,7 @@ impl Attribution {
     /// rather than all at its closing tick: a window holds a contribution per (user, campaign) it
     /// saw, millions at 100,000 events/s, and moving them at once would stall the pipeline at
     /// every window.
+    #[inline(never)]
     fn retire(&mut self, now: Option<Tick>) {
         while let Some(entry) = self.closing.first_entry() {
             if now.is_some_and(|now| now <= *entry.key()) {
@@ -187,7 +199,14 @@ impl Attribution {
             let closed = |start: EventTimeMs| spec.is_closed(start, *closes);
             for id in &users[*done..due] {
                 if let Some(user) = self.users.get_mut(id) {
-                    retire_closed(&mut user.contributions, closed);
+                    let retired = &mut user.retired;
+                    user.windows.retain(|&(campaign, start, totals)| {
+                        let keep = !closed(start);
+                        if !keep {
+                            add_retired(retired, campaign, totals);
+                        }
+                        keep
+                    });
                 }
             }
             *done = due;
@@ -212,7 +231,7 @@ impl Attribution {
     pub fn held(&self) -> usize {
         self.users
             .values()
-            .map(|user| user.contributions.len())
+            .map(|user| user.windows.len() + user.retired.len())
             .sum()
     }
 
@@ -223,11 +242,16 @@ impl Attribution {
         let mut out = Vec::new();
         for id in ids {
             let user = &self.users[&id];
+            let first = out.len();
+            out.extend(user.windows.iter().map(|&(campaign, start, totals)| {
+                ((id, (campaign, Slot::Window(start))), totals)
+            }));
             out.extend(
-                user.contributions
+                user.retired
                     .iter()
-                    .map(|&(campaign, slot, totals)| ((id, (campaign, slot)), totals)),
+                    .map(|&(campaign, totals)| ((id, (campaign, Slot::Retired)), totals)),
             );
+            out[first..].sort_unstable_by_key(|(contribution, _)| *contribution);
         }
         out
     }
@@ -248,42 +272,28 @@ impl Attribution {
     }
 }
 
-/// Folds the contributions of closed windows into the all-time remainder of their campaign, in
-/// place; `list` is sorted by campaign and slot, the remainder last among a campaign's slots.
-fn retire_closed(list: &mut Vec<(CampaignId, Slot, Totals)>, closed: impl Fn(EventTimeMs) -> bool) {
-    let is_closed = |slot: &Slot| matches!(slot, Slot::Window(start) if closed(*start));
-    if !list.iter().any(|(_, slot, _)| is_closed(slot)) {
-        return;
+impl User {
+    /// Whether the user holds nothing: it can be forgotten.
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.windows.is_empty() && self.retired.is_empty()
     }
-    // Entries are written back at `written`, never ahead of the one being read: a campaign's
-    // remainder is written once its last slot has been read.
-    let mut written = 0;
-    let mut remainder: Option<(CampaignId, Totals)> = None;
-    for read in 0..list.len() {
-        let (campaign, slot, totals) = list[read];
-        if let Some((of, sum)) = remainder.take_if(|(of, _)| *of != campaign)
-            && !sum.is_empty()
-        {
-            list[written] = (of, Slot::Retired, sum);
-            written += 1;
+}
+
+/// Adds `totals` to the campaign's all-time remainder in `retired`.
+fn add_retired(retired: &mut Vec<(CampaignId, Totals)>, campaign: CampaignId, totals: Totals) {
+    match retired.binary_search_by_key(&campaign, |(c, _)| *c) {
+        Ok(at) => {
+            retired[at].1.add(&totals);
+            if retired[at].1.is_empty() {
+                retired.remove(at);
+            }
         }
-        if slot == Slot::Retired || is_closed(&slot) {
-            remainder
-                .get_or_insert((campaign, Totals::default()))
-                .1
-                .add(&totals);
-        } else {
-            list[written] = (campaign, slot, totals);
-            written += 1;
+        Err(at) => {
+            if !totals.is_empty() {
+                retired.insert(at, (campaign, totals));
+            }
         }
     }
-    if let Some((of, sum)) = remainder
-        && !sum.is_empty()
-    {
-        list[written] = (of, Slot::Retired, sum);
-        written += 1;
-    }
-    list.truncate(written);
 }
 
 /// Contributions and segment changes of one tick.
@@ -307,7 +317,8 @@ type Pending = (
 /// arrangements were most of the engine's time at 5,000 events per worker per tick
 /// (`perf --call-graph dwarf`, `shopflow bench -w 2`).
 ///
-/// The output is not consolidated: [`crate::aggregates`] sums it by hashing anyway.
+/// What the join finds is summed per aggregate key at once ([`PartialSums`]), so the output is a
+/// tick's sums per key: the join's rows, each carrying a segment, are never materialized.
 ///
 /// `restored_segments` are users' segments a checkpoint held, entering beside the demographics.
 /// Also returns the join's state, for checkpoints.
@@ -317,7 +328,7 @@ pub fn attribute<'scope>(
     restored_segments: VecCollection<'scope, Tick, (UserId, Segment)>,
     spec: WindowSpec,
 ) -> (
-    VecCollection<'scope, Tick, SegmentRow, Totals>,
+    VecCollection<'scope, Tick, AggregateKey, Totals>,
     Rc<RefCell<Attribution>>,
 ) {
     let segments = demographics
@@ -331,7 +342,7 @@ pub fn attribute<'scope>(
     let by_segment_user = Exchange::new(|((user, _), _, _): &((UserId, Segment), Tick, isize)| {
         FxBuildHasher.hash_one(user)
     });
-    let rows = contributions.inner.binary_frontier(
+    let sums = contributions.inner.binary_frontier(
         segments.inner,
         by_contribution_user,
         by_segment_user,
@@ -340,6 +351,7 @@ pub fn attribute<'scope>(
             let mut pending: BTreeMap<Tick, Pending> = BTreeMap::new();
             // The emptied lists of applied ticks, reused rather than grown afresh each tick.
             let mut spare: Vec<Lists> = Vec::new();
+            let mut sums = PartialSums::default();
             move |(contributions, contributions_frontier), (segments, segments_frontier), output| {
                 let port = output.output_index();
                 let mut stash = |capability: &InputCapability<Tick>, time: Tick| {
@@ -376,10 +388,11 @@ pub fn attribute<'scope>(
                         break;
                     }
                     let (time, (capability, mut c, mut s)) = entry.remove_entry();
-                    let mut session = output.session(&capability);
-                    state.apply(time, &mut s, &mut c, |row, totals| {
-                        session.give((row, time, totals));
+                    state.apply(time, &mut s, &mut c, |campaign, slot, segment, totals| {
+                        sums.add(time, campaign, slot, segment, totals);
                     });
+                    let mut session = output.session(&capability);
+                    sums.drain(|key, time, totals| session.give((key, time, totals)));
                     drop(session);
                     spare.push((c, s));
                 }
@@ -394,7 +407,7 @@ pub fn attribute<'scope>(
             }
         },
     );
-    (rows.as_collection(), shared)
+    (sums.as_collection(), shared)
 }
 
 #[cfg(test)]
@@ -405,9 +418,9 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     use super::*;
-    use crate::model::Gender;
+    use crate::model::{Dimension, Gender};
 
-    type Row = (SegmentRow, Tick, Totals);
+    type Row = (AggregateKey, Tick, Totals);
 
     fn click() -> Totals {
         Totals {
@@ -417,7 +430,7 @@ mod tests {
     }
 
     /// Feeds `(tick, user, campaign, window)` clicks and user 0's segment at tick 0, ticking to
-    /// `until`; returns what the join emitted and the contributions it holds after each tick.
+    /// `until`; returns the sums the join emitted and the contributions it holds after each tick.
     fn join(
         spec: WindowSpec,
         inputs: &[(Tick, u32, u32, u64)],
@@ -488,13 +501,34 @@ mod tests {
         inputs.push((20, 1, 7, 20));
         let (emitted, held) = join(spec, &inputs, 40);
 
-        // Each click is emitted once as unknown, and user 0's also in its segment.
-        let unknown = |row: &&Row| row.0.2.is_none();
-        assert_eq!(emitted.iter().filter(unknown).count(), 43);
-        assert_eq!(emitted.len(), 43 + 2);
+        // Each click counts once in its campaign, user 0's in its country and the others'
+        // in the unknown one; nothing is emitted when windows fold.
+        let clicks = |dimension: Dimension, window: Option<u64>| -> i64 {
+            let key = AggregateKey {
+                dimension,
+                window: window.map(EventTimeMs),
+            };
+            emitted
+                .iter()
+                .filter(|(k, _, _)| *k == key)
+                .map(|(_, _, totals)| totals.clicks)
+                .sum()
+        };
+        let campaign = CampaignId(7);
+        assert_eq!(clicks(Dimension::Campaign(campaign), None), 43);
+        assert_eq!(clicks(Dimension::Campaign(campaign), Some(0)), 41);
+        let us = Some("US".into());
+        assert_eq!(clicks(Dimension::CampaignCountry(campaign, us), None), 2);
+        assert_eq!(clicks(Dimension::CampaignCountry(campaign, None), None), 41);
         assert!(emitted.iter().all(|(_, time, _)| *time <= 3 || *time == 20));
-        let late: Vec<&Row> = emitted.iter().filter(|(_, t, _)| *t == 20).collect();
-        assert!(late.contains(&&((CampaignId(7), Slot::Retired, None), 20, click())));
+        // The late click counts in all-time totals only, the other one in its window too.
+        let windows_at_20: Vec<Option<EventTimeMs>> = emitted
+            .iter()
+            .filter(|(_, time, _)| *time == 20)
+            .map(|(key, _, _)| key.window)
+            .collect();
+        assert!(windows_at_20.contains(&Some(EventTimeMs(20))));
+        assert!(!windows_at_20.contains(&Some(EventTimeMs(0))));
 
         // Held: in the window until it closes; from then on moved bit by bit, all by 25.
         let windowed = |state: &Vec<(Contribution, Totals)>| {
