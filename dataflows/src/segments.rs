@@ -25,7 +25,8 @@ use timely::dataflow::operators::{Capability, InputCapability, Operator};
 
 use crate::aggregates::PartialSums;
 use crate::model::{
-    AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals, UserId,
+    AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals,
+    UserId,
 };
 use crate::windows::WindowSpec;
 
@@ -101,7 +102,12 @@ impl Attribution {
                 emit(*campaign, slot, Some(&segment), totals.scaled(change));
             }
             for (campaign, totals) in &user.retired {
-                emit(*campaign, Slot::Retired, Some(&segment), totals.scaled(change));
+                emit(
+                    *campaign,
+                    Slot::Retired,
+                    Some(&segment),
+                    totals.scaled(change),
+                );
             }
             match user.segments.iter().position(|(s, _)| *s == segment) {
                 Some(at) => {
@@ -243,9 +249,11 @@ impl Attribution {
         for id in ids {
             let user = &self.users[&id];
             let first = out.len();
-            out.extend(user.windows.iter().map(|&(campaign, start, totals)| {
-                ((id, (campaign, Slot::Window(start))), totals)
-            }));
+            out.extend(
+                user.windows.iter().map(|&(campaign, start, totals)| {
+                    ((id, (campaign, Slot::Window(start))), totals)
+                }),
+            );
             out.extend(
                 user.retired
                     .iter()
