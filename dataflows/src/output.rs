@@ -106,7 +106,7 @@ pub fn changes_of(time: Tick, mut updates: Vec<(OutputRow, isize)>) -> Batch {
         let value = values
             .iter()
             .find(|(_, count)| *count > 0)
-            .map(|(value, _)| value.clone());
+            .map(|(value, _)| *value);
         changes.push(Change { key, value });
     }
     Batch { time, changes }
