@@ -37,8 +37,8 @@ pub struct Attribution {
     users: FxHashMap<UserId, User>,
     /// The latest tick applied, if any.
     applied: Option<Tick>,
-    /// By closing time, the users who opened a contribution in a window closing then (a user
-    /// once per campaign): whom to visit when the window closes.
+    /// By closing time, the users who opened a contribution in a window closing then (once per
+    /// window, see [`User::listed_until`]): whom to visit when the window closes.
     closing: BTreeMap<Tick, Vec<UserId>>,
     /// Closed windows' users still to visit, with when the window closed and how many are done.
     retiring: VecDeque<(Tick, Vec<UserId>, usize)>,
@@ -307,7 +307,7 @@ fn add_retired(retired: &mut Vec<(CampaignId, Totals)>, campaign: CampaignId, to
 /// Contributions and segment changes of one tick.
 type Lists = (Vec<(Contribution, Totals)>, Vec<((UserId, Segment), isize)>);
 
-/// A tick's [`Lists`], waiting for the tick to complete.
+/// A tick's contributions and segment changes, waiting for the tick to complete.
 type Pending = (
     Capability<Tick>,
     Vec<(Contribution, Totals)>,
