@@ -11,7 +11,6 @@ use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Capability, Operator};
 
 use crate::model::{
@@ -35,26 +34,9 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
     ]
 }
 
-/// Maintains every aggregate: `(key, totals)` rows, one per key, updated as old value retracted
-/// and new value inserted.
-///
-/// Changes to a closed window's rows (a demographic change moving a user's contributions to it)
-/// are not changes of the aggregate and are filtered out, so a closed window's last value is its
-/// final value.
-pub fn aggregate<'scope>(
-    sums: VecCollection<'scope, Tick, AggregateKey, Totals>,
-    spec: WindowSpec,
-) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
-    totals(sums)
-        .inner
-        .filter(move |((key, _), time, _)| {
-            key.window.is_none_or(|start| !spec.is_closed(start, *time))
-        })
-        .as_collection()
-}
-
-/// Keeps each key's total: `(key, total)` rows, a change being the old total retracted and the new
-/// one inserted, and a key whose total returns to zero retracted and forgotten. This is what
+/// Maintains every aggregate from the sums of attributed contributions: `(key, total)` rows, one
+/// per key, a change being the old total retracted and the new one inserted, and a key whose total
+/// returns to zero retracted and forgotten. This is what
 /// `arrange_by_self().count_total()` computes, for a totally ordered time; it holds one total per
 /// key in a hash map instead of the arrangement's history.
 ///
@@ -66,8 +48,15 @@ pub fn aggregate<'scope>(
 /// Keys are routed by hash, so each lives on one worker and a timestamp's changes of it are in
 /// one batch, as with the arrangement. Updates are applied a whole timestamp at a time, once the
 /// frontier has passed it, in time order.
-fn totals<'scope>(
+///
+/// Changes to a closed window's rows (a demographic change moving a user's contributions to it
+/// before the window is folded) are not changes of the aggregate and are dropped, so a closed
+/// window's last value is its final value; its totals are forgotten at the first timestamp at
+/// which it is closed. (A window has about as many keys as the all-time totals, and every
+/// window's were once kept for the whole run.)
+pub fn aggregate<'scope>(
     updates: VecCollection<'scope, Tick, AggregateKey, Totals>,
+    spec: WindowSpec,
 ) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
     let route =
         Exchange::new(|(key, _, _): &(AggregateKey, Tick, Totals)| FxBuildHasher.hash_one(key));
@@ -77,6 +66,8 @@ fn totals<'scope>(
             let mut pending: BTreeMap<Tick, (Capability<Tick>, FxHashMap<AggregateKey, Totals>)> =
                 BTreeMap::new();
             let mut totals: FxHashMap<AggregateKey, Totals> = FxHashMap::default();
+            // When the earliest window with totals held closes.
+            let mut next_close: Option<Tick> = None;
             // Emptied maps of applied timestamps, reused rather than grown afresh each tick.
             let mut spare: Vec<FxHashMap<AggregateKey, Totals>> = Vec::new();
             move |(input, frontier), output| {
@@ -102,9 +93,20 @@ fn totals<'scope>(
                         break;
                     }
                     let (time, (capability, mut deltas)) = entry.remove_entry();
+                    let closed = |key: &AggregateKey| {
+                        key.window.is_some_and(|start| spec.is_closed(start, time))
+                    };
+                    if next_close.is_some_and(|close| time >= close) {
+                        totals.retain(|key, _| !closed(key));
+                        next_close = totals
+                            .keys()
+                            .filter_map(|key| key.window)
+                            .map(|start| spec.closes_at(start))
+                            .min();
+                    }
                     let mut session = output.session(&capability);
                     for (key, delta) in deltas.drain() {
-                        if delta.is_empty() {
+                        if delta.is_empty() || closed(&key) {
                             continue;
                         }
                         match totals.entry(key) {
@@ -121,6 +123,10 @@ fn totals<'scope>(
                                 }
                             }
                             Entry::Vacant(entry) => {
+                                if let Some(start) = entry.key().window {
+                                    let close = spec.closes_at(start);
+                                    next_close = Some(next_close.map_or(close, |c| c.min(close)));
+                                }
                                 session.give(((entry.key().clone(), delta), time, 1));
                                 entry.insert(delta);
                             }

@@ -24,6 +24,7 @@ pub mod model;
 pub mod orders;
 pub mod output;
 pub mod reference;
+mod remainders;
 pub mod segments;
 pub mod state;
 pub mod windows;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -184,7 +184,22 @@ pub struct Ledger {
 /// proportional to `2^(i / SHARDS)`: the shards' sizes span a factor of two, and they cross their
 /// power-of-two capacities one after another over each doubling of the total, each step
 /// rehashing about a sixty-fourth of the orders.
-struct Shards(Vec<FxHashMap<OrderId, Remembered>>);
+struct Shards(Vec<Shard>);
+
+/// One map of the remembered orders, cleared of its tombstones when they take half its room.
+///
+/// Orders are forgotten as fast as they come, and a removal from a crowded hash map leaves a
+/// tombstone. Once tombstones filled a map, it doubled, holding no more orders than before:
+/// at a steady 10,000 events/s the ledger's capacity grew by 18% between 10M and 30M events, a
+/// shard at a time. Rebuilding a shard at its own capacity clears them instead, so the ledger
+/// grows only with the orders it remembers.
+#[derive(Default)]
+struct Shard {
+    map: FxHashMap<OrderId, Remembered>,
+    /// The map's capacity without tombstones: its capacity when it last grew or was rebuilt.
+    /// Its `capacity()` is that less its tombstones.
+    full: usize,
+}
 
 /// How many maps hold the orders.
 const SHARDS: usize = 64;
@@ -197,22 +212,37 @@ fn shard_of(order: OrderId) -> usize {
 
 impl Shards {
     fn new() -> Shards {
-        Shards((0..SHARDS).map(|_| FxHashMap::default()).collect())
+        Shards((0..SHARDS).map(|_| Shard::default()).collect())
     }
 
     /// The map of `order`: shard `floor(SHARDS * log2(1 + u))` for `u` uniform in `[0, 1)`,
     /// which has the density `2^(i / SHARDS)`. `u` is taken from a multiplicative hash (its top
     /// 53 bits, independent of the low bits that [`route`] spreads over the workers).
     fn of(&mut self, order: OrderId) -> &mut FxHashMap<OrderId, Remembered> {
-        &mut self.0[shard_of(order)]
+        &mut self.0[shard_of(order)].map
     }
 
     fn get(&self, order: OrderId) -> Option<Remembered> {
-        self.0[shard_of(order)].get(&order).copied()
+        self.0[shard_of(order)].map.get(&order).copied()
+    }
+
+    /// Forgets `order`, and rebuilds its map if tombstones take more than half its room.
+    fn remove(&mut self, order: OrderId) -> Option<Remembered> {
+        let shard = &mut self.0[shard_of(order)];
+        let removed = shard.map.remove(&order);
+        shard.full = shard.full.max(shard.map.capacity());
+        let tombstones = shard.full - shard.map.capacity();
+        if tombstones > (shard.full - shard.map.len()) / 2 {
+            let rebuilt = FxHashMap::with_capacity_and_hasher(shard.full, FxBuildHasher);
+            let old = std::mem::replace(&mut shard.map, rebuilt);
+            shard.map.extend(old);
+            shard.full = shard.map.capacity();
+        }
+        removed
     }
 
     fn len(&self) -> usize {
-        self.0.iter().map(FxHashMap::len).sum()
+        self.0.iter().map(|shard| shard.map.len()).sum()
     }
 }
 
@@ -311,7 +341,7 @@ impl Ledger {
 
     /// Drops what is remembered of `order`, if anything (its expiry entry stays).
     fn forget(&mut self, order: OrderId) {
-        if let Some(remembered) = self.orders.of(order).remove(&order)
+        if let Some(remembered) = self.orders.remove(order)
             && let Some(index) = remembered.purchase()
         {
             self.purchases.remove(index);
@@ -557,6 +587,39 @@ mod tests {
 
     /// The shards take unequal shares (the last about twice the first), so while orders pour
     /// in, the shards double one after another rather than all at once.
+    /// Orders forgotten as fast as they come (first in, first out, as the horizon forgets them)
+    /// leave each shard's capacity where its live orders put it, and every live order findable.
+    /// Without the rebuild, the crowded shards filled with tombstones and doubled.
+    #[test]
+    fn steady_churn_keeps_the_shards_capacity() {
+        let live = 100_000u64;
+        let scattered = |n: u64| OrderId(n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut shards = Shards::new();
+        for n in 0..live * 40 {
+            shards.of(scattered(n)).insert(scattered(n), Remembered(n));
+            if n >= live {
+                assert_eq!(
+                    shards.remove(scattered(n - live)),
+                    Some(Remembered(n - live))
+                );
+            }
+        }
+        assert_eq!(shards.len() as u64, live);
+        // A map grown by its orders has at most twice the room they need; one grown by
+        // tombstones has more.
+        for (i, shard) in shards.0.iter().enumerate() {
+            let (capacity, len) = (shard.map.capacity(), shard.map.len());
+            assert!(
+                capacity <= 2 * len,
+                "shard {i}: {len} orders, capacity {capacity}"
+            );
+        }
+        for n in 0..live * 40 {
+            let want = (n >= live * 39).then_some(Remembered(n));
+            assert_eq!(shards.get(scattered(n)), want);
+        }
+    }
+
     #[test]
     fn ledger_shards_grow_one_after_another() {
         let mut shards = Shards::new();
@@ -581,7 +644,7 @@ mod tests {
                 }
             }
         }
-        let sizes: Vec<usize> = shards.0.iter().map(FxHashMap::len).collect();
+        let sizes: Vec<usize> = shards.0.iter().map(|shard| shard.map.len()).collect();
         assert_eq!(sizes.iter().sum::<usize>() as u64, orders);
         let ratio = sizes[SHARDS - 1] as f64 / sizes[0] as f64;
         assert!(

@@ -28,6 +28,7 @@ use crate::model::{
     AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals,
     UserId,
 };
+use crate::remainders::Remainders;
 use crate::windows::WindowSpec;
 
 /// What one worker's join holds: for each of its users, the segments the demographics give it and
@@ -44,6 +45,10 @@ pub struct Attribution {
     retiring: VecDeque<(Tick, Vec<UserId>, usize)>,
     /// Emptied lists of users, reused.
     spare: Vec<Vec<UserId>>,
+    /// A user's contributions of closed windows, on their way to its remainders.
+    folding: Vec<(CampaignId, Totals)>,
+    /// Where a user's remainders are re-encoded.
+    packing: Vec<(CampaignId, Totals)>,
 }
 
 /// A user's side of the join.
@@ -53,12 +58,14 @@ struct User {
     /// demographics row, none for an unknown user. Anything else (two rows for one id) is joined
     /// as differential's join would, each segment times its multiplicity.
     segments: Vec<(Segment, isize)>,
-    /// Contributions in open windows (and closed ones not yet folded), sorted by campaign and
-    /// window, none zero. Most contributions land here, and the list is short: the user's
-    /// contributions within the allowed lateness.
-    windows: Vec<(CampaignId, EventTimeMs, Totals)>,
-    /// The all-time remainder per campaign, sorted by campaign, none zero.
-    retired: Vec<(CampaignId, Totals)>,
+    /// Contributions in open windows (and closed ones not yet folded), sorted by window and
+    /// campaign, none zero. Most contributions land here, and the list is short: the user's
+    /// contributions within the allowed lateness. Most go to the latest window, at the end of
+    /// the list, and closed windows leave from its front.
+    windows: Vec<(EventTimeMs, CampaignId, Totals)>,
+    /// The all-time remainder per campaign, packed: these are what grows with the (user,
+    /// campaign) pairs.
+    retired: Remainders,
     /// The latest closing time the user is listed under in [`Attribution::closing`]. A visit then
     /// folds every window closed by that time, so a user is listed once per window, however many
     /// campaigns it contributes to there, and not at all for an earlier window (one a late event
@@ -76,6 +83,8 @@ impl Attribution {
             closing: BTreeMap::new(),
             retiring: VecDeque::new(),
             spare: Vec::new(),
+            folding: Vec::new(),
+            packing: Vec::new(),
         }
     }
 
@@ -97,13 +106,13 @@ impl Attribution {
                 continue;
             }
             let user = self.users.entry(id).or_default();
-            for (campaign, start, totals) in &user.windows {
+            for (start, campaign, totals) in &user.windows {
                 let slot = Slot::Window(*start);
                 emit(*campaign, slot, Some(&segment), totals.scaled(change));
             }
-            for (campaign, totals) in &user.retired {
+            for (campaign, totals) in user.retired.iter() {
                 emit(
-                    *campaign,
+                    campaign,
                     Slot::Retired,
                     Some(&segment),
                     totals.scaled(change),
@@ -144,10 +153,17 @@ impl Attribution {
                 emit(campaign, slot, Some(segment), totals.scaled(*count));
             }
             match slot {
-                Slot::Retired => add_retired(&mut user.retired, campaign, totals),
+                Slot::Retired => user
+                    .retired
+                    .add_sorted(&[(campaign, totals)], &mut self.packing),
                 Slot::Window(start) => {
                     let list = &mut user.windows;
-                    match list.binary_search_by(|(c, s, _)| (*c, *s).cmp(&(campaign, start))) {
+                    let key = (start, campaign);
+                    let found = match list.last() {
+                        Some(&(s, c, _)) if (s, c) < key => Err(list.len()),
+                        _ => list.binary_search_by(|(s, c, _)| (*s, *c).cmp(&key)),
+                    };
+                    match found {
                         Ok(at) => {
                             list[at].2.add(&totals);
                             if list[at].2.is_empty() {
@@ -155,7 +171,7 @@ impl Attribution {
                             }
                         }
                         Err(at) => {
-                            list.insert(at, (campaign, start, totals));
+                            list.insert(at, (start, campaign, totals));
                             let closes = spec.closes_at(start);
                             if closes > user.listed_until {
                                 user.listed_until = closes;
@@ -213,14 +229,20 @@ impl Attribution {
             let closed = |start: EventTimeMs| spec.is_closed(start, *closes);
             for id in &users[*done..due] {
                 if let Some(user) = self.users.get_mut(id) {
-                    let retired = &mut user.retired;
-                    user.windows.retain(|&(campaign, start, totals)| {
-                        let keep = !closed(start);
-                        if !keep {
-                            add_retired(retired, campaign, totals);
-                        }
-                        keep
-                    });
+                    let list = &mut user.windows;
+                    let end = list.partition_point(|(start, _, _)| closed(*start));
+                    self.folding.clear();
+                    self.folding.extend(
+                        list.drain(..end)
+                            .map(|(_, campaign, totals)| (campaign, totals)),
+                    );
+                    self.folding.sort_unstable_by_key(|(campaign, _)| *campaign);
+                    user.retired.add_sorted(&self.folding, &mut self.packing);
+                    // The list grows by doubling within a window and shrinks here, so that
+                    // its capacity follows the user's activity rather than its busiest hour.
+                    if list.capacity() > 2 * list.len() + 4 {
+                        list.shrink_to_fit();
+                    }
                 }
             }
             *done = due;
@@ -254,16 +276,18 @@ impl Attribution {
         let mut ids: Vec<UserId> = self.users.keys().copied().collect();
         ids.sort_unstable();
         let mut out = Vec::new();
+        let mut merged = Vec::new();
         for id in ids {
             let user = &self.users[&id];
             let first = out.len();
             out.extend(
-                user.windows.iter().map(|&(campaign, start, totals)| {
+                user.windows.iter().map(|&(start, campaign, totals)| {
                     ((id, (campaign, Slot::Window(start))), totals)
                 }),
             );
             out.extend(
                 user.retired
+                    .merged(&mut merged)
                     .iter()
                     .map(|&(campaign, totals)| ((id, (campaign, Slot::Retired)), totals)),
             );
@@ -293,16 +317,21 @@ impl Attribution {
 const LOOK_AHEAD: usize = 8;
 
 /// Looks `id` up and asks the processor to load the entries of its windowed contributions that
-/// a binary search probes first, without waiting for them.
+/// [`Attribution::apply`] reads first, without waiting for them: the last, which a contribution
+/// to the latest window is compared with, and those a binary search probes first.
 #[inline]
 fn prefetch_windows(users: &FxHashMap<UserId, User>, id: UserId) {
     #[cfg(target_arch = "x86_64")]
     if let Some(user) = users.get(&id) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let list = &user.windows;
-        for at in [list.len() / 2, list.len() / 4, list.len() * 3 / 4] {
+        for at in [
+            list.len().wrapping_sub(1),
+            list.len() / 2,
+            list.len() * 3 / 4,
+        ] {
             if let Some(entry) = list.get(at) {
-                let entry: *const (CampaignId, EventTimeMs, Totals) = entry;
+                let entry: *const (EventTimeMs, CampaignId, Totals) = entry;
                 // SAFETY: SSE is part of every x86_64 processor, and a prefetch is a hint on a
                 // valid address that never faults and changes no memory.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(entry.cast()) };
@@ -317,23 +346,6 @@ impl User {
     /// Whether the user holds nothing: it can be forgotten.
     fn is_empty(&self) -> bool {
         self.segments.is_empty() && self.windows.is_empty() && self.retired.is_empty()
-    }
-}
-
-/// Adds `totals` to the campaign's all-time remainder in `retired`.
-fn add_retired(retired: &mut Vec<(CampaignId, Totals)>, campaign: CampaignId, totals: Totals) {
-    match retired.binary_search_by_key(&campaign, |(c, _)| *c) {
-        Ok(at) => {
-            retired[at].1.add(&totals);
-            if retired[at].1.is_empty() {
-                retired.remove(at);
-            }
-        }
-        Err(at) => {
-            if !totals.is_empty() {
-                retired.insert(at, (campaign, totals));
-            }
-        }
     }
 }
 
