@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::LazyLock;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -204,11 +205,21 @@ struct Shard {
 /// How many maps hold the orders.
 const SHARDS: usize = 64;
 
-/// See [`Shards::of`].
+/// See [`Shards::of`]: the shard whose range of [`SHARD_STARTS`] holds the order's hash.
 fn shard_of(order: OrderId) -> usize {
-    let u = (order.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    ((SHARDS as f64 * (1.0 + u).log2()) as usize).min(SHARDS - 1)
+    let u = order.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    SHARD_STARTS.partition_point(|&start| start <= u) - 1
 }
+
+/// Where each shard's range of 53-bit hashes `u` starts: at `(2^(i / SHARDS) - 1) * 2^53`, so
+/// shard `i` is `floor(SHARDS * log2(1 + u / 2^53))`, found by a binary search rather than a
+/// logarithm per order (which took 1–2% of the engine's time).
+static SHARD_STARTS: LazyLock<[u64; SHARDS]> = LazyLock::new(|| {
+    std::array::from_fn(|i| {
+        let share = (i as f64 / SHARDS as f64).exp2() - 1.0;
+        (share * (1u64 << 53) as f64).ceil() as u64
+    })
+});
 
 impl Shards {
     fn new() -> Shards {
