@@ -174,6 +174,8 @@ pub struct Ledger {
     /// Orders in the order they were first seen, a list per tick, to forget them when their
     /// horizon passes. Every remembered order is in exactly one list: the one of its first tick.
     expiry: VecDeque<(Tick, Vec<OrderId>)>,
+    /// A tick's contributions, summed; empty between ticks.
+    sums: FxHashMap<Contribution, Totals>,
 }
 
 /// The remembered orders, in [`SHARDS`] hash maps of unequal shares.
@@ -278,6 +280,7 @@ impl Ledger {
             orders: Shards::new(),
             purchases: Purchases::default(),
             expiry: VecDeque::new(),
+            sums: FxHashMap::default(),
         }
     }
 
@@ -364,7 +367,8 @@ impl Ledger {
         self.forget_before(tick);
         events.sort_unstable();
 
-        let mut sums: FxHashMap<Contribution, Totals> = FxHashMap::default();
+        // Kept between ticks, so that it is not grown from empty at each.
+        let mut sums = std::mem::take(&mut self.sums);
         let mut counters = [0i64; Counter::ALL.len()];
         let mut count = |counter: Counter| counters[counter as usize] += 1;
 
@@ -453,7 +457,8 @@ impl Ledger {
             }
         }
 
-        let contributions: Vec<_> = sums.into_iter().filter(|(_, t)| !t.is_empty()).collect();
+        let contributions: Vec<_> = sums.drain().filter(|(_, t)| !t.is_empty()).collect();
+        self.sums = sums;
         let counters = Counter::ALL
             .iter()
             .map(|&c| (c, counters[c as usize]))
