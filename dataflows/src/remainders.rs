@@ -69,7 +69,11 @@ impl Remainders {
 
     /// How many campaigns have a remainder.
     pub(crate) fn len(&self) -> usize {
-        self.merged(&mut Vec::new()).len()
+        if self.merged as usize == self.bytes.len() {
+            self.iter().count()
+        } else {
+            self.merged(&mut Vec::new()).len()
+        }
     }
 
     /// Adds `additions`, sorted by campaign (a campaign may appear more than once), to the
