@@ -117,21 +117,29 @@ impl Remainders {
             self.push(*campaign, *totals);
         }
         self.merged = self.len_u32();
-        if self.bytes.capacity() > 2 * self.bytes.len() {
-            self.bytes.shrink_to_fit();
-        }
+        self.bytes.shrink_to_fit();
     }
 
     /// Appends an entry.
+    ///
+    /// The list grows by exactly the entry: the allocator rounds an allocation up to its size
+    /// class and grows it in place within the class, so the list takes what its entries need and
+    /// a few percent, where growth by doubling left a third of it unused.
     fn push(&mut self, campaign: CampaignId, totals: Totals) {
         let clicks_only = totals.purchases == 0 && totals.units == 0 && totals.revenue_cents == 0;
         let step = zigzag(i64::from(campaign.0) - i64::from(self.last));
-        put(&mut self.bytes, step << 1 | u64::from(clicks_only));
-        put(&mut self.bytes, totals.clicks);
+        let mut entry = Entry::default();
+        entry.put(step << 1 | u64::from(clicks_only));
+        entry.put(totals.clicks);
         if !clicks_only {
-            put(&mut self.bytes, totals.purchases);
-            put(&mut self.bytes, totals.units);
-            put(&mut self.bytes, totals.revenue_cents);
+            entry.put(totals.purchases);
+            entry.put(totals.units);
+            entry.put(totals.revenue_cents);
+        }
+        self.bytes.reserve_exact(entry.len);
+        // A byte at a time: a copy of a few bytes was a call to `memcpy`.
+        for &byte in &entry.bytes[..entry.len] {
+            self.bytes.push(byte);
         }
         self.last = campaign.0;
     }
@@ -148,14 +156,27 @@ fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
-/// Appends `value`'s varint to `out`, a byte at a time: a copy of one to three bytes was a call
-/// to `memcpy`.
-#[inline]
-fn put(out: &mut Vec<u8>, value: impl VarInt) {
-    let mut bytes = [0; 10];
-    let n = value.encode_var(&mut bytes);
-    for &byte in &bytes[..n] {
-        out.push(byte);
+/// One entry's varints, encoded.
+struct Entry {
+    /// Room for five varints of at most ten bytes.
+    bytes: [u8; 50],
+    len: usize,
+}
+
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry {
+            bytes: [0; 50],
+            len: 0,
+        }
+    }
+}
+
+impl Entry {
+    /// Appends `value`'s varint.
+    #[inline]
+    fn put(&mut self, value: impl VarInt) {
+        self.len += value.encode_var(&mut self.bytes[self.len..]);
     }
 }
 
