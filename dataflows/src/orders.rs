@@ -193,7 +193,7 @@ struct Shards(Vec<Shard>);
 ///
 /// Orders are forgotten as fast as they come, and a removal from a crowded hash map leaves a
 /// tombstone. Once tombstones filled a map, it doubled, holding no more orders than before:
-/// at a steady 10,000 events/s the ledger's capacity grew by 18% between 10M and 30M events, a
+/// at a steady 10,000 events/s the ledger's capacity grew by 18% between 10M and 28M events, a
 /// shard at a time. Rebuilding a shard at its own capacity clears them instead, so the ledger
 /// grows only with the orders it remembers.
 #[derive(Default)]
@@ -605,8 +605,6 @@ mod tests {
         }
     }
 
-    /// The shards take unequal shares (the last about twice the first), so while orders pour
-    /// in, the shards double one after another rather than all at once.
     /// Orders forgotten as fast as they come (first in, first out, as the horizon forgets them)
     /// leave each shard's capacity where its live orders put it, and every live order findable.
     /// Without the rebuild, the crowded shards filled with tombstones and doubled.
@@ -640,6 +638,8 @@ mod tests {
         }
     }
 
+    /// The shards take unequal shares (the last about twice the first), so while orders pour
+    /// in, the shards double one after another rather than all at once.
     #[test]
     fn ledger_shards_grow_one_after_another() {
         let mut shards = Shards::new();

@@ -47,7 +47,7 @@ pub struct Attribution {
     spare: Vec<Vec<UserId>>,
     /// A user's contributions of closed windows, on their way to its remainders.
     folding: Vec<(CampaignId, Totals)>,
-    /// Where a user's remainders are re-encoded.
+    /// Room for merging a user's remainders.
     packing: Vec<(CampaignId, Totals)>,
 }
 
