@@ -239,7 +239,7 @@ impl Attribution {
                     self.folding.sort_unstable_by_key(|(campaign, _)| *campaign);
                     user.retired.add_sorted(&self.folding, &mut self.packing);
                     // The list grows by doubling within a window and shrinks here, so that
-                    // its capacity follows the user's activity rather than its busiest hour.
+                    // its capacity follows the user's activity rather than its busiest window.
                     if list.capacity() > 2 * list.len() + 4 {
                         list.shrink_to_fit();
                     }
