@@ -76,6 +76,14 @@ impl Remainders {
         }
     }
 
+    /// Starts loading the last bytes, where [`Remainders::add_sorted`] appends.
+    #[inline]
+    pub(crate) fn prefetch_end(&self) {
+        if let Some(last) = self.bytes.last() {
+            crate::segments::prefetch_bytes(last, 1);
+        }
+    }
+
     /// Adds `additions`, sorted by campaign (a campaign may appear more than once), to the
     /// remainders; `scratch` is room for merging.
     pub(crate) fn add_sorted(

@@ -20,6 +20,7 @@ use std::rc::Rc;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, InputCapability, Operator};
 
@@ -35,16 +36,26 @@ use crate::windows::WindowSpec;
 /// every contribution counted so far (all-time remainders and open windows). Checkpoints read it.
 pub struct Attribution {
     spec: WindowSpec,
-    users: FxHashMap<UserId, User>,
+    /// Where each user is in `users`.
+    index: FxHashMap<UserId, u32>,
+    /// The users, each at a place it keeps for as long as it is held: a forgotten user's place is
+    /// reused, and no user ever moves, so [`Attribution::closing`] can name places. The index is
+    /// small and the users are not, so a tick's users can be loaded ahead of their turn from
+    /// their places (see [`Attribution::apply`]).
+    users: Vec<User>,
+    /// Places of forgotten users, to reuse.
+    vacant: Vec<u32>,
     /// The latest tick applied, if any.
     applied: Option<Tick>,
-    /// By closing time, the users who opened a contribution in a window closing then (once per
-    /// window, see [`User::listed_until`]): whom to visit when the window closes.
-    closing: BTreeMap<Tick, Vec<UserId>>,
-    /// Closed windows' users still to visit, with when the window closed and how many are done.
-    retiring: VecDeque<(Tick, Vec<UserId>, usize)>,
-    /// Emptied lists of users, reused.
-    spare: Vec<Vec<UserId>>,
+    /// By closing time, the places of users who opened a contribution in a window closing then
+    /// (once per window, see [`User::listed_until`]): whom to visit when the window closes. A
+    /// place whose user was forgotten meanwhile, or reused by another, is visited all the same:
+    /// a visit only folds what has closed, which is right for any user at any later time.
+    closing: BTreeMap<Tick, Vec<u32>>,
+    /// Closed windows' places still to visit, with when the window closed and how many are done.
+    retiring: VecDeque<(Tick, Vec<u32>, usize)>,
+    /// Emptied lists of places, reused.
+    spare: Vec<Vec<u32>>,
     /// A user's contributions of closed windows, on their way to its remainders.
     folding: Vec<(CampaignId, Totals)>,
     /// Room for merging a user's remainders.
@@ -54,10 +65,13 @@ pub struct Attribution {
 /// A user's side of the join.
 #[derive(Default)]
 struct User {
+    /// The user.
+    id: UserId,
     /// The user's segments with their multiplicity: one with multiplicity one for a user with a
     /// demographics row, none for an unknown user. Anything else (two rows for one id) is joined
-    /// as differential's join would, each segment times its multiplicity.
-    segments: Vec<(Segment, isize)>,
+    /// as differential's join would, each segment times its multiplicity. Held in place, as the
+    /// one segment nearly every user has is read with every contribution.
+    segments: SmallVec<[(Segment, isize); 1]>,
     /// Contributions in open windows (and closed ones not yet folded), sorted by window and
     /// campaign, none zero. Most contributions land here, and the list is short: the user's
     /// contributions within the allowed lateness. Most go to the latest window, at the end of
@@ -78,7 +92,9 @@ impl Attribution {
     pub fn new(spec: WindowSpec) -> Attribution {
         Attribution {
             spec,
-            users: FxHashMap::default(),
+            index: FxHashMap::default(),
+            users: Vec::new(),
+            vacant: Vec::new(),
             applied: None,
             closing: BTreeMap::new(),
             retiring: VecDeque::new(),
@@ -88,10 +104,54 @@ impl Attribution {
         }
     }
 
+    /// The place of user `id`, given one if it has none.
+    fn place_of(&mut self, id: UserId) -> usize {
+        let (users, vacant) = (&mut self.users, &mut self.vacant);
+        *self.index.entry(id).or_insert_with(|| {
+            let user = User {
+                id,
+                ..User::default()
+            };
+            match vacant.pop() {
+                Some(place) => {
+                    users[place as usize] = user;
+                    place
+                }
+                None => {
+                    users.push(user);
+                    u32::try_from(users.len() - 1).expect("fewer than 2^32 users per worker")
+                }
+            }
+        }) as usize
+    }
+
+    /// User `id`, if held.
+    #[inline]
+    fn user(&self, id: UserId) -> Option<&User> {
+        self.index
+            .get(&id)
+            .map(|place| &self.users[*place as usize])
+    }
+
+    /// Forgets the user at `place` if it holds nothing.
+    fn forget_if_empty(&mut self, place: usize) {
+        let user = &mut self.users[place];
+        if user.is_empty() {
+            self.index.remove(&user.id);
+            *user = User::default();
+            self.vacant.push(place as u32);
+        }
+    }
+
     /// Applies one tick: first the segment changes, each moving everything the user contributed
     /// before the tick, then the contributions, each counted in the user's segments as they are
     /// after the tick. Together that is `C ⋈ D' - C ⋈ D` for `C' = C + dC`, `D' = D + dD`:
     /// `dC ⋈ D' + C ⋈ dD`, which is what a differential join emits at the tick.
+    ///
+    /// A tick's users are random, and each one's entry and windowed contributions are cache
+    /// misses, so they are loaded ahead of their turn in two steps: the entry [`LOOK_AHEAD`]
+    /// contributions before (the index is small enough to stay cached), the windowed
+    /// contributions it points to half as many before.
     #[inline(never)]
     fn apply(
         &mut self,
@@ -105,7 +165,8 @@ impl Attribution {
             if change == 0 {
                 continue;
             }
-            let user = self.users.entry(id).or_default();
+            let place = self.place_of(id);
+            let user = &mut self.users[place];
             for (start, campaign, totals) in &user.windows {
                 let slot = Slot::Window(*start);
                 emit(*campaign, slot, Some(&segment), totals.scaled(change));
@@ -123,21 +184,23 @@ impl Attribution {
                     user.segments[at].1 += change;
                     if user.segments[at].1 == 0 {
                         user.segments.swap_remove(at);
-                        if user.is_empty() {
-                            self.users.remove(&id);
-                        }
+                        self.forget_if_empty(place);
                     }
                 }
                 None => user.segments.push((segment, change)),
             }
         }
         let spec = self.spec;
-        for ahead in contributions.iter().take(LOOK_AHEAD) {
-            prefetch_windows(&self.users, ahead.0.0);
-        }
         for at in 0..contributions.len() {
-            if let Some(ahead) = contributions.get(at + LOOK_AHEAD) {
-                prefetch_windows(&self.users, ahead.0.0);
+            if let Some(((id, _), _)) = contributions.get(at + LOOK_AHEAD)
+                && let Some(user) = self.user(*id)
+            {
+                prefetch(user);
+            }
+            if let Some(((id, _), _)) = contributions.get(at + LOOK_AHEAD / 2)
+                && let Some(user) = self.user(*id)
+            {
+                user.prefetch_windows();
             }
             let ((id, (campaign, slot)), totals) = contributions[at];
             if totals.is_empty() {
@@ -148,7 +211,8 @@ impl Attribution {
                 slot => slot,
             };
             emit(campaign, slot, None, totals);
-            let user = self.users.entry(id).or_default();
+            let place = self.place_of(id);
+            let user = &mut self.users[place];
             for (segment, count) in &user.segments {
                 emit(campaign, slot, Some(segment), totals.scaled(*count));
             }
@@ -179,15 +243,13 @@ impl Attribution {
                                 self.closing
                                     .entry(closes)
                                     .or_insert_with(|| spare.pop().unwrap_or_default())
-                                    .push(id);
+                                    .push(place as u32);
                             }
                         }
                     }
                 }
             }
-            if user.is_empty() {
-                self.users.remove(&id);
-            }
+            self.forget_if_empty(place);
         }
         contributions.clear();
     }
@@ -205,44 +267,55 @@ impl Attribution {
     /// The users of a closed window are visited spread over the window's length after it closes,
     /// rather than all at its closing tick: a window holds a contribution per (user, campaign) it
     /// saw, millions at 100,000 events/s, and moving them at once would stall the pipeline at
-    /// every window.
+    /// every window. They are loaded ahead of their turn as in [`Attribution::apply`].
     #[inline(never)]
     fn retire(&mut self, now: Option<Tick>) {
         while let Some(entry) = self.closing.first_entry() {
             if now.is_some_and(|now| now <= *entry.key()) {
                 break;
             }
-            let (closes, users) = entry.remove_entry();
-            self.retiring.push_back((closes, users, 0));
+            let (closes, places) = entry.remove_entry();
+            self.retiring.push_back((closes, places, 0));
         }
         let spec = self.spec;
-        for (closes, users, done) in &mut self.retiring {
+        for (closes, places, done) in &mut self.retiring {
             let share = match now {
                 Some(now) => (now - *closes) as f64 / spec.size_ms as f64,
                 None => 1.0,
             };
             // At least one more each time, so every window retires in finitely many steps.
-            let due = ((share.clamp(0.0, 1.0) * users.len() as f64).ceil() as usize)
+            let due = ((share.clamp(0.0, 1.0) * places.len() as f64).ceil() as usize)
                 .max(*done + 1)
-                .min(users.len());
+                .min(places.len());
             // The window is closed at `closes`, and the ticks still to come are later.
             let closed = |start: EventTimeMs| spec.is_closed(start, *closes);
-            for id in &users[*done..due] {
-                if let Some(user) = self.users.get_mut(id) {
-                    let list = &mut user.windows;
-                    let end = list.partition_point(|(start, _, _)| closed(*start));
-                    self.folding.clear();
-                    self.folding.extend(
-                        list.drain(..end)
-                            .map(|(_, campaign, totals)| (campaign, totals)),
-                    );
-                    self.folding.sort_unstable_by_key(|(campaign, _)| *campaign);
-                    user.retired.add_sorted(&self.folding, &mut self.packing);
-                    // The list grows by doubling within a window and shrinks here, so that
-                    // its capacity follows the user's activity rather than its busiest window.
-                    if list.capacity() > 2 * list.len() + 4 {
-                        list.shrink_to_fit();
-                    }
+            let places = &places[..due];
+            for at in *done..due {
+                if let Some(place) = places.get(at + LOOK_AHEAD) {
+                    prefetch(&self.users[*place as usize]);
+                }
+                if let Some(place) = places.get(at + LOOK_AHEAD / 2) {
+                    let user = &self.users[*place as usize];
+                    user.prefetch_windows();
+                    user.retired.prefetch_end();
+                }
+                let user = &mut self.users[places[at] as usize];
+                let list = &mut user.windows;
+                let end = list.partition_point(|(start, _, _)| closed(*start));
+                if end == 0 {
+                    continue;
+                }
+                self.folding.clear();
+                self.folding.extend(
+                    list.drain(..end)
+                        .map(|(_, campaign, totals)| (campaign, totals)),
+                );
+                self.folding.sort_unstable_by_key(|(campaign, _)| *campaign);
+                user.retired.add_sorted(&self.folding, &mut self.packing);
+                // The list grows by doubling within a window and shrinks here, so that its
+                // capacity follows the user's activity rather than its busiest window.
+                if list.capacity() > 2 * list.len() + 4 {
+                    list.shrink_to_fit();
                 }
             }
             *done = due;
@@ -250,11 +323,11 @@ impl Attribution {
         while self
             .retiring
             .front()
-            .is_some_and(|(_, users, done)| *done == users.len())
+            .is_some_and(|(_, places, done)| *done == places.len())
         {
-            let (_, mut users, _) = self.retiring.pop_front().expect("a retirement");
-            users.clear();
-            self.spare.push(users);
+            let (_, mut places, _) = self.retiring.pop_front().expect("a retirement");
+            places.clear();
+            self.spare.push(places);
         }
     }
 
@@ -263,22 +336,28 @@ impl Attribution {
         self.applied
     }
 
+    /// The users held, in no particular order.
+    fn held_users(&self) -> impl Iterator<Item = &User> {
+        self.index
+            .values()
+            .map(|place| &self.users[*place as usize])
+    }
+
     /// How many contributions are held.
     pub fn held(&self) -> usize {
-        self.users
-            .values()
+        self.held_users()
             .map(|user| user.windows.len() + user.retired.len())
             .sum()
     }
 
     /// Every contribution held, by user, campaign and slot.
     pub fn contributions(&self) -> Vec<(Contribution, Totals)> {
-        let mut ids: Vec<UserId> = self.users.keys().copied().collect();
-        ids.sort_unstable();
+        let mut users: Vec<&User> = self.held_users().collect();
+        users.sort_unstable_by_key(|user| user.id);
         let mut out = Vec::new();
         let mut merged = Vec::new();
-        for id in ids {
-            let user = &self.users[&id];
+        for user in users {
+            let id = user.id;
             let first = out.len();
             out.extend(
                 user.windows.iter().map(|&(start, campaign, totals)| {
@@ -299,12 +378,11 @@ impl Attribution {
     /// Every user's segments with their multiplicity, by user and segment.
     pub fn segments(&self) -> Vec<((UserId, Segment), isize)> {
         let mut out: Vec<_> = self
-            .users
-            .iter()
-            .flat_map(|(id, user)| {
+            .held_users()
+            .flat_map(|user| {
                 user.segments
                     .iter()
-                    .map(move |(segment, count)| ((*id, segment.clone()), *count))
+                    .map(move |(segment, count)| ((user.id, segment.clone()), *count))
             })
             .collect();
         out.sort_unstable();
@@ -312,40 +390,55 @@ impl Attribution {
     }
 }
 
-/// How many contributions ahead [`Attribution::apply`] looks up the user, to start loading its
-/// windowed contributions: a tick's users are random, so each one's list is a cache miss.
+/// How many contributions ahead [`Attribution::apply`] and [`Attribution::retire`] start to load
+/// a user's entry; its windowed contributions are loaded half as many ahead.
 const LOOK_AHEAD: usize = 8;
 
-/// Looks `id` up and asks the processor to load the entries of its windowed contributions that
-/// [`Attribution::apply`] reads first, without waiting for them: the last, which a contribution
-/// to the latest window is compared with, and those a binary search probes first.
+/// Asks the processor to load every cache line of `value`, without waiting for them.
 #[inline]
-fn prefetch_windows(users: &FxHashMap<UserId, User>, id: UserId) {
+fn prefetch<T>(value: &T) {
+    prefetch_bytes((value as *const T).cast(), std::mem::size_of::<T>());
+}
+
+/// Asks the processor to load the cache lines of `len` bytes from `start`, without waiting for
+/// them.
+#[inline]
+pub(crate) fn prefetch_bytes(start: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(user) = users.get(&id) {
+    {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let list = &user.windows;
-        for at in [
-            list.len().wrapping_sub(1),
-            list.len() / 2,
-            list.len() * 3 / 4,
-        ] {
-            if let Some(entry) = list.get(at) {
-                let entry: *const (EventTimeMs, CampaignId, Totals) = entry;
-                // SAFETY: SSE is part of every x86_64 processor, and a prefetch is a hint on a
-                // valid address that never faults and changes no memory.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(entry.cast()) };
-            }
+        const LINE: usize = 64;
+        let first = start as usize & !(LINE - 1);
+        let last = (start as usize).wrapping_add(len.max(1) - 1);
+        for line in (first..=last).step_by(LINE) {
+            // SAFETY: SSE is part of every x86_64 processor, and a prefetch is a hint that
+            // never faults, whatever the address, and changes no memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (users, id);
+    let _ = (start, len);
 }
 
 impl User {
     /// Whether the user holds nothing: it can be forgotten.
     fn is_empty(&self) -> bool {
         self.segments.is_empty() && self.windows.is_empty() && self.retired.is_empty()
+    }
+
+    /// Starts loading the windowed contributions [`Attribution::apply`] and
+    /// [`Attribution::retire`] read first: the first (a fold reads from the front), the last (a
+    /// contribution to the latest window is compared with it), and those a binary search probes
+    /// first.
+    #[inline]
+    fn prefetch_windows(&self) {
+        let list = &self.windows;
+        let len = list.len();
+        for at in [0, len.wrapping_sub(1), len / 2, len * 3 / 4] {
+            if let Some(entry) = list.get(at) {
+                prefetch(entry);
+            }
+        }
     }
 }
 
@@ -536,6 +629,121 @@ mod tests {
         let emitted = std::mem::take(&mut *emitted.lock().unwrap());
         let held = std::mem::take(&mut *held.lock().unwrap());
         (emitted, held)
+    }
+
+    /// The join's state against a model of it, over random ticks of few users, so that users
+    /// are forgotten (their segments retracted, their contributions cancelled) and their places
+    /// reused within a tick, while windows they were listed in close: what the join emits per
+    /// campaign and segment sums to the model's contributions times its segments, and what it
+    /// holds per user and campaign is the model's.
+    #[test]
+    fn places_are_reused_without_losing_or_moving_anything() {
+        use rand::rngs::StdRng;
+        use rand::{RngExt, SeedableRng};
+
+        let spec = WindowSpec {
+            size_ms: 10,
+            allowed_lateness_ms: 5,
+        };
+        let places: Vec<Segment> = ["CA", "NY", "TX"]
+            .iter()
+            .map(|state| Segment {
+                age_band: crate::model::AgeBand::From25To34,
+                gender: Gender::Male,
+                state: (*state).into(),
+                country: "US".into(),
+            })
+            .collect();
+        for seed in 0..40 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut join = Attribution::new(spec);
+            // The model: segments and all-time contributions per user; and what the join emitted.
+            let mut segments: BTreeMap<(UserId, Segment), isize> = BTreeMap::new();
+            let mut held: BTreeMap<(UserId, CampaignId), Totals> = BTreeMap::new();
+            let mut emitted: BTreeMap<(CampaignId, Option<Segment>), Totals> = BTreeMap::new();
+            for tick in 0..120u64 {
+                let mut changes = Vec::new();
+                for _ in 0..rng.random_range(0..4) {
+                    let id = UserId(rng.random_range(0..6));
+                    let segment = places[rng.random_range(0..places.len())].clone();
+                    // Mostly retract what is there, so that users lose their segments.
+                    let count = segments.get(&(id, segment.clone())).copied().unwrap_or(0);
+                    let change = if count != 0 && rng.random_bool(0.7) {
+                        -count
+                    } else {
+                        rng.random_range(-1..=1i64) as isize
+                    };
+                    changes.push(((id, segment), change));
+                }
+                let mut contributions = Vec::new();
+                for _ in 0..rng.random_range(0..8) {
+                    let id = UserId(rng.random_range(0..6));
+                    let campaign = CampaignId(rng.random_range(0..3));
+                    let slot = match rng.random_range(0..4) {
+                        0 => Slot::Retired,
+                        _ => Slot::Window(EventTimeMs(
+                            tick.saturating_sub(rng.random_range(0..30)) / 10 * 10,
+                        )),
+                    };
+                    // Often the exact opposite of what the user holds, so that it empties.
+                    let totals = match held.get(&(id, campaign)) {
+                        Some(totals) if rng.random_bool(0.5) => totals.negated(),
+                        _ => Totals {
+                            clicks: rng.random_range(-2..=2),
+                            purchases: rng.random_range(-1..=1),
+                            units: 0,
+                            revenue_cents: rng.random_range(-500..=500),
+                        },
+                    };
+                    contributions.push(((id, (campaign, slot)), totals));
+                }
+                for ((id, segment), change) in &changes {
+                    *segments.entry((*id, segment.clone())).or_default() += change;
+                }
+                segments.retain(|_, count| *count != 0);
+                for ((id, (campaign, _)), totals) in &contributions {
+                    held.entry((*id, *campaign)).or_default().add(totals);
+                }
+                held.retain(|_, totals| !totals.is_empty());
+
+                join.apply(
+                    tick,
+                    &mut changes,
+                    &mut contributions,
+                    |c, _, segment, t| {
+                        emitted.entry((c, segment.cloned())).or_default().add(&t);
+                    },
+                );
+                join.retire(Some(tick + 1));
+
+                // What the join emitted so far is the contributions joined with the segments,
+                // and each contribution once unknown.
+                let mut want: BTreeMap<(CampaignId, Option<Segment>), Totals> = BTreeMap::new();
+                for ((id, campaign), totals) in &held {
+                    want.entry((*campaign, None)).or_default().add(totals);
+                    for ((user, segment), count) in &segments {
+                        if user == id {
+                            want.entry((*campaign, Some(segment.clone())))
+                                .or_default()
+                                .add(&totals.scaled(*count));
+                        }
+                    }
+                }
+                want.retain(|_, totals| !totals.is_empty());
+                emitted.retain(|_, totals| !totals.is_empty());
+                assert_eq!(emitted, want, "seed {seed}, tick {tick}");
+
+                let mut found: BTreeMap<(UserId, CampaignId), Totals> = BTreeMap::new();
+                for ((id, (campaign, _)), totals) in join.contributions() {
+                    found.entry((id, campaign)).or_default().add(&totals);
+                }
+                found.retain(|_, totals| !totals.is_empty());
+                assert_eq!(found, held, "seed {seed}, tick {tick}");
+                let found: BTreeMap<(UserId, Segment), isize> =
+                    join.segments().into_iter().collect();
+                assert_eq!(found, segments, "seed {seed}, tick {tick}");
+            }
+        }
     }
 
     /// A closed window's contributions move to the campaign's all-time remainder, spread over
