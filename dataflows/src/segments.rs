@@ -37,7 +37,7 @@ use crate::windows::WindowSpec;
 pub struct Attribution {
     spec: WindowSpec,
     /// Where each user is in `users`.
-    index: FxHashMap<UserId, u32>,
+    index: Index,
     /// The users, each at a place it keeps for as long as it is held: a forgotten user's place is
     /// reused, and no user ever moves, so [`Attribution::closing`] can name places. The index is
     /// small and the users are not, so a tick's users can be loaded ahead of their turn from
@@ -92,7 +92,7 @@ impl Attribution {
     pub fn new(spec: WindowSpec) -> Attribution {
         Attribution {
             spec,
-            index: FxHashMap::default(),
+            index: Index::default(),
             users: Vec::new(),
             vacant: Vec::new(),
             applied: None,
@@ -105,39 +105,40 @@ impl Attribution {
     }
 
     /// The place of user `id`, given one if it has none.
+    #[inline]
     fn place_of(&mut self, id: UserId) -> usize {
-        let (users, vacant) = (&mut self.users, &mut self.vacant);
-        *self.index.entry(id).or_insert_with(|| {
-            let user = User {
-                id,
-                ..User::default()
-            };
-            match vacant.pop() {
-                Some(place) => {
-                    users[place as usize] = user;
-                    place
-                }
-                None => {
-                    users.push(user);
-                    u32::try_from(users.len() - 1).expect("fewer than 2^32 users per worker")
-                }
+        if let Some(place) = self.index.get(id) {
+            return place as usize;
+        }
+        let user = User {
+            id,
+            ..User::default()
+        };
+        let place = match self.vacant.pop() {
+            Some(place) => {
+                self.users[place as usize] = user;
+                place
             }
-        }) as usize
+            None => {
+                self.users.push(user);
+                u32::try_from(self.users.len() - 1).expect("fewer than 2^32 users per worker")
+            }
+        };
+        self.index.insert(id, place, self.users.len());
+        place as usize
     }
 
     /// User `id`, if held.
     #[inline]
     fn user(&self, id: UserId) -> Option<&User> {
-        self.index
-            .get(&id)
-            .map(|place| &self.users[*place as usize])
+        self.index.get(id).map(|place| &self.users[place as usize])
     }
 
     /// Forgets the user at `place` if it holds nothing.
     fn forget_if_empty(&mut self, place: usize) {
         let user = &mut self.users[place];
         if user.is_empty() {
-            self.index.remove(&user.id);
+            self.index.remove(user.id);
             *user = User::default();
             self.vacant.push(place as u32);
         }
@@ -148,10 +149,10 @@ impl Attribution {
     /// after the tick. Together that is `C ⋈ D' - C ⋈ D` for `C' = C + dC`, `D' = D + dD`:
     /// `dC ⋈ D' + C ⋈ dD`, which is what a differential join emits at the tick.
     ///
-    /// A tick's users are random, and each one's entry and windowed contributions are cache
-    /// misses, so they are loaded ahead of their turn in two steps: the entry [`LOOK_AHEAD`]
-    /// contributions before (the index is small enough to stay cached), the windowed
-    /// contributions it points to half as many before.
+    /// A tick's users are random, and each one's index entry, entry and windowed contributions
+    /// are cache misses, so they are loaded ahead of their turn in three steps: the index entry
+    /// twice [`LOOK_AHEAD`] contributions before, the user's entry [`LOOK_AHEAD`] before, the
+    /// windowed contributions it points to half as many before.
     #[inline(never)]
     fn apply(
         &mut self,
@@ -192,6 +193,9 @@ impl Attribution {
         }
         let spec = self.spec;
         for at in 0..contributions.len() {
+            if let Some(((id, _), _)) = contributions.get(at + 2 * LOOK_AHEAD) {
+                self.index.prefetch(*id);
+            }
             if let Some(((id, _), _)) = contributions.get(at + LOOK_AHEAD)
                 && let Some(user) = self.user(*id)
             {
@@ -200,7 +204,7 @@ impl Attribution {
             if let Some(((id, _), _)) = contributions.get(at + LOOK_AHEAD / 2)
                 && let Some(user) = self.user(*id)
             {
-                user.prefetch_windows();
+                user.prefetch_latest_windows();
             }
             let ((id, (campaign, slot)), totals) = contributions[at];
             if totals.is_empty() {
@@ -223,9 +227,12 @@ impl Attribution {
                 Slot::Window(start) => {
                     let list = &mut user.windows;
                     let key = (start, campaign);
-                    let found = match list.last() {
-                        Some(&(s, c, _)) if (s, c) < key => Err(list.len()),
-                        _ => list.binary_search_by(|(s, c, _)| (*s, *c).cmp(&key)),
+                    // Most contributions are to the latest window, at the end of the list: the
+                    // search starts there (and the list is short).
+                    let found = match list.iter().rposition(|(s, c, _)| (*s, *c) <= key) {
+                        Some(at) if (list[at].0, list[at].1) == key => Ok(at),
+                        Some(at) => Err(at + 1),
+                        None => Err(0),
                     };
                     match found {
                         Ok(at) => {
@@ -296,7 +303,7 @@ impl Attribution {
                 }
                 if let Some(place) = places.get(at + LOOK_AHEAD / 2) {
                     let user = &self.users[*place as usize];
-                    user.prefetch_windows();
+                    user.prefetch_earliest_windows();
                     user.retired.prefetch_end();
                 }
                 let user = &mut self.users[places[at] as usize];
@@ -338,9 +345,7 @@ impl Attribution {
 
     /// The users held, in no particular order.
     fn held_users(&self) -> impl Iterator<Item = &User> {
-        self.index
-            .values()
-            .map(|place| &self.users[*place as usize])
+        self.index.places().map(|place| &self.users[place as usize])
     }
 
     /// How many contributions are held.
@@ -390,6 +395,84 @@ impl Attribution {
     }
 }
 
+/// Where each user is in [`Attribution::users`]: a table indexed by the id itself for ids below a
+/// few times the number of users held, and a hash map for the others. A shop numbers its users
+/// densely, so nearly every user is in the table, where finding it takes one load whose address
+/// is known without loading anything: it can be prefetched, where a hash map's probe could not
+/// (perf annotate put 40% of `apply`'s samples on the probe's miss).
+#[derive(Default)]
+struct Index {
+    /// By id: the user's place, or [`Index::NONE`].
+    dense: Vec<u32>,
+    /// Users whose ids are beyond `dense`.
+    sparse: FxHashMap<UserId, u32>,
+}
+
+impl Index {
+    /// No user.
+    const NONE: u32 = u32::MAX;
+
+    /// The place of user `id`, if held.
+    #[inline]
+    fn get(&self, id: UserId) -> Option<u32> {
+        match self.dense.get(id.0 as usize) {
+            Some(&place) => (place != Index::NONE).then_some(place),
+            None => self.sparse.get(&id).copied(),
+        }
+    }
+
+    /// Records that user `id`, not held, is at `place`, with `places` places in all. The table
+    /// grows to take the id if it is below four times the places (and at least 2^16): the
+    /// table then takes at most 16 bytes per place, whatever ids the input holds.
+    fn insert(&mut self, id: UserId, place: u32, places: usize) {
+        let at = id.0 as usize;
+        let limit = (4 * places).max(1 << 16);
+        if at >= self.dense.len() && at < limit {
+            let len = (at + 1).next_power_of_two().min(limit);
+            self.dense.resize(len, Index::NONE);
+            let moved: Vec<UserId> = self
+                .sparse
+                .keys()
+                .filter(|id| (id.0 as usize) < len)
+                .copied()
+                .collect();
+            for id in moved {
+                self.dense[id.0 as usize] = self.sparse.remove(&id).expect("a sparse user");
+            }
+        }
+        match self.dense.get_mut(at) {
+            Some(slot) => *slot = place,
+            None => {
+                self.sparse.insert(id, place);
+            }
+        }
+    }
+
+    /// Forgets user `id`.
+    fn remove(&mut self, id: UserId) {
+        match self.dense.get_mut(id.0 as usize) {
+            Some(slot) => *slot = Index::NONE,
+            None => {
+                self.sparse.remove(&id);
+            }
+        }
+    }
+
+    /// Starts loading the entry of user `id`, if it is in the table.
+    #[inline]
+    fn prefetch(&self, id: UserId) {
+        if let Some(slot) = self.dense.get(id.0 as usize) {
+            prefetch(slot);
+        }
+    }
+
+    /// The places of every user held.
+    fn places(&self) -> impl Iterator<Item = u32> {
+        let dense = self.dense.iter().copied().filter(|p| *p != Index::NONE);
+        dense.chain(self.sparse.values().copied())
+    }
+}
+
 /// How many contributions ahead [`Attribution::apply`] and [`Attribution::retire`] start to load
 /// a user's entry; its windowed contributions are loaded half as many ahead.
 const LOOK_AHEAD: usize = 8;
@@ -408,12 +491,13 @@ pub(crate) fn prefetch_bytes(start: *const u8, len: usize) {
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         const LINE: usize = 64;
-        let first = start as usize & !(LINE - 1);
-        let last = (start as usize).wrapping_add(len.max(1) - 1);
-        for line in (first..=last).step_by(LINE) {
+        let mut line = start as usize & !(LINE - 1);
+        let end = (start as usize).wrapping_add(len);
+        while line < end {
             // SAFETY: SSE is part of every x86_64 processor, and a prefetch is a hint that
             // never faults, whatever the address, and changes no memory.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            line += LINE;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -426,21 +510,27 @@ impl User {
         self.segments.is_empty() && self.windows.is_empty() && self.retired.is_empty()
     }
 
-    /// Starts loading the windowed contributions [`Attribution::apply`] and
-    /// [`Attribution::retire`] read first: the first (a fold reads from the front), the last (a
-    /// contribution to the latest window is compared with it), and those a binary search probes
-    /// first.
+    /// Starts loading the windowed contributions [`Attribution::apply`] reads first: the last
+    /// few, where the latest window's are.
     #[inline]
-    fn prefetch_windows(&self) {
-        let list = &self.windows;
-        let len = list.len();
-        for at in [0, len.wrapping_sub(1), len / 2, len * 3 / 4] {
-            if let Some(entry) = list.get(at) {
-                prefetch(entry);
-            }
-        }
+    fn prefetch_latest_windows(&self) {
+        let list = self.windows.as_slice();
+        let tail = &list[list.len().saturating_sub(WINDOWS_AHEAD)..];
+        prefetch_bytes(tail.as_ptr().cast(), std::mem::size_of_val(tail));
+    }
+
+    /// Starts loading the windowed contributions [`Attribution::retire`] reads first: the first
+    /// few, where the closed windows' are.
+    #[inline]
+    fn prefetch_earliest_windows(&self) {
+        let list = self.windows.as_slice();
+        let head = &list[..list.len().min(WINDOWS_AHEAD)];
+        prefetch_bytes(head.as_ptr().cast(), std::mem::size_of_val(head));
     }
 }
+
+/// How many of a user's windowed contributions are loaded ahead: four cache lines' worth.
+const WINDOWS_AHEAD: usize = 4 * 64 / std::mem::size_of::<(EventTimeMs, CampaignId, Totals)>();
 
 /// Contributions and segment changes of one tick.
 type Lists = (Vec<(Contribution, Totals)>, Vec<((UserId, Segment), isize)>);
@@ -629,6 +719,52 @@ mod tests {
         let emitted = std::mem::take(&mut *emitted.lock().unwrap());
         let held = std::mem::take(&mut *held.lock().unwrap());
         (emitted, held)
+    }
+
+    /// The index against a map, with ids dense and sparse: those beyond the table, and those
+    /// the table takes in once it grows with the places.
+    #[test]
+    fn the_index_finds_every_user_dense_or_sparse() {
+        use rand::rngs::StdRng;
+        use rand::{RngExt, SeedableRng};
+
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut index = Index::default();
+        let mut model: BTreeMap<UserId, u32> = BTreeMap::new();
+        let mut places = 0;
+        for step in 0..200_000u32 {
+            let id = UserId(match rng.random_range(0..4) {
+                0 => rng.random_range(0..1_000),
+                1 => rng.random_range(0..400_000),
+                2 => rng.random_range(u32::MAX - 1_000..=u32::MAX),
+                _ => rng.random(),
+            });
+            match model.get(&id) {
+                Some(_) if rng.random_bool(0.3) => {
+                    index.remove(id);
+                    model.remove(&id);
+                }
+                Some(_) => {}
+                None => {
+                    places += 1;
+                    index.insert(id, step, places);
+                    model.insert(id, step);
+                }
+            }
+            let probe = UserId(rng.random_range(0..400_000));
+            assert_eq!(index.get(probe), model.get(&probe).copied());
+            assert_eq!(index.get(id), model.get(&id).copied());
+        }
+        assert!(index.dense.len() > 1 << 16, "the table grew");
+        assert!(!index.sparse.is_empty(), "some ids stayed beyond it");
+        for (id, place) in &model {
+            assert_eq!(index.get(*id), Some(*place));
+        }
+        let mut found: Vec<u32> = index.places().collect();
+        found.sort_unstable();
+        let mut want: Vec<u32> = model.values().copied().collect();
+        want.sort_unstable();
+        assert_eq!(found, want);
     }
 
     /// The join's state against a model of it, over random ticks of few users, so that users
