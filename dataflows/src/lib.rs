@@ -23,6 +23,7 @@ pub mod harness;
 pub mod model;
 pub mod orders;
 pub mod output;
+mod prefetch;
 pub mod reference;
 mod remainders;
 pub mod segments;

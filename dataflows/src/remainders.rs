@@ -80,7 +80,7 @@ impl Remainders {
     #[inline]
     pub(crate) fn prefetch_end(&self) {
         if let Some(last) = self.bytes.last() {
-            crate::segments::prefetch_bytes(last, 1);
+            crate::prefetch::prefetch_bytes(last, 1);
         }
     }
 
