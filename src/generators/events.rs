@@ -177,13 +177,15 @@ impl EventGenerator {
             return self.original(n - back);
         }
         let refund_lag = 4 * u64::from(self.knobs.funnel_span);
-        if n >= refund_lag {
-            // The refund of a purchase is delivered a fixed lag after it, in place of that slot's event.
+        // The refund of a purchase is delivered a fixed lag after it, in place of that slot's
+        // event. The refund's draw comes first: it is cheaper than the event it refunds, and
+        // nearly always false.
+        if n >= refund_lag
+            && rng_for(self.knobs.seed, SALT_REFUND, n - refund_lag)
+                .random_bool(self.knobs.refund_share)
+        {
             let purchase = self.original(n - refund_lag);
-            if purchase.tag == Tag::Purchased
-                && rng_for(self.knobs.seed, SALT_REFUND, n - refund_lag)
-                    .random_bool(self.knobs.refund_share)
-            {
+            if purchase.tag == Tag::Purchased {
                 return Event {
                     tag: Tag::Refunded,
                     event_time: EventTimeMs(self.arrival_ms(n)),
