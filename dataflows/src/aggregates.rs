@@ -10,12 +10,13 @@ use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
 use crate::model::{
-    AgeBand, AggregateKey, CampaignId, Counter, Dimension, Gender, Name, Segment, Slot, Tick,
-    Totals,
+    AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Name, Segment,
+    Slot, Tick, Totals,
 };
 use crate::windows::WindowSpec;
 
@@ -169,9 +170,19 @@ pub(crate) struct PartialSums {
     segment: FxHashMap<(Tick, Slot, Segment), Totals>,
     campaign_country: FxHashMap<(Tick, Slot, CampaignId, Name), Totals>,
     campaign_age_gender: FxHashMap<(Tick, Slot, CampaignId, (AgeBand, Gender)), Totals>,
-    /// The keys of every family, summed; kept between activations, as the maps above are, so
-    /// they are not grown from empty (and their memory zeroed afresh) every time.
-    keys: FxHashMap<(Tick, AggregateKey), Totals>,
+    /// The sums of every family's dimensions, windowed and all-time; kept between activations,
+    /// as the maps above are, so they are not grown from empty (and their memory zeroed
+    /// afresh) every time.
+    keys: FxHashMap<(Tick, Dimension), DimensionSums>,
+}
+
+/// A dimension's sums at one timestamp: per window, and all time (every slot, closed windows'
+/// included).
+#[derive(Default)]
+struct DimensionSums {
+    /// A tick's contributions fall in few windows: the latest, and late ones.
+    windows: SmallVec<[(EventTimeMs, Totals); 2]>,
+    all_time: Totals,
 }
 
 #[derive(Default)]
@@ -219,28 +230,25 @@ impl PartialSums {
     }
 
     /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps.
+    ///
+    /// The sums are gathered per timestamp and dimension, each with its windows' sums and its
+    /// all-time sum, so a family's sum costs one update there, and a dimension's key is built
+    /// once per window it changed in. (Each family sum was added twice, to its window's key and
+    /// to its all-time key, each a whole aggregate key.)
     pub(crate) fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
         let sums = &mut self.keys;
         let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
             if totals.is_empty() {
                 return;
             }
+            let sums = sums.entry((time, dimension)).or_default();
+            sums.all_time.add(&totals);
             if let Slot::Window(start) = slot {
-                let key = AggregateKey {
-                    dimension: dimension.clone(),
-                    window: Some(start),
-                };
-                sums.entry((time, key)).or_default().add(&totals);
+                match sums.windows.iter_mut().find(|(s, _)| *s == start) {
+                    Some((_, window)) => window.add(&totals),
+                    None => sums.windows.push((start, totals)),
+                }
             }
-            sums.entry((
-                time,
-                AggregateKey {
-                    dimension,
-                    window: None,
-                },
-            ))
-            .or_default()
-            .add(&totals);
         };
         for ((time, slot, campaign), CampaignSums { all, unknown }) in self.campaign.drain() {
             add(time, slot, Dimension::Campaign(campaign), all);
@@ -298,9 +306,22 @@ impl PartialSums {
                 totals,
             );
         }
-        for ((time, key), totals) in self.keys.drain() {
-            if !totals.is_empty() {
-                give(key, time, totals);
+        for ((time, dimension), sums) in self.keys.drain() {
+            for (start, totals) in sums.windows {
+                if !totals.is_empty() {
+                    let key = AggregateKey {
+                        dimension: dimension.clone(),
+                        window: Some(start),
+                    };
+                    give(key, time, totals);
+                }
+            }
+            if !sums.all_time.is_empty() {
+                let key = AggregateKey {
+                    dimension,
+                    window: None,
+                };
+                give(key, time, sums.all_time);
             }
         }
     }
