@@ -944,11 +944,13 @@ fn remember(status: &Status, batch: &Batch) {
         if matches!(&change.key, OutputKey::Aggregate(key) if key.window.is_some()) {
             continue;
         }
-        match change.value {
-            Some(value) => {
+        match (change.value, table.get_mut(&change.key)) {
+            // Nearly every change is of a row the table has: updated in place, no key cloned.
+            (Some(value), Some(held)) => *held = value,
+            (Some(value), None) => {
                 table.insert(change.key.clone(), value);
             }
-            None => {
+            (None, _) => {
                 table.remove(&change.key);
             }
         }
