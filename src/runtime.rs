@@ -16,6 +16,7 @@ use dataflows::model::{OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
 use dataflows::{Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
+use rustc_hash::FxHashMap;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
@@ -170,9 +171,13 @@ pub struct Status {
     pub consumer_lags: Mutex<BTreeMap<usize, u64>>,
     /// The newest event time each worker sent in a tick, as `(tick end, time)`, until written.
     pub event_times: Mutex<Vec<(Tick, u64)>>,
-    /// The latest all-time rows and counters, for display.
-    pub table: Mutex<BTreeMap<OutputKey, OutputValue>>,
+    /// The latest all-time rows and counters, for display. A hash map: the sink thread updates
+    /// thousands of rows a tick, and the display sorts what it shows.
+    pub table: Mutex<LiveTable>,
 }
+
+/// The latest all-time rows and counters by key.
+pub type LiveTable = FxHashMap<OutputKey, OutputValue>;
 
 /// What a finished run did.
 #[derive(Debug)]

@@ -1,6 +1,5 @@
 //! The terminal view: a live summary while a run goes on, and the final aggregates after it.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use dataflows::model::{Counter, Dimension, OutputKey, OutputValue, Totals};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::runtime::{Status, now_ms};
+use crate::runtime::{LiveTable, Status, now_ms};
 use crate::sinks::line_protocol::measurement_and_tags;
 
 /// How many rows the top lists show.
@@ -97,7 +96,7 @@ impl LiveView {
     }
 }
 
-fn counter(table: &BTreeMap<OutputKey, OutputValue>, counter: Counter) -> i64 {
+fn counter(table: &LiveTable, counter: Counter) -> i64 {
     match table.get(&OutputKey::Counter(counter)) {
         Some(OutputValue::Count(n)) => *n,
         _ => 0,
@@ -105,7 +104,7 @@ fn counter(table: &BTreeMap<OutputKey, OutputValue>, counter: Counter) -> i64 {
 }
 
 /// The top campaigns and segments by revenue, and the counters, as text.
-pub fn summary(table: &BTreeMap<OutputKey, OutputValue>) -> String {
+pub fn summary(table: &LiveTable) -> String {
     let mut out = String::new();
     let rows = |family: fn(&Dimension) -> bool| {
         let mut rows: Vec<(&Dimension, &Totals)> = table
