@@ -122,7 +122,10 @@ impl Attribution {
             }
             None => {
                 self.users.push(user);
-                u32::try_from(self.users.len() - 1).expect("fewer than 2^32 users per worker")
+                u32::try_from(self.users.len() - 1)
+                    .ok()
+                    .filter(|place| *place != Index::NONE)
+                    .expect("fewer than 2^32 - 1 users per worker")
             }
         };
         self.index.insert(id, place, self.users.len());
