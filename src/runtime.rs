@@ -949,13 +949,15 @@ fn remember(status: &Status, batch: &Batch) {
         if matches!(&change.key, OutputKey::Aggregate(key) if key.window.is_some()) {
             continue;
         }
-        match (change.value, table.get_mut(&change.key)) {
+        match change.value {
             // Nearly every change is of a row the table has: updated in place, no key cloned.
-            (Some(value), Some(held)) => *held = value,
-            (Some(value), None) => {
-                table.insert(change.key.clone(), value);
-            }
-            (None, _) => {
+            Some(value) => match table.get_mut(&change.key) {
+                Some(held) => *held = value,
+                None => {
+                    table.insert(change.key.clone(), value);
+                }
+            },
+            None => {
                 table.remove(&change.key);
             }
         }

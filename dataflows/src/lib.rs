@@ -15,9 +15,9 @@
 //!
 //! The ledger, the join and the totals are timely operators over differential collections that
 //! keep their state in hash maps (the join's users in a table by id), applying a timestamp once
-//! the frontier has passed it: for a
-//! totally ordered time that is what differential's arrangements compute, without a sort, a batch
-//! and spine merges at every tick (see docs/benchmarks.md for what each replacement measured).
+//! the frontier has passed it: for a totally ordered time that is what differential's
+//! arrangements compute, without a sort, a batch and spine merges at every tick (see
+//! docs/benchmarks.md for what each replacement measured).
 
 pub mod aggregates;
 pub mod harness;
