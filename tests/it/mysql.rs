@@ -735,7 +735,10 @@ fn the_feed_gives_up_with_an_error_when_the_server_stays_away() {
         } => {
             assert_eq!(*addr, format!("127.0.0.1:{}", proxy.port));
             assert_eq!(*attempts, 2);
-            assert_eq!(*at, position, "the last position applied");
+            // Other tests write other databases of the same server: their transactions are
+            // skipped as irrelevant and still move the position, until the cut.
+            assert_eq!(*at, feed.position(), "the last position applied");
+            assert!(*at >= position, "{at} went back before {position}");
         }
         other => panic!("expected FeedLost, got {other}"),
     }
