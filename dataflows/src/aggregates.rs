@@ -14,9 +14,10 @@ use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
+use crate::interned::{CountryId, Interned, SegmentId, Segments};
 use crate::model::{
-    AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Name, Segment,
-    Slot, Tick, Totals,
+    AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Segment, Slot,
+    Tick, Totals,
 };
 use crate::windows::WindowSpec;
 
@@ -161,14 +162,16 @@ pub fn count_counters<'scope>(
 /// Contributions are many and keys few (a handful of age bands, fifty states), so summing in hash
 /// maps first shrinks what the totals receive by orders of magnitude. Each family is summed on just
 /// the columns it keeps, so a contribution costs a few small-key hash updates, and the segment-only
-/// families forget the campaign before they meet the many segments.
+/// families forget the campaign before they meet the many segments. Segments and countries are
+/// keyed by their numbers in the join's [`Segments`], which give back their names when the sums
+/// are drained.
 #[derive(Default)]
 pub(crate) struct PartialSums {
     /// Per campaign: every contribution (each counted once, by its unknown copy), and what is
     /// left in the unknown segment once the rows the join found have taken theirs out.
     campaign: FxHashMap<(Tick, Slot, CampaignId), CampaignSums>,
-    segment: FxHashMap<(Tick, Slot, Segment), Totals>,
-    campaign_country: FxHashMap<(Tick, Slot, CampaignId, Name), Totals>,
+    segment: FxHashMap<(Tick, Slot, SegmentId), Totals>,
+    campaign_country: FxHashMap<(Tick, Slot, CampaignId, CountryId), Totals>,
     campaign_age_gender: FxHashMap<(Tick, Slot, CampaignId, (AgeBand, Gender)), Totals>,
     /// The sums of every family's dimensions, windowed and all-time; kept between activations,
     /// as the maps above are, so they are not grown from empty (and their memory zeroed
@@ -202,7 +205,7 @@ impl PartialSums {
         time: Tick,
         campaign: CampaignId,
         slot: Slot,
-        segment: Option<&Segment>,
+        segment: Option<(SegmentId, &Interned)>,
         totals: Totals,
     ) {
         let sums = self.campaign.entry((time, slot, campaign)).or_default();
@@ -211,10 +214,10 @@ impl PartialSums {
                 sums.all.add(&totals);
                 sums.unknown.add(&totals);
             }
-            Some(segment) => {
+            Some((id, Interned { segment, country })) => {
                 sums.unknown.add(&totals.negated());
                 self.campaign_country
-                    .entry((time, slot, campaign, segment.country.clone()))
+                    .entry((time, slot, campaign, *country))
                     .or_default()
                     .add(&totals);
                 self.campaign_age_gender
@@ -222,20 +225,25 @@ impl PartialSums {
                     .or_default()
                     .add(&totals);
                 self.segment
-                    .entry((time, slot, segment.clone()))
+                    .entry((time, slot, id))
                     .or_default()
                     .add(&totals);
             }
         }
     }
 
-    /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps.
+    /// Hands out every non-zero sum as aggregate keys, windowed and all-time, and empties the maps;
+    /// `segments` names the segments and countries the sums are keyed by.
     ///
     /// The sums are gathered per timestamp and dimension, each with its windows' sums and its
     /// all-time sum, so a family's sum costs one update there, and a dimension's key is built
     /// once per window it changed in. (Each family sum was added twice, to its window's key and
     /// to its all-time key, each a whole aggregate key.)
-    pub(crate) fn drain(&mut self, mut give: impl FnMut(AggregateKey, Tick, Totals)) {
+    pub(crate) fn drain(
+        &mut self,
+        segments: &Segments,
+        mut give: impl FnMut(AggregateKey, Tick, Totals),
+    ) {
         let sums = &mut self.keys;
         let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
             if totals.is_empty() {
@@ -274,7 +282,7 @@ impl PartialSums {
             add(
                 time,
                 slot,
-                Dimension::CampaignCountry(campaign, Some(country)),
+                Dimension::CampaignCountry(campaign, Some(segments.country(country).clone())),
                 totals,
             );
         }
@@ -286,7 +294,8 @@ impl PartialSums {
                 totals,
             );
         }
-        for ((time, slot, segment), totals) in self.segment.drain() {
+        for ((time, slot, id), totals) in self.segment.drain() {
+            let segment: &Segment = &segments.get(id).segment;
             add(
                 time,
                 slot,
@@ -296,13 +305,13 @@ impl PartialSums {
             add(
                 time,
                 slot,
-                Dimension::State(Some((segment.country.clone(), segment.state))),
+                Dimension::State(Some((segment.country.clone(), segment.state.clone()))),
                 totals,
             );
             add(
                 time,
                 slot,
-                Dimension::Country(Some(segment.country)),
+                Dimension::Country(Some(segment.country.clone())),
                 totals,
             );
         }

@@ -21,6 +21,7 @@
 
 pub mod aggregates;
 pub mod harness;
+mod interned;
 pub mod model;
 pub mod orders;
 pub mod output;

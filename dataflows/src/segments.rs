@@ -25,6 +25,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, InputCapability, Operator};
 
 use crate::aggregates::PartialSums;
+use crate::interned::{Interned, SegmentId, Segments};
 use crate::model::{
     AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals,
     UserId,
@@ -46,6 +47,8 @@ pub struct Attribution {
     users: Vec<User>,
     /// Places of forgotten users, to reuse.
     vacant: Vec<u32>,
+    /// Every segment a user has had here, by number; users hold their segments' numbers.
+    interned: Segments,
     /// The latest tick applied, if any.
     applied: Option<Tick>,
     /// By closing time, the places of users who opened a contribution in a window closing then
@@ -71,8 +74,9 @@ struct User {
     /// The user's segments with their multiplicity: one with multiplicity one for a user with a
     /// demographics row, none for an unknown user. Anything else (two rows for one id) is joined
     /// as differential's join would, each segment times its multiplicity. Held in place, as the
-    /// one segment nearly every user has is read with every contribution.
-    segments: SmallVec<[(Segment, isize); 1]>,
+    /// one segment nearly every user has is read with every contribution; by its number in
+    /// [`Attribution::interned`], which keeps the user small and what the pre-sums key by short.
+    segments: SmallVec<[(SegmentId, isize); 1]>,
     /// Contributions in open windows (and closed ones not yet folded), sorted by window and
     /// campaign, none zero. Most contributions land here, and the list is short: the user's
     /// contributions within the allowed lateness. Most go to the latest window, at the end of
@@ -96,6 +100,7 @@ impl Attribution {
             index: Index::default(),
             users: Vec::new(),
             vacant: Vec::new(),
+            interned: Segments::default(),
             applied: None,
             closing: BTreeMap::new(),
             retiring: VecDeque::new(),
@@ -163,26 +168,23 @@ impl Attribution {
         tick: Tick,
         segments: &mut Vec<((UserId, Segment), isize)>,
         contributions: &mut Vec<(Contribution, Totals)>,
-        mut emit: impl FnMut(CampaignId, Slot, Option<&Segment>, Totals),
+        mut emit: impl FnMut(CampaignId, Slot, Option<(SegmentId, &Interned)>, Totals),
     ) {
         self.applied = Some(tick);
         for ((id, segment), change) in segments.drain(..) {
             if change == 0 {
                 continue;
             }
+            let segment = self.interned.intern(segment);
             let place = self.place_of(id);
             let user = &mut self.users[place];
+            let interned = Some((segment, self.interned.get(segment)));
             for (start, campaign, totals) in &user.windows {
                 let slot = Slot::Window(*start);
-                emit(*campaign, slot, Some(&segment), totals.scaled(change));
+                emit(*campaign, slot, interned, totals.scaled(change));
             }
             for (campaign, totals) in user.retired.iter() {
-                emit(
-                    campaign,
-                    Slot::Retired,
-                    Some(&segment),
-                    totals.scaled(change),
-                );
+                emit(campaign, Slot::Retired, interned, totals.scaled(change));
             }
             match user.segments.iter().position(|(s, _)| *s == segment) {
                 Some(at) => {
@@ -221,8 +223,9 @@ impl Attribution {
             emit(campaign, slot, None, totals);
             let place = self.place_of(id);
             let user = &mut self.users[place];
-            for (segment, count) in &user.segments {
-                emit(campaign, slot, Some(segment), totals.scaled(*count));
+            for &(segment, count) in &user.segments {
+                let interned = Some((segment, self.interned.get(segment)));
+                emit(campaign, slot, interned, totals.scaled(count));
             }
             match slot {
                 Slot::Retired => user
@@ -389,9 +392,10 @@ impl Attribution {
         let mut out: Vec<_> = self
             .held_users()
             .flat_map(|user| {
-                user.segments
-                    .iter()
-                    .map(move |(segment, count)| ((user.id, segment.clone()), *count))
+                user.segments.iter().map(move |&(segment, count)| {
+                    let segment = self.interned.get(segment).segment.clone();
+                    ((user.id, segment), count)
+                })
             })
             .collect();
         out.sort_unstable();
@@ -605,7 +609,9 @@ pub fn attribute<'scope>(
                         sums.add(time, campaign, slot, segment, totals);
                     });
                     let mut session = output.session(&capability);
-                    sums.drain(|key, time, totals| session.give((key, time, totals)));
+                    sums.drain(&state.interned, |key, time, totals| {
+                        session.give((key, time, totals))
+                    });
                     drop(session);
                     spare.push((c, s));
                 }
@@ -824,7 +830,8 @@ mod tests {
                     &mut changes,
                     &mut contributions,
                     |c, _, segment, t| {
-                        emitted.entry((c, segment.cloned())).or_default().add(&t);
+                        let segment = segment.map(|(_, interned)| interned.segment.clone());
+                        emitted.entry((c, segment)).or_default().add(&t);
                     },
                 );
                 join.retire(Some(tick + 1));
