@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
-use crate::interned::{CountryId, Interned, SegmentId, Segments};
+use crate::interned::{CountryId, Interned, SegmentId, Segments, StateId};
 use crate::model::{
     AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Segment, Slot,
     Tick, Totals,
@@ -176,7 +176,36 @@ pub(crate) struct PartialSums {
     /// The sums of every family's dimensions, windowed and all-time; kept between activations,
     /// as the maps above are, so they are not grown from empty (and their memory zeroed
     /// afresh) every time.
-    keys: FxHashMap<(Tick, Dimension), DimensionSums>,
+    keys: FxHashMap<(Tick, Key), DimensionSums>,
+}
+
+/// A [`Dimension`] as the pre-sums key it: countries and states by their numbers, so that a
+/// family's sum is added to its dimension without hashing or comparing names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Campaign(CampaignId),
+    AgeGender(Option<(AgeBand, Gender)>),
+    State(Option<StateId>),
+    Country(Option<CountryId>),
+    CampaignCountry(CampaignId, Option<CountryId>),
+    CampaignAgeGender(CampaignId, Option<(AgeBand, Gender)>),
+}
+
+impl Key {
+    /// The dimension, named.
+    fn dimension(self, segments: &Segments) -> Dimension {
+        let country = |id: Option<CountryId>| id.map(|id| segments.country(id).clone());
+        match self {
+            Key::Campaign(campaign) => Dimension::Campaign(campaign),
+            Key::AgeGender(age_gender) => Dimension::AgeGender(age_gender),
+            Key::State(state) => Dimension::State(state.map(|id| segments.state(id).clone())),
+            Key::Country(id) => Dimension::Country(country(id)),
+            Key::CampaignCountry(campaign, id) => Dimension::CampaignCountry(campaign, country(id)),
+            Key::CampaignAgeGender(campaign, age_gender) => {
+                Dimension::CampaignAgeGender(campaign, age_gender)
+            }
+        }
+    }
 }
 
 /// A dimension's sums at one timestamp: per window, and all time (every slot, closed windows'
@@ -214,7 +243,12 @@ impl PartialSums {
                 sums.all.add(&totals);
                 sums.unknown.add(&totals);
             }
-            Some((id, Interned { segment, country })) => {
+            Some((
+                id,
+                Interned {
+                    segment, country, ..
+                },
+            )) => {
                 sums.unknown.add(&totals.negated());
                 self.campaign_country
                     .entry((time, slot, campaign, *country))
@@ -245,11 +279,11 @@ impl PartialSums {
         mut give: impl FnMut(AggregateKey, Tick, Totals),
     ) {
         let sums = &mut self.keys;
-        let mut add = |time: Tick, slot: Slot, dimension: Dimension, totals: Totals| {
+        let mut add = |time: Tick, slot: Slot, key: Key, totals: Totals| {
             if totals.is_empty() {
                 return;
             }
-            let sums = sums.entry((time, dimension)).or_default();
+            let sums = sums.entry((time, key)).or_default();
             sums.all_time.add(&totals);
             if let Slot::Window(start) = slot {
                 match sums.windows.iter_mut().find(|(s, _)| *s == start) {
@@ -259,30 +293,20 @@ impl PartialSums {
             }
         };
         for ((time, slot, campaign), CampaignSums { all, unknown }) in self.campaign.drain() {
-            add(time, slot, Dimension::Campaign(campaign), all);
+            add(time, slot, Key::Campaign(campaign), all);
             if !unknown.is_empty() {
-                add(
-                    time,
-                    slot,
-                    Dimension::CampaignCountry(campaign, None),
-                    unknown,
-                );
-                add(
-                    time,
-                    slot,
-                    Dimension::CampaignAgeGender(campaign, None),
-                    unknown,
-                );
-                add(time, slot, Dimension::AgeGender(None), unknown);
-                add(time, slot, Dimension::State(None), unknown);
-                add(time, slot, Dimension::Country(None), unknown);
+                add(time, slot, Key::CampaignCountry(campaign, None), unknown);
+                add(time, slot, Key::CampaignAgeGender(campaign, None), unknown);
+                add(time, slot, Key::AgeGender(None), unknown);
+                add(time, slot, Key::State(None), unknown);
+                add(time, slot, Key::Country(None), unknown);
             }
         }
         for ((time, slot, campaign, country), totals) in self.campaign_country.drain() {
             add(
                 time,
                 slot,
-                Dimension::CampaignCountry(campaign, Some(segments.country(country).clone())),
+                Key::CampaignCountry(campaign, Some(country)),
                 totals,
             );
         }
@@ -290,32 +314,23 @@ impl PartialSums {
             add(
                 time,
                 slot,
-                Dimension::CampaignAgeGender(campaign, Some(age_gender)),
+                Key::CampaignAgeGender(campaign, Some(age_gender)),
                 totals,
             );
         }
         for ((time, slot, id), totals) in self.segment.drain() {
-            let segment: &Segment = &segments.get(id).segment;
-            add(
-                time,
-                slot,
-                Dimension::AgeGender(Some((segment.age_band, segment.gender))),
-                totals,
-            );
-            add(
-                time,
-                slot,
-                Dimension::State(Some((segment.country.clone(), segment.state.clone()))),
-                totals,
-            );
-            add(
-                time,
-                slot,
-                Dimension::Country(Some(segment.country.clone())),
-                totals,
-            );
+            let Interned {
+                segment,
+                country,
+                state,
+            } = segments.get(id);
+            let age_gender = (segment.age_band, segment.gender);
+            add(time, slot, Key::AgeGender(Some(age_gender)), totals);
+            add(time, slot, Key::State(Some(*state)), totals);
+            add(time, slot, Key::Country(Some(*country)), totals);
         }
-        for ((time, dimension), sums) in self.keys.drain() {
+        for ((time, key), sums) in self.keys.drain() {
+            let dimension = key.dimension(segments);
             for (start, totals) in sums.windows {
                 if !totals.is_empty() {
                     let key = AggregateKey {

@@ -21,6 +21,10 @@ pub(crate) struct SegmentId(u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct CountryId(u32);
 
+/// A state's number, within its country, in its worker's [`Segments`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct StateId(u32);
+
 /// A segment as the table holds it.
 #[derive(Debug)]
 pub(crate) struct Interned {
@@ -28,9 +32,11 @@ pub(crate) struct Interned {
     pub(crate) segment: Segment,
     /// The number of its country.
     pub(crate) country: CountryId,
+    /// The number of its state within its country.
+    pub(crate) state: StateId,
 }
 
-/// Every segment this worker has seen, and every country, each under its number.
+/// Every segment this worker has seen, and every country and state, each under its number.
 ///
 /// Segments are never dropped: the table holds each distinct segment seen once (a few thousand
 /// in a shop: age bands × genders × states), however many users share it or have left it.
@@ -40,6 +46,9 @@ pub(crate) struct Segments {
     segments: Vec<Interned>,
     country_ids: FxHashMap<Name, CountryId>,
     countries: Vec<Name>,
+    /// By `(country, state)`, as [`crate::model::Dimension::State`] has them.
+    state_ids: FxHashMap<(Name, Name), StateId>,
+    states: Vec<(Name, Name)>,
 }
 
 impl Segments {
@@ -57,9 +66,23 @@ impl Segments {
                 country
             }
         };
+        let place = (segment.country.clone(), segment.state.clone());
+        let state = match self.state_ids.get(&place) {
+            Some(&state) => state,
+            None => {
+                let state = StateId(next(self.states.len()));
+                self.states.push(place.clone());
+                self.state_ids.insert(place, state);
+                state
+            }
+        };
         let id = SegmentId(next(self.segments.len()));
         self.ids.insert(segment.clone(), id);
-        self.segments.push(Interned { segment, country });
+        self.segments.push(Interned {
+            segment,
+            country,
+            state,
+        });
         id
     }
 
@@ -73,6 +96,12 @@ impl Segments {
     #[inline]
     pub(crate) fn country(&self, id: CountryId) -> &Name {
         &self.countries[id.0 as usize]
+    }
+
+    /// State `id`, as `(country, state)`.
+    #[inline]
+    pub(crate) fn state(&self, id: StateId) -> &(Name, Name) {
+        &self.states[id.0 as usize]
     }
 }
 
@@ -96,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_segments_share_a_number_and_countries_are_shared_between_segments() {
+    fn equal_segments_share_a_number_and_countries_and_states_are_shared_between_segments() {
         let mut table = Segments::default();
         let ca = table.intern(segment("CA", "US", Gender::Female));
         let ny = table.intern(segment("NY", "US", Gender::Female));
@@ -122,5 +151,20 @@ mod tests {
         assert_ne!(table.get(ca).country, table.get(on).country);
         assert_eq!(table.country(table.get(ny).country), "US");
         assert_eq!(table.country(table.get(on).country), "CA");
+        // States are shared by segments of one place, and told apart by their country.
+        assert_eq!(table.get(ca).state, table.get(ca_male).state);
+        let states = [ca, ny, on, state_ca].map(|id| table.get(id).state);
+        for (i, a) in states.iter().enumerate() {
+            for b in &states[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let names = |id: SegmentId| {
+            let (country, state) = table.state(table.get(id).state);
+            (country.as_str(), state.as_str())
+        };
+        assert_eq!(names(ca_male), ("US", "CA"));
+        assert_eq!(names(state_ca), ("CA", "CA"));
+        assert_eq!(names(on), ("CA", "ON"));
     }
 }
