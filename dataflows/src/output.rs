@@ -12,7 +12,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
-use crate::model::{OutputKey, OutputRow, OutputValue, Tick};
+use crate::model::{AggregateKey, Dimension, OutputKey, OutputRow, OutputValue, Tick};
 
 /// One key's change at a timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,24 +91,25 @@ where
 ///
 /// A key's updates mostly arrive in a run (the totals emit a key's retraction and its insertion
 /// in turn), so the runs are found first and sorted by their key, rather than the rows: half as
-/// many items, moved as pairs of indices. Runs of one key that arrived apart meet in the sort.
-/// Sorting the rows whole, values included, and consolidating them was a noticeable share of the
-/// engine's time at thousands of keys per tick.
+/// many items, moved as indices. Runs of one key that arrived apart meet in the sort. Sorting the
+/// rows whole, values included, and consolidating them was a noticeable share of the engine's
+/// time at thousands of keys per tick; so were the sort's comparisons of keys (segment names,
+/// compared byte by byte), which the runs' [`order_prefix`] mostly settle instead.
 pub fn changes_of(time: Tick, updates: &[(OutputRow, isize)]) -> Batch {
     let key_at = |at: usize| &updates[at].0.0;
-    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut runs: Vec<(u128, usize, usize)> = Vec::new();
     let mut start = 0;
     for at in 1..=updates.len() {
         if at == updates.len() || key_at(at) != key_at(start) {
-            runs.push((start, at));
+            runs.push((order_prefix(key_at(start)), start, at));
             start = at;
         }
     }
-    runs.sort_unstable_by(|(a, _), (b, _)| key_at(*a).cmp(key_at(*b)));
+    runs.sort_unstable_by(|(p, a, _), (q, b, _)| p.cmp(q).then_with(|| key_at(*a).cmp(key_at(*b))));
     let mut changes: Vec<Change> = Vec::with_capacity(runs.len());
     let mut values: Vec<(OutputValue, isize)> = Vec::new();
     let mut runs = runs.into_iter().peekable();
-    while let Some((start, end)) = runs.next() {
+    while let Some((prefix, start, end)) = runs.next() {
         let key = key_at(start);
         values.clear();
         let mut add = |rows: &[(OutputRow, isize)]| {
@@ -120,7 +121,9 @@ pub fn changes_of(time: Tick, updates: &[(OutputRow, isize)]) -> Batch {
             }
         };
         add(&updates[start..end]);
-        while let Some((start, end)) = runs.next_if(|(next, _)| key_at(*next) == key) {
+        while let Some((_, start, end)) =
+            runs.next_if(|(p, next, _)| *p == prefix && key_at(*next) == key)
+        {
             add(&updates[start..end]);
         }
         values.retain(|(_, count)| *count != 0);
@@ -139,10 +142,286 @@ pub fn changes_of(time: Tick, updates: &[(OutputRow, isize)]) -> Batch {
     Batch { time, changes }
 }
 
+/// The leading part of `key`'s place in the order of keys, as a number: `order_prefix(a) <
+/// order_prefix(b)` implies `a < b`, and equal keys have equal prefixes, so a sort compares the
+/// prefixes and only keys with equal ones in full.
+///
+/// The prefix is the key's fields in the order `Ord` compares them (the variants' declaration
+/// order, `None` before `Some`, tuples field by field), each as a number of fixed width placed
+/// after the one before: the variants by index, campaigns and windows whole, names by their first
+/// few bytes and their length. It is complete, equal only for equal keys, unless a name is longer
+/// than the room it is given (a state or country of more than three bytes, two beside a
+/// campaign) or a window starts at `u64::MAX`: the prefix then ends there, and the keys it cannot
+/// tell apart are compared in full.
+fn order_prefix(key: &OutputKey) -> u128 {
+    let mut bits = Bits::default();
+    match key {
+        OutputKey::Aggregate(AggregateKey { dimension, window }) => {
+            bits.push(0, 2);
+            match dimension {
+                Dimension::Campaign(campaign) => {
+                    bits.push(0, 3);
+                    bits.push(campaign.0.into(), 32);
+                }
+                Dimension::AgeGender(age_gender) => {
+                    bits.push(1, 3);
+                    bits.age_gender(*age_gender);
+                }
+                Dimension::State(state) => {
+                    bits.push(2, 3);
+                    bits.push(state.is_some().into(), 1);
+                    if let Some((country, state)) = state {
+                        bits.name(country, 3);
+                        bits.name(state, 3);
+                    }
+                }
+                Dimension::Country(country) => {
+                    bits.push(3, 3);
+                    bits.push(country.is_some().into(), 1);
+                    if let Some(country) = country {
+                        bits.name(country, 6);
+                    }
+                }
+                Dimension::CampaignCountry(campaign, country) => {
+                    bits.push(4, 3);
+                    bits.push(campaign.0.into(), 32);
+                    bits.push(country.is_some().into(), 1);
+                    if let Some(country) = country {
+                        bits.name(country, 2);
+                    }
+                }
+                Dimension::CampaignAgeGender(campaign, age_gender) => {
+                    bits.push(5, 3);
+                    bits.push(campaign.0.into(), 32);
+                    bits.age_gender(*age_gender);
+                }
+            }
+            // `None` first; a start of `u64::MAX` shares its number with the one before.
+            bits.push(window.map_or(0, |start| start.0.saturating_add(1)), 64);
+        }
+        OutputKey::Counter(counter) => {
+            bits.push(1, 2);
+            bits.push(*counter as u64, 6);
+        }
+    }
+    bits.value
+}
+
+/// Fields placed one after the other from the top of a `u128`, until one ends the prefix.
+#[derive(Default)]
+struct Bits {
+    value: u128,
+    used: u32,
+    ended: bool,
+}
+
+impl Bits {
+    /// Places `value`, which must fit in `width` bits.
+    fn push(&mut self, value: u64, width: u32) {
+        if self.ended {
+            return;
+        }
+        debug_assert!(
+            width == 64 || value >> width == 0,
+            "{value} in {width} bits"
+        );
+        self.used += width;
+        assert!(self.used <= 128, "a key's prefix of {} bits", self.used);
+        self.value |= u128::from(value) << (128 - self.used);
+    }
+
+    fn age_gender(&mut self, age_gender: Option<(crate::model::AgeBand, crate::model::Gender)>) {
+        self.push(age_gender.is_some().into(), 1);
+        if let Some((age_band, gender)) = age_gender {
+            self.push(age_band as u64, 3);
+            self.push(gender as u64, 2);
+        }
+    }
+
+    /// Places a name's first `room` bytes, zero-padded, then its length, `room + 1` standing for
+    /// any longer. Names of at most `room` bytes order as (padded bytes, length); a longer name
+    /// ends the prefix, since what follows it would be compared only when the names are equal.
+    fn name(&mut self, name: &str, room: usize) {
+        let bytes = name.as_bytes();
+        let padded = (0..room).fold(0u64, |padded, at| {
+            padded << 8 | u64::from(bytes.get(at).copied().unwrap_or(0))
+        });
+        self.push(padded, 8 * room as u32);
+        let length_width = u64::BITS - (room as u64 + 1).leading_zeros();
+        self.push(bytes.len().min(room + 1) as u64, length_width);
+        if bytes.len() > room {
+            self.ended = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
     use super::*;
-    use crate::model::Counter;
+    use crate::model::{AgeBand, CampaignId, Counter, EventTimeMs, Gender, Name, Totals};
+
+    /// Names a sort can trip on: empty, zero bytes, prefixes of each other, at and past the room
+    /// a prefix gives names, and multi-byte characters.
+    const NAMES: &[&str] = &[
+        "",
+        "\0",
+        "\0\0",
+        "A",
+        "A\0",
+        "A\0B",
+        "AB",
+        "AB\0",
+        "ABC",
+        "ABCD",
+        "ABCE",
+        "ABD",
+        "B",
+        "CA",
+        "US",
+        "USA",
+        "ZZZZZZZ",
+        "ZZZZZZZ\0",
+        "é",
+        "éé",
+        "\u{7f}",
+        "\u{10FFFF}",
+        "United States",
+        "United Statez",
+    ];
+
+    fn random_key(rng: &mut StdRng) -> OutputKey {
+        let name = |rng: &mut StdRng| Name::from(NAMES[rng.random_range(0..NAMES.len())]);
+        let campaign = |rng: &mut StdRng| {
+            CampaignId([0, 1, 2, 7, u32::MAX - 1, u32::MAX][rng.random_range(0..6)])
+        };
+        let age_gender = |rng: &mut StdRng| {
+            rng.random_bool(0.8).then(|| {
+                let band =
+                    AgeBand::of([0, 17, 18, 30, 40, 50, 60, 90, 255][rng.random_range(0..9)]);
+                let genders = [
+                    Gender::Female,
+                    Gender::Male,
+                    Gender::Other,
+                    Gender::Undisclosed,
+                ];
+                (band, genders[rng.random_range(0..4)])
+            })
+        };
+        if rng.random_bool(0.05) {
+            return OutputKey::Counter(Counter::ALL[rng.random_range(0..Counter::ALL.len())]);
+        }
+        let dimension = match rng.random_range(0..6) {
+            0 => Dimension::Campaign(campaign(rng)),
+            1 => Dimension::AgeGender(age_gender(rng)),
+            2 => Dimension::State(rng.random_bool(0.8).then(|| (name(rng), name(rng)))),
+            3 => Dimension::Country(rng.random_bool(0.8).then(|| name(rng))),
+            4 => Dimension::CampaignCountry(campaign(rng), rng.random_bool(0.8).then(|| name(rng))),
+            _ => Dimension::CampaignAgeGender(campaign(rng), age_gender(rng)),
+        };
+        let window = match rng.random_range(0..7) {
+            0 => None,
+            1 => Some(0),
+            2 => Some(1),
+            3 => Some(u64::MAX - 1),
+            4 => Some(u64::MAX),
+            _ => Some(rng.random_range(0..4) * 60_000),
+        };
+        OutputKey::Aggregate(AggregateKey {
+            dimension,
+            window: window.map(EventTimeMs),
+        })
+    }
+
+    /// Whether the prefix tells `key` from every other key: no name longer than its room and no
+    /// window starting at `u64::MAX`.
+    fn complete(key: &OutputKey) -> bool {
+        let OutputKey::Aggregate(AggregateKey { dimension, window }) = key else {
+            return true;
+        };
+        let fits = |name: &Name, room: usize| name.len() <= room;
+        let names = match dimension {
+            Dimension::State(Some((country, state))) => fits(country, 3) && fits(state, 3),
+            Dimension::Country(Some(country)) => fits(country, 6),
+            Dimension::CampaignCountry(_, Some(country)) => fits(country, 2),
+            _ => true,
+        };
+        names && *window != Some(EventTimeMs(u64::MAX))
+    }
+
+    #[test]
+    fn order_prefixes_sort_as_keys_do_and_tell_apart_keys_that_fit() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let keys: Vec<OutputKey> = (0..3_000).map(|_| random_key(&mut rng)).collect();
+        let prefixes: Vec<u128> = keys.iter().map(order_prefix).collect();
+        let mut ties = 0;
+        for (a, (key_a, prefix_a)) in keys.iter().zip(&prefixes).enumerate() {
+            for (key_b, prefix_b) in keys[a..].iter().zip(&prefixes[a..]) {
+                let order = key_a.cmp(key_b);
+                match prefix_a.cmp(prefix_b) {
+                    std::cmp::Ordering::Equal => {
+                        ties += usize::from(order.is_ne());
+                        assert!(
+                            order.is_eq() || !complete(key_a) || !complete(key_b),
+                            "{key_a:?} and {key_b:?} share the prefix {prefix_a:#x}"
+                        );
+                    }
+                    prefix_order => {
+                        assert_eq!(prefix_order, order, "{key_a:?} vs {key_b:?}");
+                    }
+                }
+            }
+        }
+        // The hostile names do leave some keys to a full comparison.
+        assert!(ties > 0);
+    }
+
+    #[test]
+    fn changes_are_what_each_keys_updates_sum_to_in_key_order() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..200 {
+            let keys: Vec<OutputKey> = (0..rng.random_range(1..40))
+                .map(|_| random_key(&mut rng))
+                .collect();
+            let value = |n: i64| OutputValue::Totals(Totals::click().scaled(n as isize));
+            // Runs of a key's updates, some keys in several runs, some updates cancelling.
+            let mut updates: Vec<(OutputRow, isize)> = Vec::new();
+            for _ in 0..rng.random_range(0..80) {
+                let key = &keys[rng.random_range(0..keys.len())];
+                for _ in 0..rng.random_range(1..4) {
+                    let row = (key.clone(), value(rng.random_range(1..4)));
+                    updates.push((row, rng.random_range(-1i64..=1) as isize));
+                }
+            }
+            let mut sums: BTreeMap<OutputKey, BTreeMap<OutputValue, isize>> = BTreeMap::new();
+            for ((key, value), diff) in &updates {
+                *sums
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(*value)
+                    .or_default() += diff;
+            }
+            sums.retain(|_, values| {
+                values.retain(|_, count| *count != 0);
+                !values.is_empty()
+            });
+            let batch = changes_of(3, &updates);
+            let keys: Vec<&OutputKey> = batch.changes.iter().map(|c| &c.key).collect();
+            assert_eq!(keys, sums.keys().collect::<Vec<_>>());
+            for (change, values) in batch.changes.iter().zip(sums.values()) {
+                // A key left with several values (which no collection of rows has) may show any.
+                let mut positive = values.iter().filter(|(_, count)| **count > 0);
+                match change.value {
+                    None => assert_eq!(positive.next(), None),
+                    Some(value) => assert!(positive.any(|(v, _)| *v == value), "{change:?}"),
+                }
+            }
+        }
+    }
 
     #[test]
     fn changes_are_new_values_removals_and_nothing_for_cancelled_updates() {
