@@ -19,6 +19,7 @@ use crate::model::{
     AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Segment, Slot,
     Tick, Totals,
 };
+use crate::pending::by_time;
 use crate::windows::WindowSpec;
 
 /// The dimensions a contribution of `campaign` by a user of `segment` (or of no known segment)
@@ -76,18 +77,15 @@ pub fn aggregate<'scope>(
                 let port = output.output_index();
                 input.for_each_stamp(|capability, data| {
                     for batch in data {
-                        for (key, time, delta) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| {
-                                    let map = spare.pop().unwrap_or_default();
-                                    (capability.delayed(&time, port), map)
-                                })
-                                .1
-                                .entry(key)
-                                .or_default()
-                                .add(&delta);
-                        }
+                        by_time(
+                            batch.drain(..),
+                            &mut pending,
+                            |time| {
+                                let map = spare.pop().unwrap_or_default();
+                                (capability.delayed(&time, port), map)
+                            },
+                            |(_, deltas), key, delta| deltas.entry(key).or_default().add(&delta),
+                        );
                     }
                 });
                 while let Some(entry) = pending.first_entry() {

@@ -25,6 +25,7 @@ mod interned;
 pub mod model;
 pub mod orders;
 pub mod output;
+mod pending;
 mod prefetch;
 pub mod reference;
 mod remainders;

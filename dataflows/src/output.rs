@@ -13,6 +13,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
 use crate::model::{AggregateKey, Dimension, OutputKey, OutputRow, OutputValue, Tick};
+use crate::pending::by_time;
 
 /// One key's change at a timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,12 +55,12 @@ where
     rows.inner
         .sink(Pipeline, "Output: batches", move |(input, frontier)| {
             input.for_each(|_capability, data| {
-                for (row, time, diff) in data.drain(..) {
-                    pending
-                        .entry(time)
-                        .or_insert_with(|| spare.pop().unwrap_or_default())
-                        .push((row, diff));
-                }
+                by_time(
+                    data.drain(..),
+                    &mut pending,
+                    |_| spare.pop().unwrap_or_default(),
+                    |updates, row, diff| updates.push((row, diff)),
+                );
             });
             let lower = frontier.frontier().first().copied();
             let mut batches = Vec::new();

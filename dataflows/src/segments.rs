@@ -30,6 +30,7 @@ use crate::model::{
     AggregateKey, CampaignId, Contribution, Demographic, EventTimeMs, Segment, Slot, Tick, Totals,
     UserId,
 };
+use crate::pending::by_time;
 use crate::prefetch::{prefetch, prefetch_bytes};
 use crate::remainders::Remainders;
 use crate::windows::WindowSpec;
@@ -577,24 +578,22 @@ pub fn attribute<'scope>(
                 };
                 contributions.for_each_stamp(|capability, data| {
                     for batch in data {
-                        for (contribution, time, totals) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| stash(&capability, time))
-                                .1
-                                .push((contribution, totals));
-                        }
+                        by_time(
+                            batch.drain(..),
+                            &mut pending,
+                            |time| stash(&capability, time),
+                            |(_, c, _), contribution, totals| c.push((contribution, totals)),
+                        );
                     }
                 });
                 segments.for_each_stamp(|capability, data| {
                     for batch in data {
-                        for (user_segment, time, change) in batch.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| stash(&capability, time))
-                                .2
-                                .push((user_segment, change));
-                        }
+                        by_time(
+                            batch.drain(..),
+                            &mut pending,
+                            |time| stash(&capability, time),
+                            |(_, _, s), user_segment, change| s.push((user_segment, change)),
+                        );
                     }
                 });
                 let mut state = state.borrow_mut();
