@@ -18,10 +18,12 @@ use std::sync::LazyLock;
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::model::{
     CampaignId, Cents, Contribution, Counter, Event, EventTimeMs, OrderId, Slot, Tag, Tick, Totals,
@@ -488,13 +490,6 @@ impl Ledger {
     }
 }
 
-/// One update leaving the ledger operator.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum LedgerUpdate {
-    Contribution(Contribution, Totals),
-    Counter(Counter, i64),
-}
-
 /// The order id's route to a worker: events and restored orders take the same one.
 fn route(order: OrderId) -> u64 {
     order.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17
@@ -519,67 +514,67 @@ pub fn order_ledger<'scope>(
 ) {
     let events_route = Exchange::new(|event: &Event| route(event.order_id));
     let restored_route = Exchange::new(|(order, _): &(OrderId, OrderState)| route(*order));
-    let updates = events.binary_frontier(
-        restored,
-        events_route,
-        restored_route,
-        "Ledger: orders",
-        move |_capability, _info| {
-            let mut pending: BTreeMap<Tick, (Capability<Tick>, Vec<Event>)> = BTreeMap::new();
-            move |(input, frontier), (restored, restored_frontier), output| {
-                restored.for_each_stamp(|_capability, data| {
-                    let mut ledger = ledger.borrow_mut();
+    // Two inputs and two outputs: contributions and counters leave apart, each at its own port,
+    // rather than as one stream copied and filtered twice.
+    let mut builder = OperatorBuilder::new("Ledger: orders".to_owned(), events.scope());
+    let mut input = builder.new_input(events, events_route);
+    let mut restored = builder.new_input(restored, restored_route);
+    let (contributions_out, contributions) = builder.new_output();
+    let (counters_out, counters) = builder.new_output();
+    let mut contributions_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
+        OutputBuilder::from(contributions_out);
+    let mut counters_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
+        OutputBuilder::from(counters_out);
+    builder.build(move |_capabilities| {
+        // A tick's events, with a capability for each output.
+        let mut pending: BTreeMap<Tick, ([Capability<Tick>; 2], Vec<Event>)> = BTreeMap::new();
+        move |frontiers| {
+            restored.for_each_stamp(|_capability, data| {
+                let mut ledger = ledger.borrow_mut();
+                for batch in data {
+                    ledger.import(batch.drain(..));
+                }
+            });
+            input.for_each_stamp(|capability, data| {
+                if let (Some(for_contributions), Some(for_counters)) =
+                    (capability.retain_least(0), capability.retain_least(1))
+                {
+                    let time = *for_contributions.time();
+                    let entry = pending
+                        .entry(time)
+                        .or_insert_with(|| ([for_contributions, for_counters], Vec::new()));
                     for batch in data {
-                        ledger.import(batch.drain(..));
-                    }
-                });
-                input.for_each_stamp(|capability, data| {
-                    if let Some(capability) = capability.retain_least(output.output_index()) {
-                        let time = *capability.time();
-                        let entry = pending
-                            .entry(time)
-                            .or_insert_with(|| (capability, Vec::new()));
-                        for batch in data {
-                            entry.1.append(batch);
-                        }
-                    }
-                });
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) || restored_frontier.less_equal(entry.key())
-                    {
-                        break;
-                    }
-                    let (tick, (capability, mut events)) = entry.remove_entry();
-                    let produced = ledger.borrow_mut().apply_tick(tick, &mut events);
-                    let mut session = output.session(&capability);
-                    for (contribution, totals) in produced.contributions {
-                        session.give((
-                            LedgerUpdate::Contribution(contribution, totals),
-                            tick,
-                            1isize,
-                        ));
-                    }
-                    for (counter, n) in produced.counters {
-                        session.give((LedgerUpdate::Counter(counter, n), tick, 1isize));
+                        entry.1.append(batch);
                     }
                 }
+            });
+            let mut contributions_out = contributions_out.activate();
+            let mut counters_out = counters_out.activate();
+            while let Some(entry) = pending.first_entry() {
+                if frontiers
+                    .iter()
+                    .any(|frontier| frontier.less_equal(entry.key()))
+                {
+                    break;
+                }
+                let (tick, ([for_contributions, for_counters], mut events)) = entry.remove_entry();
+                let produced = ledger.borrow_mut().apply_tick(tick, &mut events);
+                contributions_out.session(&for_contributions).give_iterator(
+                    produced
+                        .contributions
+                        .into_iter()
+                        .map(|(contribution, totals)| (contribution, tick, totals)),
+                );
+                counters_out.session(&for_counters).give_iterator(
+                    produced
+                        .counters
+                        .into_iter()
+                        .map(|(counter, n)| (counter, tick, n as isize)),
+                );
             }
-        },
-    );
-    let contributions = updates
-        .clone()
-        .flat_map(|(update, time, _)| match update {
-            LedgerUpdate::Contribution(c, totals) => Some((c, time, totals)),
-            LedgerUpdate::Counter(..) => None,
-        })
-        .as_collection();
-    let counters = updates
-        .flat_map(|(update, time, _)| match update {
-            LedgerUpdate::Counter(c, n) => Some((c, time, n as isize)),
-            LedgerUpdate::Contribution(..) => None,
-        })
-        .as_collection();
-    (contributions, counters)
+        }
+    });
+    (contributions.as_collection(), counters.as_collection())
 }
 
 #[cfg(test)]
