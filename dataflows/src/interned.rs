@@ -1,13 +1,22 @@
 //! A worker's segments, each held once and named by a small number.
 //!
-//! The join hands every contribution it finds to the pre-sums with each of its user's segments,
-//! and the pre-sums key three of their four families by the segment or its country: as text, each
-//! of those keys was hashed and compared name by name, several times per contribution. The join
-//! holds its users' segments by number instead, and the pre-sums key by those numbers; the names
-//! come back only when a tick's sums leave as aggregate keys.
+//! The join hands every contribution it finds to the pre-sums with each of its user's segments;
+//! the pre-sums key two of their four families by the segment or its country, and then sum every
+//! family into its dimensions, states and countries among them. As text, each of those keys was
+//! hashed and compared name by name, several times per contribution. The join holds its users'
+//! segments by number instead, and the pre-sums key segments, countries and states by numbers;
+//! the names come back only when a tick's sums leave as aggregate keys.
 //!
 //! Numbers are this worker's own, handed out in the order segments arrive, so they never leave
 //! the worker: what is exchanged, checkpointed or compared names segments by their values.
+//!
+//! A segment is kept while a user holds it, a country or state while a segment kept has it; then
+//! its number is freed for reuse, so the table is bounded by the segments users hold now, not by
+//! every segment the demographics ever named. Numbers are freed only by [`Segments::collect`],
+//! which the join calls once a tick's sums, which may still name a segment its last user left
+//! during the tick, have been drained.
+
+use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
 
@@ -26,7 +35,7 @@ pub(crate) struct CountryId(u32);
 pub(crate) struct StateId(u32);
 
 /// A segment as the table holds it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Interned {
     /// The segment.
     pub(crate) segment: Segment,
@@ -36,82 +45,176 @@ pub(crate) struct Interned {
     pub(crate) state: StateId,
 }
 
-/// Every segment this worker has seen, and every country and state, each under its number.
-///
-/// Segments are never dropped: the table holds each distinct segment seen once (a few thousand
-/// in a shop: age bands × genders × states), however many users share it or have left it.
+/// Every segment this worker's users hold, and every country and state of those, each under its
+/// number.
 #[derive(Debug, Default)]
 pub(crate) struct Segments {
-    ids: FxHashMap<Segment, SegmentId>,
-    segments: Vec<Interned>,
-    country_ids: FxHashMap<Name, CountryId>,
-    countries: Vec<Name>,
+    segments: Table<Segment, Interned>,
+    countries: Table<Name, Name>,
     /// By `(country, state)`, as [`crate::model::Dimension::State`] has them.
-    state_ids: FxHashMap<(Name, Name), StateId>,
-    states: Vec<(Name, Name)>,
+    states: Table<(Name, Name), (Name, Name)>,
 }
 
 impl Segments {
-    /// The number of `segment`, given one if it has none.
+    /// The number of `segment`, given one if it has none. A segment no user holds by the next
+    /// [`Segments::collect`] is freed then.
     pub(crate) fn intern(&mut self, segment: Segment) -> SegmentId {
-        if let Some(&id) = self.ids.get(&segment) {
-            return id;
+        if let Some(id) = self.segments.find(&segment) {
+            return SegmentId(id);
         }
-        let country = match self.country_ids.get(&segment.country) {
-            Some(&country) => country,
-            None => {
-                let country = CountryId(next(self.countries.len()));
-                self.countries.push(segment.country.clone());
-                self.country_ids.insert(segment.country.clone(), country);
-                country
-            }
-        };
+        let country = self
+            .countries
+            .intern(&segment.country, || segment.country.clone());
+        self.countries.hold(country);
         let place = (segment.country.clone(), segment.state.clone());
-        let state = match self.state_ids.get(&place) {
-            Some(&state) => state,
-            None => {
-                let state = StateId(next(self.states.len()));
-                self.states.push(place.clone());
-                self.state_ids.insert(place, state);
-                state
-            }
+        let state = self.states.intern(&place, || place.clone());
+        self.states.hold(state);
+        let interned = Interned {
+            country: CountryId(country),
+            state: StateId(state),
+            segment: segment.clone(),
         };
-        let id = SegmentId(next(self.segments.len()));
-        self.ids.insert(segment.clone(), id);
-        self.segments.push(Interned {
-            segment,
-            country,
-            state,
-        });
-        id
+        SegmentId(self.segments.intern(&segment, || interned))
     }
 
     /// Segment `id`.
     #[inline]
     pub(crate) fn get(&self, id: SegmentId) -> &Interned {
-        &self.segments[id.0 as usize]
+        self.segments.get(id.0)
     }
 
     /// The name of country `id`.
     #[inline]
     pub(crate) fn country(&self, id: CountryId) -> &Name {
-        &self.countries[id.0 as usize]
+        self.countries.get(id.0)
     }
 
     /// State `id`, as `(country, state)`.
     #[inline]
     pub(crate) fn state(&self, id: StateId) -> &(Name, Name) {
-        &self.states[id.0 as usize]
+        self.states.get(id.0)
+    }
+
+    /// A user took segment `id`.
+    pub(crate) fn hold(&mut self, id: SegmentId) {
+        self.segments.hold(id.0);
+    }
+
+    /// A user left segment `id`.
+    pub(crate) fn release(&mut self, id: SegmentId) {
+        self.segments.release(id.0);
+    }
+
+    /// Frees the numbers of segments no user holds, and of countries and states no segment kept
+    /// has. Nothing may name a freed number afterwards: call it when no sums are pending.
+    pub(crate) fn collect(&mut self) {
+        for Interned { country, state, .. } in self.segments.collect() {
+            self.countries.release(country.0);
+            self.states.release(state.0);
+        }
+        self.countries.collect();
+        self.states.collect();
+    }
+
+    /// How many segments are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.segments.ids.len()
     }
 }
 
-/// The number after `len` others.
-fn next(len: usize) -> u32 {
-    u32::try_from(len).expect("fewer than 2^32 distinct segments per worker")
+/// Values under numbers, found by their keys, each kept while something holds it.
+#[derive(Debug)]
+struct Table<K, V> {
+    ids: FxHashMap<K, u32>,
+    /// By number: the key, the value, and how many hold it. A freed number's entry stays until
+    /// the number is reused.
+    entries: Vec<(K, V, u32)>,
+    /// Freed numbers, to reuse.
+    vacant: Vec<u32>,
+    /// Numbers whose holders fell to none (or that were never held) since the last collection.
+    released: Vec<u32>,
+}
+
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Table<K, V> {
+        Table {
+            ids: FxHashMap::default(),
+            entries: Vec::new(),
+            vacant: Vec::new(),
+            released: Vec::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Table<K, V> {
+    fn find(&self, key: &K) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    /// The number of `key`, given one (with the value `value` makes) if it has none; a new
+    /// number no one holds by the next collection is freed then.
+    fn intern(&mut self, key: &K, value: impl FnOnce() -> V) -> u32 {
+        if let Some(id) = self.find(key) {
+            return id;
+        }
+        let entry = (key.clone(), value(), 0);
+        let id = match self.vacant.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 segments per worker")
+            }
+        };
+        self.ids.insert(key.clone(), id);
+        self.released.push(id);
+        id
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> &V {
+        &self.entries[id as usize].1
+    }
+
+    fn hold(&mut self, id: u32) {
+        self.entries[id as usize].2 += 1;
+    }
+
+    fn release(&mut self, id: u32) {
+        let holders = &mut self.entries[id as usize].2;
+        *holders = holders.checked_sub(1).expect("released more than held");
+        if *holders == 0 {
+            self.released.push(id);
+        }
+    }
+
+    /// Frees every released number still not held, and hands back their values.
+    fn collect(&mut self) -> Vec<V> {
+        let mut freed = Vec::new();
+        self.released.sort_unstable();
+        self.released.dedup();
+        for id in std::mem::take(&mut self.released) {
+            let (key, value, holders) = &self.entries[id as usize];
+            if *holders == 0 {
+                self.ids.remove(key);
+                self.vacant.push(id);
+                freed.push(value.clone());
+            }
+        }
+        freed
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
     use super::*;
     use crate::model::{AgeBand, Gender};
 
@@ -166,5 +269,98 @@ mod tests {
         assert_eq!(names(ca_male), ("US", "CA"));
         assert_eq!(names(state_ca), ("CA", "CA"));
         assert_eq!(names(on), ("CA", "ON"));
+    }
+
+    /// Users take and leave segments at random, the table collecting now and then; it must
+    /// keep exactly the segments held, each under one number that names it, with its country
+    /// and state, and free the rest for reuse.
+    #[test]
+    fn the_table_keeps_exactly_the_segments_held_and_reuses_the_numbers_of_the_rest() {
+        let states = [
+            "CA",
+            "NY",
+            "ON",
+            "BC",
+            "\0",
+            "é",
+            "a long state name, not inline at all",
+        ];
+        let countries = [
+            "US",
+            "CA",
+            "",
+            "Ünited Kingdom of Great Britain and Northern Ireland",
+        ];
+        let genders = [Gender::Female, Gender::Male, Gender::Other];
+        for seed in 0..50 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut table = Segments::default();
+            // The model: how many hold each segment.
+            let mut held: BTreeMap<Segment, (SegmentId, usize)> = BTreeMap::new();
+            for step in 0..400 {
+                let wanted = segment(
+                    states[rng.random_range(0..states.len())],
+                    countries[rng.random_range(0..countries.len())],
+                    genders[rng.random_range(0..genders.len())],
+                );
+                let (entries, vacant) = (table.segments.entries.len(), table.segments.vacant.len());
+                let id = table.intern(wanted.clone());
+                if vacant > 0 {
+                    // A freed number is taken before a new one is made.
+                    assert_eq!(
+                        table.segments.entries.len(),
+                        entries,
+                        "seed {seed}, step {step}"
+                    );
+                }
+                match held.get_mut(&wanted) {
+                    Some((known, count)) => {
+                        assert_eq!(*known, id, "seed {seed}, step {step}");
+                        if *count > 0 && rng.random_bool(0.5) {
+                            *count -= 1;
+                            table.release(id);
+                        } else {
+                            *count += 1;
+                            table.hold(id);
+                        }
+                    }
+                    // Interned, and sometimes left unheld: freed at the next collection.
+                    None if rng.random_bool(0.2) => {}
+                    None => {
+                        held.insert(wanted.clone(), (id, 1));
+                        table.hold(id);
+                    }
+                }
+                if rng.random_bool(0.2) {
+                    table.collect();
+                    held.retain(|_, (_, count)| *count > 0);
+                    assert_eq!(table.len(), held.len(), "seed {seed}, step {step}");
+                    let numbers = &table.segments;
+                    assert_eq!(numbers.entries.len(), numbers.vacant.len() + held.len());
+                    for (segment, (id, _)) in &held {
+                        let found = table.get(*id);
+                        assert_eq!(&found.segment, segment);
+                        assert_eq!(table.country(found.country), &segment.country);
+                        assert_eq!(
+                            table.state(found.state),
+                            &(segment.country.clone(), segment.state.clone())
+                        );
+                    }
+                    let countries: Vec<_> = held.keys().map(|s| s.country.clone()).collect();
+                    let live_countries = table.countries.ids.len();
+                    assert_eq!(
+                        live_countries,
+                        countries
+                            .iter()
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .len()
+                    );
+                    let live_states = table.states.ids.len();
+                    let places: std::collections::BTreeSet<_> =
+                        held.keys().map(|s| (&s.country, &s.state)).collect();
+                    assert_eq!(live_states, places.len());
+                }
+            }
+        }
     }
 }

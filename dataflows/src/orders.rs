@@ -529,6 +529,12 @@ pub fn order_ledger<'scope>(
         // A tick's events, with a capability for each output.
         let mut pending: BTreeMap<Tick, ([Capability<Tick>; 2], Vec<Event>)> = BTreeMap::new();
         move |frontiers| {
+            let mut contributions_out = contributions_out.activate();
+            let mut counters_out = counters_out.activate();
+            let ports = [
+                contributions_out.output_index(),
+                counters_out.output_index(),
+            ];
             restored.for_each_stamp(|_capability, data| {
                 let mut ledger = ledger.borrow_mut();
                 for batch in data {
@@ -536,9 +542,10 @@ pub fn order_ledger<'scope>(
                 }
             });
             input.for_each_stamp(|capability, data| {
-                if let (Some(for_contributions), Some(for_counters)) =
-                    (capability.retain_least(0), capability.retain_least(1))
-                {
+                if let (Some(for_contributions), Some(for_counters)) = (
+                    capability.retain_least(ports[0]),
+                    capability.retain_least(ports[1]),
+                ) {
                     let time = *for_contributions.time();
                     let entry = pending
                         .entry(time)
@@ -548,8 +555,6 @@ pub fn order_ledger<'scope>(
                     }
                 }
             });
-            let mut contributions_out = contributions_out.activate();
-            let mut counters_out = counters_out.activate();
             while let Some(entry) = pending.first_entry() {
                 if frontiers
                     .iter()

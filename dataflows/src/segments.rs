@@ -192,10 +192,14 @@ impl Attribution {
                     user.segments[at].1 += change;
                     if user.segments[at].1 == 0 {
                         user.segments.swap_remove(at);
+                        self.interned.release(segment);
                         self.forget_if_empty(place);
                     }
                 }
-                None => user.segments.push((segment, change)),
+                None => {
+                    user.segments.push((segment, change));
+                    self.interned.hold(segment);
+                }
             }
         }
         let spec = self.spec;
@@ -611,6 +615,8 @@ pub fn attribute<'scope>(
                     sums.drain(&state.interned, |key, time, totals| {
                         session.give((key, time, totals))
                     });
+                    // No sums name a segment now: those no user holds can go.
+                    state.interned.collect();
                     drop(session);
                     spare.push((c, s));
                 }
