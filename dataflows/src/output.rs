@@ -178,18 +178,12 @@ fn order_prefix(key: &OutputKey) -> u128 {
                 }
                 Dimension::Country(country) => {
                     bits.push(3, 3);
-                    bits.push(country.is_some().into(), 1);
-                    if let Some(country) = country {
-                        bits.name(country, 6);
-                    }
+                    bits.country(country.as_ref(), 6);
                 }
                 Dimension::CampaignCountry(campaign, country) => {
                     bits.push(4, 3);
                     bits.push(campaign.0.into(), 32);
-                    bits.push(country.is_some().into(), 1);
-                    if let Some(country) = country {
-                        bits.name(country, 2);
-                    }
+                    bits.country(country.as_ref(), 2);
                 }
                 Dimension::CampaignAgeGender(campaign, age_gender) => {
                     bits.push(5, 3);
@@ -236,6 +230,14 @@ impl Bits {
         if let Some((age_band, gender)) = age_gender {
             self.push(age_band as u64, 3);
             self.push(gender as u64, 2);
+        }
+    }
+
+    /// Places an optional country, `None` first, its name given `room` bytes.
+    fn country(&mut self, country: Option<&crate::model::Name>, room: usize) {
+        self.push(country.is_some().into(), 1);
+        if let Some(country) = country {
+            self.name(country, room);
         }
     }
 
