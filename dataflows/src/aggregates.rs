@@ -2,13 +2,13 @@
 //! per window, maintained by one operator that keeps every key's total.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
+use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -66,13 +66,12 @@ pub fn aggregate<'scope>(
     updates
         .inner
         .unary_frontier(route, "Aggregate: totals", |_capability, _info| {
-            let mut pending: BTreeMap<Tick, (Capability<Tick>, FxHashMap<AggregateKey, Totals>)> =
-                BTreeMap::new();
-            let mut totals: FxHashMap<AggregateKey, Totals> = FxHashMap::default();
+            let mut pending: BTreeMap<Tick, (Capability<Tick>, Updates)> = BTreeMap::new();
+            let mut rows = Rows::default();
             // When the earliest window with totals held closes.
             let mut next_close: Option<Tick> = None;
-            // Emptied maps of applied timestamps, reused rather than grown afresh each tick.
-            let mut spare: Vec<FxHashMap<AggregateKey, Totals>> = Vec::new();
+            // Emptied lists of applied timestamps, reused rather than grown afresh each tick.
+            let mut spare: Vec<Updates> = Vec::new();
             move |(input, frontier), output| {
                 let port = output.output_index();
                 input.for_each_stamp(|capability, data| {
@@ -81,10 +80,10 @@ pub fn aggregate<'scope>(
                             batch.drain(..),
                             &mut pending,
                             |time| {
-                                let map = spare.pop().unwrap_or_default();
-                                (capability.delayed(&time, port), map)
+                                let list = spare.pop().unwrap_or_default();
+                                (capability.delayed(&time, port), list)
                             },
-                            |(_, deltas), key, delta| deltas.entry(key).or_default().add(&delta),
+                            |(_, deltas), key, delta| deltas.push((key, delta)),
                         );
                     }
                 });
@@ -97,46 +96,131 @@ pub fn aggregate<'scope>(
                         key.window.is_some_and(|start| spec.is_closed(start, time))
                     };
                     if next_close.is_some_and(|close| time >= close) {
-                        totals.retain(|key, _| !closed(key));
-                        next_close = totals
+                        rows.retain(|key, total| !closed(key) && !total.is_empty());
+                        next_close = rows
                             .keys()
                             .filter_map(|key| key.window)
                             .map(|start| spec.closes_at(start))
                             .min();
                     }
-                    let mut session = output.session(&capability);
-                    for (key, delta) in deltas.drain() {
+                    for (key, delta) in deltas.drain(..) {
                         if delta.is_empty() || closed(&key) {
                             continue;
                         }
-                        match totals.entry(key) {
-                            Entry::Occupied(mut entry) => {
-                                let old = *entry.get();
-                                let mut new = old;
-                                new.add(&delta);
-                                session.give(((entry.key().clone(), old), time, -1));
-                                if new.is_empty() {
-                                    entry.remove();
-                                } else {
-                                    *entry.get_mut() = new;
-                                    session.give(((entry.key().clone(), new), time, 1));
-                                }
-                            }
-                            Entry::Vacant(entry) => {
-                                if let Some(start) = entry.key().window {
-                                    let close = spec.closes_at(start);
-                                    next_close = Some(next_close.map_or(close, |c| c.min(close)));
-                                }
-                                session.give(((entry.key().clone(), delta), time, 1));
-                                entry.insert(delta);
-                            }
+                        if let Some(start) = key.window {
+                            let close = spec.closes_at(start);
+                            next_close = Some(next_close.map_or(close, |c| c.min(close)));
                         }
+                        rows.add(time, key, &delta);
                     }
                     spare.push(deltas);
+                    let mut session = output.session(&capability);
+                    rows.changed(|key, old, new| {
+                        if !old.is_empty() {
+                            session.give(((key.clone(), *old), time, -1));
+                        }
+                        if !new.is_empty() {
+                            session.give(((key.clone(), *new), time, 1));
+                        }
+                    });
                 }
             }
         })
         .as_collection()
+}
+
+/// A timestamp's updates, as they arrived.
+type Updates = Vec<(AggregateKey, Totals)>;
+
+/// The totals of one worker's keys, with what each was before the timestamp being applied.
+///
+/// One hash table finds a key's row, which remembers its total at the timestamp's start the first
+/// time the timestamp changes it; the rows changed are listed by place. A timestamp's updates of
+/// a key (one from each worker's join) thus cost one lookup each, where summing them per
+/// timestamp in a map and then applying the sums to the totals cost two lookups per update and
+/// one more per key (`perf`, `shopflow bench -w 2`). A key whose total returns to zero keeps a
+/// zero row, which counts as no row, until the next sweep of closed windows.
+#[derive(Default)]
+struct Rows {
+    /// Places in `rows`, by the hash of their keys.
+    table: HashTable<u32>,
+    rows: Vec<Row>,
+    /// Places of the rows changed at the timestamp being applied, each once.
+    changed: Vec<u32>,
+}
+
+struct Row {
+    hash: u64,
+    key: AggregateKey,
+    total: Totals,
+    /// The total before the timestamp `stamp`, the latest that changed it.
+    before: Totals,
+    stamp: Tick,
+}
+
+impl Rows {
+    /// Adds `delta` to `key`'s total at `time`, which must not decrease between calls.
+    fn add(&mut self, time: Tick, key: AggregateKey, delta: &Totals) {
+        let hash = FxBuildHasher.hash_one(&key);
+        let rows = &mut self.rows;
+        let found = self
+            .table
+            .find(hash, |&at| {
+                let row = &rows[at as usize];
+                row.hash == hash && row.key == key
+            })
+            .copied();
+        match found {
+            Some(at) => {
+                let row = &mut rows[at as usize];
+                if row.stamp != time {
+                    row.before = row.total;
+                    row.stamp = time;
+                    self.changed.push(at);
+                }
+                row.total.add(delta);
+            }
+            None => {
+                let at = u32::try_from(rows.len()).expect("fewer than 2^32 aggregate keys");
+                rows.push(Row {
+                    hash,
+                    key,
+                    total: *delta,
+                    before: Totals::default(),
+                    stamp: time,
+                });
+                self.table
+                    .insert_unique(hash, at, |&at| rows[at as usize].hash);
+                self.changed.push(at);
+            }
+        }
+    }
+
+    /// Hands out each row changed since the last call, with its total before and after, and
+    /// forgets which rows changed.
+    fn changed(&mut self, mut give: impl FnMut(&AggregateKey, &Totals, &Totals)) {
+        for at in self.changed.drain(..) {
+            let row = &self.rows[at as usize];
+            if row.before != row.total {
+                give(&row.key, &row.before, &row.total);
+            }
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &AggregateKey> {
+        self.rows.iter().map(|row| &row.key)
+    }
+
+    /// Keeps the rows `keep` accepts, and rebuilds the table of places.
+    fn retain(&mut self, mut keep: impl FnMut(&AggregateKey, &Totals) -> bool) {
+        self.rows.retain(|row| keep(&row.key, &row.total));
+        self.table.clear();
+        for (at, row) in self.rows.iter().enumerate() {
+            let rows = &self.rows;
+            self.table
+                .insert_unique(row.hash, at as u32, |&at| rows[at as usize].hash);
+        }
+    }
 }
 
 /// The counters arranged: their totals so far, which a checkpoint reads.
@@ -346,5 +430,80 @@ impl PartialSums {
                 give(key, time, sums.all_time);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::model::Name;
+
+    /// The rows against a map of totals, over random timestamps of random deltas to few keys,
+    /// with deltas that cancel, keys that return to zero, and sweeps: each timestamp's changes
+    /// are every key whose total moved, once, with its totals before and after.
+    #[test]
+    fn rows_report_each_changed_key_once_with_its_totals_before_and_after() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let keys: Vec<AggregateKey> = (0..40u32)
+            .map(|n| AggregateKey {
+                dimension: match n % 4 {
+                    0 => Dimension::Campaign(CampaignId(n)),
+                    1 => Dimension::Country(Some(Name::from(format!("country {n}")))),
+                    2 => Dimension::Country(None),
+                    _ => Dimension::CampaignCountry(CampaignId(n % 3), None),
+                },
+                window: (n % 5 != 0).then_some(EventTimeMs(u64::from(n % 3))),
+            })
+            .collect();
+        let mut rows = Rows::default();
+        let mut model: BTreeMap<AggregateKey, Totals> = BTreeMap::new();
+        for time in 0..2_000u64 {
+            if rng.random_bool(0.05) {
+                // A sweep forgets rows whose window is odd, as a closing window's are.
+                let gone = |key: &AggregateKey| key.window.is_some_and(|start| start.0 % 2 == 1);
+                rows.retain(|key, total| !gone(key) && !total.is_empty());
+                model.retain(|key, _| !gone(key));
+            }
+            let before = model.clone();
+            for _ in 0..rng.random_range(0..12) {
+                let key = keys[rng.random_range(0..keys.len())].clone();
+                let delta = Totals {
+                    clicks: rng.random_range(-2..=2),
+                    purchases: rng.random_range(-1..=1),
+                    units: 0,
+                    revenue_cents: rng.random_range(-1..=1) * 100,
+                };
+                rows.add(time, key.clone(), &delta);
+                model.entry(key).or_default().add(&delta);
+            }
+            let mut reported = Vec::new();
+            rows.changed(|key, old, new| reported.push((key.clone(), *old, *new)));
+            reported.sort();
+            let mut expected: Vec<(AggregateKey, Totals, Totals)> = model
+                .iter()
+                .map(|(key, new)| (key, before.get(key).copied().unwrap_or_default(), *new))
+                .filter(|(_, old, new)| old != new)
+                .map(|(key, old, new)| (key.clone(), old, new))
+                .collect();
+            expected.sort();
+            assert_eq!(reported, expected, "time {time}");
+        }
+        let mut held: Vec<(AggregateKey, Totals)> = rows
+            .rows
+            .iter()
+            .filter(|row| !row.total.is_empty())
+            .map(|row| (row.key.clone(), row.total))
+            .collect();
+        held.sort();
+        let expected: Vec<(AggregateKey, Totals)> = model
+            .into_iter()
+            .filter(|(_, total)| !total.is_empty())
+            .collect();
+        assert_eq!(held, expected);
     }
 }
