@@ -23,6 +23,7 @@ pub mod aggregates;
 pub mod harness;
 mod interned;
 pub mod model;
+mod order_table;
 pub mod orders;
 pub mod output;
 mod pending;

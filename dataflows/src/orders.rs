@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::LazyLock;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -29,6 +29,7 @@ use crate::model::{
     CampaignId, Cents, Contribution, Counter, Event, EventTimeMs, OrderId, Slot, Tag, Tick, Totals,
     UserId,
 };
+use crate::order_table::OrderTable;
 use crate::windows::WindowSpec;
 
 /// What one order has contributed so far, as checkpoints keep it.
@@ -92,13 +93,22 @@ impl Purchase {
 /// Most orders are a click and nothing else; keeping a whole [`OrderState`] (72 bytes) for each
 /// made the ledger the engine's largest and least cache-friendly state. An entry is now 16 bytes
 /// with its key, and only purchases take 32 more.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Remembered(u64);
+
+impl Default for Remembered {
+    /// Nothing counted yet.
+    fn default() -> Remembered {
+        Remembered(Remembered::HELD)
+    }
+}
 
 impl Remembered {
     const CLICKED: u64 = 1 << 63;
     const REFUNDED: u64 = 1 << 62;
-    const PURCHASE: u64 = Remembered::REFUNDED - 1;
+    /// Set in every entry, so that none is zero: zero marks a vacant entry of [`OrderTable`].
+    const HELD: u64 = 1 << 61;
+    const PURCHASE: u64 = Remembered::HELD - 1;
 
     fn clicked(self) -> bool {
         self.0 & Remembered::CLICKED != 0
@@ -178,7 +188,7 @@ pub struct Ledger {
     expiry: VecDeque<(Tick, Vec<OrderId>)>,
 }
 
-/// The remembered orders, in [`SHARDS`] hash maps of unequal shares.
+/// The remembered orders, in [`SHARDS`] tables ([`OrderTable`]) of unequal shares.
 ///
 /// At 100,000 events/s and the default 10-minute horizon a worker remembers tens of millions of
 /// orders. One map that large doubles in one step, rehashing every entry into newly zeroed memory:
@@ -187,24 +197,9 @@ pub struct Ledger {
 /// proportional to `2^(i / SHARDS)`: the shards' sizes span a factor of two, and they cross their
 /// power-of-two capacities one after another over each doubling of the total, each step
 /// rehashing about a sixty-fourth of the orders.
-struct Shards(Vec<Shard>);
+struct Shards(Vec<OrderTable>);
 
-/// One map of the remembered orders, cleared of its tombstones when they take half its room.
-///
-/// Orders are forgotten as fast as they come, and a removal from a crowded hash map leaves a
-/// tombstone. Once tombstones filled a map, it doubled, holding no more orders than before:
-/// at a steady 10,000 events/s the ledger's capacity grew by 18% between 10M and 28M events, a
-/// shard at a time. Rebuilding a shard at its own capacity clears them instead, so the ledger
-/// grows only with the orders it remembers.
-#[derive(Default)]
-struct Shard {
-    map: FxHashMap<OrderId, Remembered>,
-    /// The map's capacity without tombstones: its capacity when it last grew or was rebuilt.
-    /// Its `capacity()` is that less its tombstones.
-    full: usize,
-}
-
-/// How many maps hold the orders.
+/// How many tables hold the orders.
 const SHARDS: usize = 64;
 
 /// See [`Shards::of`]: the shard whose range of [`SHARD_STARTS`] holds the order's hash.
@@ -225,37 +220,31 @@ static SHARD_STARTS: LazyLock<[u64; SHARDS]> = LazyLock::new(|| {
 
 impl Shards {
     fn new() -> Shards {
-        Shards((0..SHARDS).map(|_| Shard::default()).collect())
+        Shards((0..SHARDS).map(|_| OrderTable::default()).collect())
     }
 
-    /// The map of `order`: shard `floor(SHARDS * log2(1 + u))` for `u` uniform in `[0, 1)`,
+    /// The table of `order`: shard `floor(SHARDS * log2(1 + u))` for `u` uniform in `[0, 1)`,
     /// which has the density `2^(i / SHARDS)`. `u` is taken from a multiplicative hash (its top
     /// 53 bits, independent of the low bits that [`route`] spreads over the workers).
-    fn of(&mut self, order: OrderId) -> &mut FxHashMap<OrderId, Remembered> {
-        &mut self.0[shard_of(order)].map
+    fn of(&mut self, order: OrderId) -> &mut OrderTable {
+        &mut self.0[shard_of(order)]
     }
 
     fn get(&self, order: OrderId) -> Option<Remembered> {
-        self.0[shard_of(order)].map.get(&order).copied()
+        self.0[shard_of(order)].get(order.0).map(Remembered)
     }
 
-    /// Forgets `order`, and rebuilds its map if tombstones take more than half its room.
+    /// Asks the processor to load `order`'s entry, without waiting for it.
+    fn prefetch(&self, order: OrderId) {
+        self.0[shard_of(order)].prefetch(order.0);
+    }
+
     fn remove(&mut self, order: OrderId) -> Option<Remembered> {
-        let shard = &mut self.0[shard_of(order)];
-        let removed = shard.map.remove(&order);
-        shard.full = shard.full.max(shard.map.capacity());
-        let tombstones = shard.full - shard.map.capacity();
-        if tombstones > (shard.full - shard.map.len()) / 2 {
-            let rebuilt = FxHashMap::with_capacity_and_hasher(shard.full, FxBuildHasher);
-            let old = std::mem::replace(&mut shard.map, rebuilt);
-            shard.map.extend(old);
-            shard.full = shard.map.capacity();
-        }
-        removed
+        self.of(order).remove(order.0).map(Remembered)
     }
 
     fn len(&self) -> usize {
-        self.0.iter().map(|shard| shard.map.len()).sum()
+        self.0.iter().map(OrderTable::len).sum()
     }
 }
 
@@ -342,7 +331,7 @@ impl Ledger {
             if let Some(counted) = &state.purchase {
                 remembered.set_purchase(self.purchases.insert(Purchase::of(counted)));
             }
-            self.orders.of(order).insert(order, remembered);
+            *self.orders.of(order).get_or_insert(order.0, remembered.0).0 = remembered.0;
             expiry.push((state.first_seen, order));
         }
         expiry.sort_unstable();
@@ -373,25 +362,26 @@ impl Ledger {
         let mut count = |counter: Counter| counters[counter as usize] += 1;
 
         for at in 0..events.len() {
-            // Looking an order up some events ahead overlaps its cache miss (the orders are
-            // random, millions of them) with the work on this one.
+            // Loading an order's entry some events ahead overlaps its cache miss (the orders
+            // are random, millions of them) with the work on this one.
             if let Some(ahead) = events.get(at + LOOK_AHEAD) {
-                std::hint::black_box(self.orders.get(ahead.order_id));
+                self.orders.prefetch(ahead.order_id);
             }
             let event = &events[at];
             count(Counter::EventsIn);
-            let state = match self.orders.of(event.order_id).entry(event.order_id) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    match self.expiry.back_mut() {
-                        Some((first_seen, orders)) if *first_seen == tick => {
-                            orders.push(event.order_id)
-                        }
-                        _ => self.expiry.push_back((tick, vec![event.order_id])),
+            let (word, new) = self
+                .orders
+                .of(event.order_id)
+                .get_or_insert(event.order_id.0, Remembered::default().0);
+            if new {
+                match self.expiry.back_mut() {
+                    Some((first_seen, orders)) if *first_seen == tick => {
+                        orders.push(event.order_id)
                     }
-                    entry.insert(Remembered::default())
+                    _ => self.expiry.push_back((tick, vec![event.order_id])),
                 }
-            };
+            }
+            let state = &mut Remembered(*word);
             let window = self.spec.window_of(event.event_time);
             let outcome = match event.tag {
                 Tag::Click if state.clicked() => Outcome::Duplicate,
@@ -440,6 +430,7 @@ impl Ledger {
                     }
                 }
             };
+            *word = state.0;
             match outcome {
                 Outcome::Counted(counted) => {
                     if self.spec.is_closed(counted.window, tick) {
@@ -481,10 +472,10 @@ impl Ledger {
                 break;
             }
             let (_, orders) = self.expiry.pop_front().expect("a front entry");
-            // Looked up ahead, as in `apply_tick`: forgotten orders are as random as new ones.
+            // Loaded ahead, as in `apply_tick`: forgotten orders are as random as new ones.
             for at in 0..orders.len() {
                 if let Some(&ahead) = orders.get(at + LOOK_AHEAD) {
-                    std::hint::black_box(self.orders.get(ahead));
+                    self.orders.prefetch(ahead);
                 }
                 self.forget(orders[at]);
             }
@@ -608,34 +599,35 @@ mod tests {
     }
 
     /// Orders forgotten as fast as they come (first in, first out, as the horizon forgets them)
-    /// leave each shard's capacity where its live orders put it, and every live order findable.
-    /// Without the rebuild, the crowded shards filled with tombstones and doubled.
+    /// leave each shard's table at the size its live orders need, and every live order findable.
     #[test]
     fn steady_churn_keeps_the_shards_capacity() {
         let live = 100_000u64;
         let scattered = |n: u64| OrderId(n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let remembered = |n: u64| Remembered(Remembered::HELD | n);
         let mut shards = Shards::new();
         for n in 0..live * 40 {
-            shards.of(scattered(n)).insert(scattered(n), Remembered(n));
+            shards
+                .of(scattered(n))
+                .get_or_insert(scattered(n).0, remembered(n).0);
             if n >= live {
                 assert_eq!(
                     shards.remove(scattered(n - live)),
-                    Some(Remembered(n - live))
+                    Some(remembered(n - live))
                 );
             }
         }
         assert_eq!(shards.len() as u64, live);
-        // A map grown by its orders has at most twice the room they need; one grown by
-        // tombstones has more.
+        // A table grown by its orders has at most 8/3 the room they need (it doubles at 3/4).
         for (i, shard) in shards.0.iter().enumerate() {
-            let (capacity, len) = (shard.map.capacity(), shard.map.len());
+            let (capacity, len) = (shard.capacity(), shard.len());
             assert!(
-                capacity <= 2 * len,
+                3 * capacity <= 8 * len,
                 "shard {i}: {len} orders, capacity {capacity}"
             );
         }
         for n in 0..live * 40 {
-            let want = (n >= live * 39).then_some(Remembered(n));
+            let want = (n >= live * 39).then_some(remembered(n));
             assert_eq!(shards.get(scattered(n)), want);
         }
     }
@@ -657,16 +649,16 @@ mod tests {
                 n.wrapping_mul(0xD1B5_4A32_D192_ED03)
             });
             let shard = shard_of(order);
-            let map = shards.of(order);
-            map.insert(order, Remembered::default());
-            if map.capacity() != capacities[shard] {
-                capacities[shard] = map.capacity();
-                if map.capacity() >= 8_192 {
+            let table = shards.of(order);
+            table.get_or_insert(order.0, Remembered::default().0);
+            if table.capacity() != capacities[shard] {
+                capacities[shard] = table.capacity();
+                if table.capacity() >= 8_192 {
                     growths.push((n, shard));
                 }
             }
         }
-        let sizes: Vec<usize> = shards.0.iter().map(|shard| shard.map.len()).collect();
+        let sizes: Vec<usize> = shards.0.iter().map(OrderTable::len).collect();
         assert_eq!(sizes.iter().sum::<usize>() as u64, orders);
         let ratio = sizes[SHARDS - 1] as f64 / sizes[0] as f64;
         assert!(
