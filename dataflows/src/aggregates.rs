@@ -16,8 +16,8 @@ use timely::dataflow::operators::{Capability, Operator};
 
 use crate::interned::{CountryId, Interned, SegmentId, Segments, StateId};
 use crate::model::{
-    AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, Segment, Slot,
-    Tick, Totals,
+    AgeBand, AggregateKey, CampaignId, Counter, Dimension, EventTimeMs, Gender, OutputKey,
+    OutputRow, OutputValue, Segment, Slot, Tick, Totals,
 };
 use crate::pending::by_time;
 use crate::windows::WindowSpec;
@@ -37,8 +37,8 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
     ]
 }
 
-/// Maintains every aggregate from the sums of attributed contributions: `(key, total)` rows, one
-/// per key, a change being the old total retracted and the new one inserted, and a key whose total
+/// Maintains every aggregate from the sums of attributed contributions: output rows of `(key,
+/// total)`, one per key, a change being the old total retracted and the new one inserted, and a key whose total
 /// returns to zero retracted and forgotten. This is what
 /// `arrange_by_self().count_total()` computes, for a totally ordered time; it holds one total per
 /// key in a hash map instead of the arrangement's history.
@@ -60,7 +60,7 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
 pub fn aggregate<'scope>(
     updates: VecCollection<'scope, Tick, AggregateKey, Totals>,
     spec: WindowSpec,
-) -> VecCollection<'scope, Tick, (AggregateKey, Totals), isize> {
+) -> VecCollection<'scope, Tick, OutputRow, isize> {
     let route =
         Exchange::new(|(key, _, _): &(AggregateKey, Tick, Totals)| FxBuildHasher.hash_one(key));
     updates
@@ -116,11 +116,17 @@ pub fn aggregate<'scope>(
                     spare.push(deltas);
                     let mut session = output.session(&capability);
                     rows.changed(|key, old, new| {
+                        let row = |totals: &Totals| {
+                            (
+                                OutputKey::Aggregate(key.clone()),
+                                OutputValue::Totals(*totals),
+                            )
+                        };
                         if !old.is_empty() {
-                            session.give(((key.clone(), *old), time, -1));
+                            session.give((row(old), time, -1));
                         }
                         if !new.is_empty() {
-                            session.give(((key.clone(), *new), time, 1));
+                            session.give((row(new), time, 1));
                         }
                     });
                 }

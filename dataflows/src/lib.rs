@@ -118,8 +118,7 @@ pub fn analytics_with_state<'scope>(
         restored.segments,
         params.windows,
     );
-    let aggregates = aggregates::aggregate(sums, params.windows)
-        .map(|(key, totals)| (OutputKey::Aggregate(key), OutputValue::Totals(totals)));
+    let aggregates = aggregates::aggregate(sums, params.windows);
     let (counters, counter_trace) = aggregates::count_counters(counters.concat(source_counters));
     let counters =
         counters.map(|(counter, n)| (OutputKey::Counter(counter), OutputValue::Count(n as i64)));
