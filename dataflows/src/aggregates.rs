@@ -38,10 +38,10 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
 }
 
 /// Maintains every aggregate from the sums of attributed contributions: output rows of `(key,
-/// total)`, one per key, a change being the old total retracted and the new one inserted, and a key whose total
-/// returns to zero retracted and forgotten. This is what
-/// `arrange_by_self().count_total()` computes, for a totally ordered time; it holds one total per
-/// key in a hash map instead of the arrangement's history.
+/// total)`, one per key, a change being the old total retracted and the new one inserted, and a
+/// key whose total returns to zero retracted (its row forgotten at the next sweep of closed
+/// windows, see [`Rows`]). This is what `arrange_by_self().count_total()` computes, for a totally
+/// ordered time; it holds one total per key in a hash table instead of the arrangement's history.
 ///
 /// The keys are few (thousands) and nearly all change at every tick, so the arrangement's costs
 /// came at every tick whatever its size: sorting the keys (comparing segment names), sealing a

@@ -39,7 +39,8 @@ fn most(capacity: usize) -> usize {
 const SMALLEST: usize = 16;
 
 /// The key's hash: the finalizer of MurmurHash3, whose top bits depend on every bit of the key
-/// (keys are often sequential, and the shards and the workers are chosen by other bits of them).
+/// (keys are often sequential, and the shard and the worker are chosen by another hash of them,
+/// whose top bits are alike within a shard).
 fn hash(key: u64) -> u64 {
     let mut h = key;
     h ^= h >> 33;
