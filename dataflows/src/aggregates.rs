@@ -107,11 +107,15 @@ pub fn aggregate<'scope>(
                         if delta.is_empty() || closed(&key) {
                             continue;
                         }
-                        if let Some(start) = key.window {
+                        // A new row's window may close first; the others' were counted when
+                        // they were new, or at the last sweep.
+                        let window = key.window;
+                        if rows.add(time, key, &delta)
+                            && let Some(start) = window
+                        {
                             let close = spec.closes_at(start);
                             next_close = Some(next_close.map_or(close, |c| c.min(close)));
                         }
-                        rows.add(time, key, &delta);
                     }
                     spare.push(deltas);
                     let mut session = output.session(&capability);
@@ -165,8 +169,9 @@ struct Row {
 }
 
 impl Rows {
-    /// Adds `delta` to `key`'s total at `time`, which must not decrease between calls.
-    fn add(&mut self, time: Tick, key: AggregateKey, delta: &Totals) {
+    /// Adds `delta` to `key`'s total at `time`, which must not decrease between calls; whether
+    /// the key had no row.
+    fn add(&mut self, time: Tick, key: AggregateKey, delta: &Totals) -> bool {
         let hash = FxBuildHasher.hash_one(&key);
         let rows = &mut self.rows;
         let found = self
@@ -185,6 +190,7 @@ impl Rows {
                     self.changed.push(at);
                 }
                 row.total.add(delta);
+                false
             }
             None => {
                 let at = u32::try_from(rows.len()).expect("fewer than 2^32 aggregate keys");
@@ -198,6 +204,7 @@ impl Rows {
                 self.table
                     .insert_unique(hash, at, |&at| rows[at as usize].hash);
                 self.changed.push(at);
+                true
             }
         }
     }
@@ -221,8 +228,8 @@ impl Rows {
     fn retain(&mut self, mut keep: impl FnMut(&AggregateKey, &Totals) -> bool) {
         self.rows.retain(|row| keep(&row.key, &row.total));
         self.table.clear();
-        for (at, row) in self.rows.iter().enumerate() {
-            let rows = &self.rows;
+        let rows = &self.rows;
+        for (at, row) in rows.iter().enumerate() {
             self.table
                 .insert_unique(row.hash, at as u32, |&at| rows[at as usize].hash);
         }
