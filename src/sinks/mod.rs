@@ -22,6 +22,9 @@ pub enum SinkError {
     },
 }
 
+/// Makes a sink give up at once, from any thread (see [`Sink::canceller`]).
+pub type Canceller = Box<dyn Fn() + Send + Sync>;
+
 /// Receives every completed timestamp's batch, in time order, exactly once.
 pub trait Sink: Send {
     /// Takes one batch.
@@ -37,6 +40,13 @@ pub trait Sink: Send {
     /// Write retries so far.
     fn retries(&self) -> u64 {
         0
+    }
+    /// What makes the sink give up at once when the run has failed, called from another thread:
+    /// its retries stop, a [`write_batch`](Sink::write_batch) blocked on a full queue returns an
+    /// error, and [`finish`](Sink::finish) fails instead of waiting for what is queued. `None`
+    /// for a sink that never blocks for long.
+    fn canceller(&self) -> Option<Canceller> {
+        None
     }
 }
 
