@@ -274,8 +274,9 @@ fn processes_that_would_restore_different_checkpoints_refuse_to_start() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
     let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    // Into the directory of the default consumer group's pipeline, which `run` restores from.
     shopflow::checkpoint::write(
-        &with,
+        &shopflow::checkpoint::pipeline_dir(&with, "shopflow"),
         &shopflow::checkpoint::WorkerCheckpoint {
             version: shopflow::checkpoint::VERSION,
             pipeline: "any".into(),
@@ -1229,6 +1230,12 @@ fn embedded_scenario(
     (cluster, env)
 }
 
+/// The setting that keeps the processes' checkpoints in `dir`, shared by them.
+fn checkpoints_in(dir: &Path) -> (String, String) {
+    let state = dir.join("state").display().to_string();
+    ("SHOPFLOW__ENGINE__CHECKPOINT_DIR".to_owned(), state)
+}
+
 /// A process that loses a peer ends within seconds, with one line naming it, even while its own
 /// sink is stuck: here InfluxDB answers every write 503 and the sink would retry for many
 /// minutes, its queue full and the workers held back by it. No real InfluxDB is needed.
@@ -1248,6 +1255,7 @@ fn a_lost_peer_ends_a_process_within_seconds_while_its_sink_retries() {
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
     let dir = tempfile::tempdir().expect("a temporary directory");
+    env.push(checkpoints_in(dir.path()));
     let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
     let mut members: Vec<Running> = (0..2)
         .map(|p| {
@@ -1308,6 +1316,7 @@ fn a_process_whose_source_gives_up_ends_the_cluster_naming_it() {
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
     let dir = tempfile::tempdir().expect("a temporary directory");
+    env.push(checkpoints_in(dir.path()));
     let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
     let output = dir.path().join("source.lp").display().to_string();
     let members: Vec<Running> = (0..2)
