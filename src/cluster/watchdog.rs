@@ -20,11 +20,16 @@
 //!   threads still blocked then are left behind, and the process ends with the failure.
 //!
 //! A control message is a tag byte, a big-endian `u32` length and that many bytes of UTF-8:
-//! `H` (heartbeat, empty), `D` (goodbye, empty: the run ended well here), `F` (failed: why).
+//! `H` (heartbeat, empty), `D` (goodbye, empty: the run ended well here), `F` (failed: why), `A`
+//! (acknowledged, empty: the answer to a goodbye or a failure, after which the peer sends nothing
+//! more). A process that ends waits (at most [`SETTLE`]) for the acknowledgements of the peers
+//! still running, so that it closes its links with nothing unread in them: a socket closed with
+//! unread data is reset, and a reset could reach the peer before the goodbye it follows.
 
 use std::any::Any;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -43,10 +48,13 @@ pub const GRACE: Duration = Duration::from_secs(2);
 const MAX_REASON: usize = 4_096;
 /// The longest a write to a peer's control link may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an ending process waits for its running peers to acknowledge how it ended.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 const TAG_HEARTBEAT: u8 = b'H';
 const TAG_GOODBYE: u8 = b'D';
 const TAG_FAILED: u8 = b'F';
+const TAG_ACK: u8 = b'A';
 
 /// Why a run failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +113,11 @@ struct Link {
     process: usize,
     address: String,
     stream: Mutex<TcpStream>,
+    /// The peer said how it ended: it gets no more heartbeats.
+    peer_ended: AtomicBool,
+    /// Nothing more will come from the peer: it acknowledged how this process ended, said how
+    /// it ended itself, or its link closed.
+    settled: AtomicBool,
 }
 
 /// A hook run once, on the first failure.
@@ -157,11 +170,13 @@ impl Watchdog {
             stream.set_nodelay(true)?;
             stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
             stream.set_read_timeout(Some(SILENCE))?;
-            readers.push((peer, stream.try_clone()?));
+            readers.push((peer, links.len(), stream.try_clone()?));
             links.push(Link {
                 process: peer,
                 address: addresses[peer].clone(),
                 stream: Mutex::new(stream),
+                peer_ended: AtomicBool::new(false),
+                settled: AtomicBool::new(false),
             });
         }
         let watchdog = Arc::new(Watchdog {
@@ -170,12 +185,12 @@ impl Watchdog {
             state: Mutex::new(State::default()),
             hooks: Mutex::new(Vec::new()),
         });
-        for (peer, stream) in readers {
+        for (peer, link, stream) in readers {
             let weak = Arc::downgrade(&watchdog);
             let address = addresses[peer].clone();
             std::thread::Builder::new()
                 .name(format!("shopflow-watch-{peer}"))
-                .spawn(move || read_link(&weak, peer, &address, stream))?;
+                .spawn(move || read_link(&weak, peer, link, &address, stream))?;
         }
         if !watchdog.links.is_empty() {
             let weak = Arc::downgrade(&watchdog);
@@ -186,7 +201,11 @@ impl Watchdog {
                         if lock(&watchdog.state).ended {
                             return;
                         }
-                        watchdog.broadcast(TAG_HEARTBEAT, "");
+                        for link in &watchdog.links {
+                            if !link.peer_ended.load(Ordering::Relaxed) {
+                                link.send(TAG_HEARTBEAT, "");
+                            }
+                        }
                         drop(watchdog);
                         std::thread::sleep(HEARTBEAT);
                     }
@@ -288,7 +307,8 @@ impl Watchdog {
         }
     }
 
-    /// The run ended here: says goodbye to every peer on success, or tells them why it failed.
+    /// The run ended here: says goodbye to every peer on success, or tells them why it failed,
+    /// and waits (at most [`SETTLE`]) until the peers still running have acknowledged it.
     /// Nothing is recorded or sent after this.
     pub fn end(&self, error: Option<&str>) {
         match error {
@@ -296,6 +316,15 @@ impl Watchdog {
             None => self.broadcast(TAG_GOODBYE, ""),
         }
         lock(&self.state).ended = true;
+        let deadline = Instant::now() + SETTLE;
+        while Instant::now() < deadline
+            && !self
+                .links
+                .iter()
+                .all(|link| link.settled.load(Ordering::Relaxed))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn trigger(&self) {
@@ -311,16 +340,23 @@ impl Watchdog {
         }
     }
 
-    /// Sends one message to every peer; a peer that cannot take it is noticed by its reader.
+    /// Sends one message to every peer.
     fn broadcast(&self, tag: u8, text: &str) {
+        for link in &self.links {
+            link.send(tag, text);
+        }
+    }
+}
+
+impl Link {
+    /// Sends one message; a peer that cannot take it is noticed by its reader.
+    fn send(&self, tag: u8, text: &str) {
         let mut message = Vec::with_capacity(5 + text.len());
         message.push(tag);
         message.extend_from_slice(&(text.len() as u32).to_be_bytes());
         message.extend_from_slice(text.as_bytes());
-        for link in &self.links {
-            if let Err(error) = lock(&link.stream).write_all(&message) {
-                tracing::debug!(process = link.process, address = %link.address, %error, "cannot reach the control link");
-            }
+        if let Err(error) = lock(&self.stream).write_all(&message) {
+            tracing::debug!(process = self.process, address = %self.address, %error, "cannot reach the control link");
         }
     }
 }
@@ -334,14 +370,20 @@ impl Drop for Watchdog {
     }
 }
 
-/// A peer's control link, the reading side: records what it says and how it ends.
-fn read_link(watchdog: &Weak<Watchdog>, peer: usize, address: &str, mut stream: TcpStream) {
+/// A peer's control link, the reading side (`link`: its index in the watchdog's links): records
+/// what it says and how it ends, and acknowledges the peer's end.
+fn read_link(
+    watchdog: &Weak<Watchdog>,
+    peer: usize,
+    link: usize,
+    address: &str,
+    mut stream: TcpStream,
+) {
     let lost = |how: String| Failure::Lost {
         process: peer,
         address: address.to_owned(),
         how,
     };
-    let mut goodbye = false;
     loop {
         let mut header = [0u8; 5];
         let read = stream.read_exact(&mut header).and_then(|()| {
@@ -359,46 +401,50 @@ fn read_link(watchdog: &Weak<Watchdog>, peer: usize, address: &str, mut stream: 
         let Some(watchdog) = watchdog.upgrade() else {
             return;
         };
-        if lock(&watchdog.state).ended {
-            return;
-        }
-        match read {
-            Ok(_) if header[0] == TAG_HEARTBEAT => {}
-            Ok(_) if header[0] == TAG_GOODBYE => goodbye = true,
-            Ok(reason) if header[0] == TAG_FAILED => {
-                watchdog.fail(Failure::Peer {
+        let this = &watchdog.links[link];
+        let peer_ended = this.peer_ended.load(Ordering::Relaxed);
+        let failure = match read {
+            Ok(_) if header[0] == TAG_HEARTBEAT => None,
+            Ok(_) if header[0] == TAG_ACK => {
+                this.settled.store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(reason) if matches!(header[0], TAG_GOODBYE | TAG_FAILED) => {
+                this.peer_ended.store(true, Ordering::Relaxed);
+                this.settled.store(true, Ordering::Relaxed);
+                this.send(TAG_ACK, "");
+                (header[0] == TAG_FAILED).then_some(Failure::Peer {
                     process: peer,
                     reason,
-                });
-                return;
+                })
             }
-            Ok(_) => {
-                watchdog.fail(lost(format!(
-                    "it sent an unknown control message (tag {:#04x})",
-                    header[0]
-                )));
-                return;
-            }
-            Err(_) if goodbye => return,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                watchdog.fail(lost(format!(
-                    "it sent nothing for {} (hung, or the network is cut)",
-                    Seconds(SILENCE)
-                )));
-                return;
-            }
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                watchdog.fail(lost(
-                    "the connection closed without a goodbye (the process ended or was killed)"
-                        .to_owned(),
-                ));
-                return;
-            }
+            Ok(_) => Some(lost(format!(
+                "it sent an unknown control message (tag {:#04x})",
+                header[0]
+            ))),
             Err(e) => {
-                watchdog.fail(lost(format!(
-                    "the connection failed ({})",
-                    super::describe(&e)
-                )));
+                this.settled.store(true, Ordering::Relaxed);
+                if peer_ended {
+                    return;
+                }
+                Some(lost(match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+                        "it sent nothing for {} (hung, or the network is cut)",
+                        Seconds(SILENCE)
+                    ),
+                    ErrorKind::UnexpectedEof => {
+                        "the connection closed without a goodbye (the process ended or was killed)"
+                            .to_owned()
+                    }
+                    _ => format!("the connection failed ({})", super::describe(&e)),
+                }))
+            }
+        };
+        if let Some(failure) = failure {
+            // Recorded unless this process has ended: `fail` ignores it then.
+            let lost = matches!(failure, Failure::Lost { .. });
+            watchdog.fail(failure);
+            if lost {
                 return;
             }
         }
@@ -583,7 +629,11 @@ mod tests {
         }
 
         let (zero, one) = pair();
+        let started = Instant::now();
         one.end(None);
+        // The running peer acknowledged the goodbye: nothing more will come from it.
+        assert!(started.elapsed() < SETTLE, "{:?}", started.elapsed());
+        assert!(zero.links[0].peer_ended.load(Ordering::Relaxed));
         drop(one);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(zero.failure(), None);
