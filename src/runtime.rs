@@ -326,6 +326,16 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
 
     // Offsets are committed and checkpoints written only behind what the sink acknowledged.
     let acknowledged = sink.acknowledged();
+    let written = match &checkpoints {
+        Some(c) => Some(Written::open(
+            c,
+            &plan.workers,
+            start_ms,
+            tick_ms,
+            params.windows,
+        )?),
+        None => None,
+    };
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
     let sender = Mutex::new(sender);
     let sink_status = Arc::clone(&status);
@@ -339,6 +349,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 process,
                 sink.as_mut(),
                 &sink_status,
+                written,
             );
             if result.is_err() {
                 // Stop the sources: nothing they read could be written.
@@ -472,6 +483,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         restored_in.flush();
         segments_in.flush();
         let restoring = checkpoints.as_ref().is_some_and(|c| c.found.is_some());
+        // The timestamp the checkpoint's state is restored at.
+        let restored_at = restoring.then_some(tick);
         // The demographics read at start wait for the end of the first tick when restoring.
         let mut snapshot: Vec<dataflows::model::Demographic> = Vec::new();
         // The next checkpoint boundary: every worker stops its inputs exactly there.
@@ -617,15 +630,22 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 lock(&status.event_times).push((end, newest));
             }
             tracing::debug!(tick, sent, "tick produced");
-            // Restoring: the demographics as their source holds them now replace the segments the
-            // checkpoint held, moving whoever changed meanwhile.
-            for (segment, n) in restored_segments.drain(..) {
-                segments_in.update(segment, -n);
+            // Restoring: the first timestamp's output is the checkpoint's rows alone, whole, so
+            // that the sink rewrites every one of them; from the next one, the demographics as
+            // their source holds them now replace the segments the checkpoint held, moving
+            // whoever changed meanwhile with retractions (written as removals). Were both at the
+            // first timestamp, a row the checkpoint held that no longer has a user would cancel
+            // out there and never be written, and the sink would keep its old value.
+            let demographics_wait = restored_at == Some(tick);
+            if !demographics_wait {
+                for (segment, n) in restored_segments.drain(..) {
+                    segments_in.update(segment, -n);
+                }
+                for row in snapshot.drain(..) {
+                    demographics_in.update(row, 1);
+                }
             }
-            for row in snapshot.drain(..) {
-                demographics_in.update(row, 1);
-            }
-            match changes.as_mut() {
+            match changes.as_mut().filter(|_| !demographics_wait) {
                 Some(WorkerDemographics::Generated(changes)) => {
                     while knobs.demographic_changes_per_second > 0.0
                         && change_ms(changes.position()) < end
@@ -877,10 +897,15 @@ fn forward_batches(
     process: usize,
     sink: &mut dyn Sink,
     status: &Status,
+    mut written: Option<Written>,
 ) -> Result<(), SinkError> {
     let mut runtime = RuntimeReport::new(process);
     let mut frontiers: BTreeMap<usize, Option<Tick>> = BTreeMap::new();
     let mut pending: BTreeMap<Tick, Vec<Change>> = BTreeMap::new();
+    if let Some(clear) = written.as_ref().and_then(|w| w.clear.as_ref()) {
+        // The first timestamp is written even with no output of its own: it carries the removals.
+        pending.entry(clear.at).or_default();
+    }
     while let Ok((worker, progress)) = receiver.recv() {
         for batch in progress.batches {
             pending.entry(batch.time).or_default().extend(batch.changes);
@@ -897,8 +922,20 @@ fn forward_batches(
                 break;
             }
             let (time, mut changes) = entry.remove_entry();
+            if let Some(written) = written.as_mut() {
+                written.clear_absent(time, &mut changes);
+            }
+            if changes.is_empty() {
+                continue;
+            }
             changes.sort();
             let batch = Batch { time, changes };
+            if let Some(written) = written.as_mut() {
+                written.journal.record(&batch).map_err(|e| SinkError::Io {
+                    target: e.path.display().to_string(),
+                    source: e.source,
+                })?;
+            }
             sink.write_batch(&batch)?;
             remember(status, &batch);
         }
@@ -1091,5 +1128,101 @@ fn commit_complete(
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The journal of the rows this process writes, and the rows to clear in the run's first output:
+/// see [`crate::journal`].
+struct Written {
+    journal: crate::journal::Journal,
+    clear: Option<Clear>,
+}
+
+/// Rows a run before this one wrote after the restored checkpoint's boundary (or at all, with
+/// none): those this process's workers keep and that its first output does not hold are written
+/// as removals in it.
+struct Clear {
+    /// The run's first timestamp.
+    at: Tick,
+    keys: Vec<dataflows::model::AggregateKey>,
+}
+
+impl Written {
+    fn open(
+        checkpoints: &Checkpoints,
+        workers: &Workers,
+        start_ms: u64,
+        tick_ms: u64,
+        windows: dataflows::windows::WindowSpec,
+    ) -> Result<Written, RunError> {
+        let journal_error = |e: crate::journal::JournalError| RunError::Source(e.to_string());
+        let since = checkpoints.found.as_ref().map(|f| f.tick);
+        let first = (start_ms - start_ms % tick_ms).max(since.unwrap_or(0));
+        let threads = workers.threads_per_process();
+        let peers = threads * workers.processes.max(1);
+        let local = workers.process * threads..(workers.process + 1) * threads;
+        let mut keys: Vec<_> = crate::journal::written_since(&checkpoints.dir, since)
+            .map_err(journal_error)?
+            .into_iter()
+            .filter(|key| local.contains(&dataflows::aggregates::owner(key, peers)))
+            // A window closed by now keeps its values, as any window that closed while the
+            // pipeline was down.
+            .filter(|key| {
+                key.window.is_none_or(|start| {
+                    start
+                        .0
+                        .saturating_add(windows.size_ms + windows.allowed_lateness_ms)
+                        > first
+                })
+            })
+            .collect();
+        keys.sort();
+        if !keys.is_empty() {
+            tracing::info!(
+                rows = keys.len(),
+                "rows written before the restart, checked against the restored state"
+            );
+        }
+        Ok(Written {
+            journal: crate::journal::Journal::new(
+                &checkpoints.dir,
+                workers.process,
+                start_ms,
+                checkpoints.interval_ms,
+            ),
+            clear: Some(Clear { at: first, keys }),
+        })
+    }
+
+    /// At the run's first timestamp, adds a removal for every row to clear that `changes` does
+    /// not write.
+    fn clear_absent(&mut self, time: Tick, changes: &mut Vec<Change>) {
+        if self.clear.as_ref().is_none_or(|clear| clear.at != time) {
+            return;
+        }
+        let clear = self.clear.take().expect("checked above");
+        let present: rustc_hash::FxHashSet<&dataflows::model::AggregateKey> = changes
+            .iter()
+            .filter_map(|change| match &change.key {
+                OutputKey::Aggregate(key) => Some(key),
+                OutputKey::Counter(_) => None,
+            })
+            .collect();
+        let absent: Vec<Change> = clear
+            .keys
+            .into_iter()
+            .filter(|key| !present.contains(key))
+            .map(|key| Change {
+                key: OutputKey::Aggregate(key),
+                value: None,
+            })
+            .collect();
+        if !absent.is_empty() {
+            tracing::info!(
+                rows = absent.len(),
+                "rows written before the restart that the restored state does not hold: removed"
+            );
+        }
+        changes.extend(absent);
     }
 }
