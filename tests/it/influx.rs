@@ -1000,6 +1000,91 @@ fn refused_lines_are_found_by_halving_counted_and_appended_to_the_rejects_file()
     assert!(error.contains("influx.rejects-file"), "{error}");
 }
 
+/// Log output, captured for one thread's subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[test]
+fn refused_lines_are_logged_at_most_once_a_second_with_influxdbs_message_and_no_secret() {
+    let server = Responder::answering(|_, body| {
+        if String::from_utf8_lossy(body).contains("bad") {
+            (
+                400,
+                r#"{"error":"partial write: unable to parse 'bad': missing fields dropped=0"}"#,
+                Duration::ZERO,
+            )
+        } else {
+            ok()
+        }
+    });
+    let client = InfluxClient::new(&InfluxConfig {
+        username: Some("shop".into()),
+        password: Some(Secret::new("hunter2-secret")),
+        ..config(&server.url, "shop")
+    })
+    .unwrap();
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let started = Instant::now();
+    tracing::subscriber::with_default(subscriber, || {
+        let body: String = (0..100)
+            .map(|i| {
+                if i % 5 == 0 {
+                    "bad\n".to_owned()
+                } else {
+                    format!("m x={i}i {i}\n")
+                }
+            })
+            .collect();
+        client.write(body.as_bytes()).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the test needs a fast write"
+        );
+        std::thread::sleep(Duration::from_millis(1_100));
+        client.write(b"m x=1i 1\nbad\n").unwrap();
+    });
+    assert_eq!(client.stats().snapshot().rejected_lines, 21);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("WARN"), "{text}");
+    assert!(lines[0].contains("InfluxDB refused a line"), "{text}");
+    assert!(
+        lines[0].contains("partial write: unable to parse 'bad': missing fields dropped=0"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("since_last_log=1 sink_rejected_lines=1"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("since_last_log=20 sink_rejected_lines=21"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 #[test]
 fn a_body_too_large_is_split_until_it_fits() {
     // 413 for a body of more than 3 lines.
