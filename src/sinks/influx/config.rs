@@ -57,7 +57,8 @@ pub struct InfluxConfig {
     pub batch_lines: usize,
     /// Whether request bodies are gzip-compressed.
     pub gzip: bool,
-    /// The timeout of one HTTP request (connecting included), in milliseconds.
+    /// The timeout of one HTTP request (connecting included), in milliseconds; also bounds the
+    /// start check ([`check_at_start`](super::service::check_at_start)).
     pub timeout_ms: u64,
     /// How often a failed write is retried (connection errors, timeouts, 429, 5xx) before the sink
     /// fails; 0 for never.

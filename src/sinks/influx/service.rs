@@ -456,9 +456,10 @@ impl InfluxClient {
     }
 
     /// Writes `body` (line protocol, millisecond timestamps) as one request, retrying transient
-    /// failures. Blocks for up to `max-retries` backoffs. Lines InfluxDB refuses are counted in
-    /// [`StatsSnapshot::rejected_lines`] and skipped, the others written: see
-    /// [`InfluxClient::write_lines`].
+    /// failures. Blocks for up to `max-retries` backoffs. Lines InfluxDB refuses
+    /// ([`WriteError::refuses_lines`]) are found by halving the body, counted in
+    /// [`StatsSnapshot::rejected_lines`], logged and skipped; the others are written, and the
+    /// write succeeds.
     pub fn write(&self, body: &[u8]) -> Result<(), WriteError> {
         let lines = body
             .split(|&b| b == b'\n')
