@@ -14,7 +14,7 @@ use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
 use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
-use crate::sinks::influx::InfluxSink;
+use crate::sinks::influx::{self, InfluxSink};
 use crate::sinks::{Discard, LineProtocolWriter, Sink};
 use crate::sources::embedded::EmbeddedKafka;
 use crate::sources::kafka::{self, EventProducer};
@@ -218,15 +218,27 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
+    // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
+    let status = Arc::new(Status::default());
+    stop_on_interrupt(&status)?;
     let sink: Box<dyn Sink> = match config.output.sink {
-        SinkKind::Influxdb => Box::new(InfluxSink::start(&config.influx, config.engine.window_ms)?),
+        SinkKind::Influxdb => {
+            if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
+                eprintln!("stopped while waiting for InfluxDB; nothing was read");
+                return Ok(());
+            }
+            // The check created the database, if asked to.
+            let influx = influx::InfluxConfig {
+                create_database: false,
+                ..config.influx.clone()
+            };
+            Box::new(InfluxSink::start(&influx, config.engine.window_ms)?)
+        }
         SinkKind::LineProtocol => Box::new(LineProtocolWriter::create(
             &process_output(&config.output.line_protocol, &workers),
             config.engine.window_ms,
         )?),
     };
-    let status = Arc::new(Status::default());
-    stop_on_interrupt(&status)?;
     let plan = Plan {
         events: EventSource::Kafka {
             config: config.kafka.clone(),

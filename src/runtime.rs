@@ -1016,6 +1016,7 @@ impl RuntimeReport {
                 now.saturating_sub(self.newest_written)
             },
             sink_retries: sink.retries(),
+            sink_rejected_lines: sink.rejected_lines(),
             events_per_second,
         };
         self.last = Some((Instant::now(), generated));

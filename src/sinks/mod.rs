@@ -66,6 +66,10 @@ pub trait Sink: Send {
     fn retries(&self) -> u64 {
         0
     }
+    /// Lines the destination refused so far: counted, logged and skipped, the others written.
+    fn rejected_lines(&self) -> u64 {
+        0
+    }
 }
 
 /// Discards batches: measures the engine alone.
