@@ -69,7 +69,9 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 /// reconnection backoff (5 s) and than a checkpoint interval (at most 3 s here).
 const QUIET: Duration = Duration::from_secs(8);
 /// How long a graceful stop (SIGTERM) may take.
-const STOP_WITHIN: Duration = Duration::from_secs(45);
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+/// A pipeline whose output has not changed for this long while it is behind is stuck.
+const STUCK: Duration = Duration::from_secs(60);
 /// Differing rows printed per round (the round's report file has them all).
 const PRINTED_DIFFERENCES: usize = 20;
 
@@ -264,9 +266,10 @@ fn plan(seed: u64, allowed: &BTreeSet<Fault>) -> Plan {
         steps.push(ms(&mut rng, 0..1_500));
         steps.push(Step::Start(rng.random_range(1..=3)));
     }
-    let total: u32 = allowed.iter().map(|f| f.weight()).sum();
+    let mut allowed = allowed.clone();
     for _ in 0..rng.random_range(2..=5u32) {
         steps.push(ms(&mut rng, 500..5_000));
+        let total: u32 = allowed.iter().map(|f| f.weight()).sum();
         let mut draw = rng.random_range(0..total);
         let fault = *allowed
             .iter()
@@ -277,6 +280,10 @@ fn plan(seed: u64, allowed: &BTreeSet<Fault>) -> Plan {
             })
             .expect("a draw below the total weight");
         faults.push(fault);
+        // Kafka takes 10 to 40 s to start: one outage a round, to keep rounds short.
+        if fault == Fault::KafkaOutage && allowed.len() > 1 {
+            allowed.remove(&Fault::KafkaOutage);
+        }
         match fault {
             Fault::EarlyKill => unreachable!("drawn apart"),
             Fault::Kill => {
@@ -376,10 +383,18 @@ struct Run {
     number: usize,
     log: PathBuf,
     started: Instant,
+    /// The services that were down when it started.
+    started_without: BTreeSet<Service>,
 }
 
 impl Run {
-    fn start(env: &[(String, String)], workers: u8, number: usize, logs: &Path) -> Run {
+    fn start(
+        env: &[(String, String)],
+        workers: u8,
+        number: usize,
+        logs: &Path,
+        down: &BTreeSet<Service>,
+    ) -> Run {
         let log = logs.join(format!("run-{number}.log"));
         let stderr = File::create(&log).expect("a log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
@@ -396,6 +411,7 @@ impl Run {
             number,
             log,
             started: Instant::now(),
+            started_without: down.clone(),
         }
     }
 
@@ -446,8 +462,6 @@ impl Drop for Run {
 #[derive(Default)]
 struct Outages {
     down: BTreeSet<Service>,
-    /// When the last one came back.
-    last_back: Option<Instant>,
 }
 
 impl Outages {
@@ -459,12 +473,6 @@ impl Outages {
     fn resume(&mut self, service: Service) {
         services(&["start", service.name()]);
         self.down.remove(&service);
-        self.last_back = Some(Instant::now());
-    }
-
-    /// Whether a service is down, or came back less than `grace` ago.
-    fn recent(&self, grace: Duration) -> bool {
-        !self.down.is_empty() || self.last_back.is_some_and(|at| at.elapsed() < grace)
     }
 }
 
@@ -579,12 +587,15 @@ impl Round {
 
     /// A line of the round's report, stamped with the time since the round began.
     fn note(&mut self, line: impl AsRef<str>) {
-        let _ = writeln!(
-            self.outcome.report,
+        let line = format!(
             "  {:>6.1}s  {}",
             self.started.elapsed().as_secs_f64(),
             line.as_ref()
         );
+        // As it happens, for whoever watches a long campaign (with --nocapture).
+        eprintln!("seed {}: {}", self.plan.seed, line.trim_start());
+        self.outcome.report.push_str(&line);
+        self.outcome.report.push('\n');
     }
 
     fn anomaly(&mut self, what: String) {
@@ -615,7 +626,13 @@ impl Round {
         self.runs += 1;
         self.exited_by_itself = false;
         let checkpoints = self.checkpoints();
-        let run = Run::start(&self.env, workers, self.runs, &self.logs);
+        let run = Run::start(
+            &self.env,
+            workers,
+            self.runs,
+            &self.logs,
+            &self.outages.down,
+        );
         self.workers = workers;
         self.note(format!(
             "run {}: start -w {workers} ({checkpoints} checkpoint(s) on disk, services down: {:?})",
@@ -624,26 +641,35 @@ impl Round {
         self.pipeline = Some(run);
     }
 
-    /// Notices a pipeline that exited by itself: an anomaly unless a service it needs was down
-    /// (or just back), when exiting is its documented answer; a supervisor restarts it once
-    /// every service is up.
+    /// Notices a pipeline that exited by itself, which a supervisor restarts once every service
+    /// is up. The pipeline is configured to ride out every outage of a round (MySQL reconnection
+    /// for about 50 s, InfluxDB retries for minutes, Kafka for ever), so an exit is an anomaly,
+    /// unless the run started while a service was down that is still down: refusing to start
+    /// without a service is a documented answer.
     fn watch(&mut self) {
         if let Some(run) = &mut self.pipeline
             && let Some(status) = run.exited()
         {
             let (number, up, tail) = (run.number, run.started.elapsed(), run.tail(8));
             let what = format!(
-                "run {number} exited by itself with {status} after {:.1}s; its log ends:\n{tail}",
-                up.as_secs_f64()
+                "run {number} exited by itself with {status} after {:.1}s (services down: {:?}); \
+                 its log ends:\n{tail}",
+                up.as_secs_f64(),
+                self.outages.down
             );
-            if self.outages.recent(Duration::from_secs(10)) {
-                self.note(format!("(during an outage) {what}"));
+            if run
+                .started_without
+                .intersection(&self.outages.down)
+                .next()
+                .is_some()
+            {
+                self.note(format!("(started without a service) {what}"));
             } else {
                 self.anomaly(what);
             }
             self.pipeline = None;
             self.exited_by_itself = true;
-            self.count("exits by itself", 1);
+            self.count("(the pipeline exited by itself)", 1);
         }
         if self.exited_by_itself && self.outages.down.is_empty() {
             let workers = self.workers;
@@ -1006,11 +1032,12 @@ fn catch_up(round: &mut Round, want: &State, events: u64) {
             ));
             return;
         }
-        if started.elapsed() >= CATCH_UP {
+        if started.elapsed() >= CATCH_UP || unchanged_since.elapsed() >= STUCK {
             round.anomaly(format!(
-                "not caught up within {CATCH_UP:?}: committed lag {lag:?}, binlog read to its \
-                 end: {binlog}, events_in + rejected = {accounted:?} of {events} produced, \
-                 InfluxDB unchanged for {:.1}s",
+                "not caught up after {:.1}s: committed lag {lag:?}, binlog read to its end: \
+                 {binlog}, events_in + rejected = {accounted:?} of {events} produced, InfluxDB \
+                 unchanged for {:.1}s",
+                started.elapsed().as_secs_f64(),
                 unchanged_since.elapsed().as_secs_f64()
             ));
             return;
@@ -1290,6 +1317,12 @@ fn a_round_is_a_function_of_its_seed() {
         assert!(down.is_empty() && running, "{seed}: {:?}", a.steps);
         assert!((2..=8).contains(&a.faults.len()));
         assert!(a.events >= 7_500, "{seed}: {} events", a.events);
+        let kafka = a
+            .faults
+            .iter()
+            .filter(|f| **f == Fault::KafkaOutage)
+            .count();
+        assert!(kafka <= 1, "{seed}: {:?}", a.faults);
     }
     assert_ne!(plan(1, &all).steps, plan(2, &all).steps);
     let drawn: BTreeSet<Fault> = (0..200).flat_map(|seed| plan(seed, &all).faults).collect();
