@@ -383,6 +383,8 @@ struct Run {
     number: usize,
     log: PathBuf,
     started: Instant,
+    /// When it started, in ms since the epoch.
+    started_ms: u64,
     /// The services that were down when it started.
     started_without: BTreeSet<Service>,
 }
@@ -406,11 +408,13 @@ impl Run {
         for (key, value) in env {
             command.env(key, value);
         }
+        let started_ms = shopflow::runtime::now_ms();
         Run {
             child: command.spawn().expect("shopflow runs"),
             number,
             log,
             started: Instant::now(),
+            started_ms,
             started_without: down.clone(),
         }
     }
@@ -603,14 +607,17 @@ impl Round {
         self.outcome.anomalies.push(what);
     }
 
-    /// Complete checkpoints are directories of the checkpoint directory; their number tells
-    /// whether a kill came before the first.
+    /// The checkpoints on disk (entries of the checkpoint directory, whatever their layout,
+    /// but files being written): whether a kill came before the first.
     fn checkpoints(&self) -> usize {
         std::fs::read_dir(&self.checkpoint_dir)
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
-                    .filter(|e| e.path().is_dir())
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        !name.starts_with('.') && !name.ends_with(".tmp")
+                    })
                     .count()
             })
             .unwrap_or(0)
@@ -675,6 +682,32 @@ impl Round {
             let workers = self.workers;
             self.note("restarting the pipeline as a supervisor would");
             self.start(workers);
+        }
+    }
+
+    /// Waits (30 s at most) until the current run has written a `runtime` point: it is past
+    /// its start-up. Kafka and MariaDB outages hit a running pipeline, which is configured to
+    /// ride them out; at start-up, failing without them is a documented answer.
+    fn until_running(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(run) = &self.pipeline {
+            let q = format!(
+                "SELECT count(consumer_lag) FROM runtime WHERE time >= {}ms",
+                run.started_ms
+            );
+            let written =
+                crate::faults::influx_query(&self.scenario.influx_url, &self.scenario.database, &q)
+                    .and_then(|a| a["results"][0]["series"][0]["values"][0][1].as_i64())
+                    .is_some_and(|n| n > 0);
+            if written {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let number = run.number;
+                self.note(format!("run {number}: not writing after 30 s; going on"));
+                return;
+            }
+            self.pause(Duration::from_millis(200));
         }
     }
 
@@ -756,6 +789,9 @@ impl Round {
                 self.start(*workers);
             }
             Step::Stop(service) => {
+                if *service != Service::Influxdb {
+                    self.until_running();
+                }
                 self.outages.stop(*service);
                 self.count(
                     match service {
