@@ -503,6 +503,8 @@ struct Outcome {
     counters_equal: usize,
     /// The differing rows and counters, described.
     differences: Vec<String>,
+    /// The differing rows by kind: stale, missing, lower, higher, different.
+    kinds: BTreeMap<&'static str, usize>,
     /// What the pipeline did that it should not have.
     anomalies: Vec<String>,
     /// The round could not be carried out: not a finding about the pipeline.
@@ -1099,13 +1101,18 @@ fn compare(round: &mut Round, got: &State, want: &State) {
         } else {
             "window"
         };
-        let kind = match (g, w) {
-            (Some(_), None) => "in InfluxDB only (stale)",
-            (None, Some(_)) => "missing from InfluxDB",
-            (Some(g), Some(w)) if g.iter().zip(w).all(|(g, w)| g <= w) => "InfluxDB lower",
-            (Some(g), Some(w)) if g.iter().zip(w).all(|(g, w)| g >= w) => "InfluxDB higher",
-            _ => "different",
+        let (kind, short) = match (g, w) {
+            (Some(_), None) => ("in InfluxDB only (stale)", "stale"),
+            (None, Some(_)) => ("missing from InfluxDB", "missing"),
+            (Some(g), Some(w)) if g.iter().zip(w).all(|(g, w)| g <= w) => {
+                ("InfluxDB lower", "lower")
+            }
+            (Some(g), Some(w)) if g.iter().zip(w).all(|(g, w)| g >= w) => {
+                ("InfluxDB higher", "higher")
+            }
+            _ => ("different", "different"),
         };
+        *outcome.kinds.entry(short).or_default() += 1;
         *kinds
             .entry(format!("{measurement} {window}: {kind}"))
             .or_default() += 1;
@@ -1193,10 +1200,32 @@ fn print_round(
     } else {
         "FAILED"
     };
+    // Why, in a few words: the rows by kind, the counters, the anomalies' first lines.
+    let mut why: Vec<String> = outcome
+        .kinds
+        .iter()
+        .map(|(kind, n)| format!("{n} rows {kind}"))
+        .collect();
+    why.extend(
+        outcome
+            .differences
+            .iter()
+            .filter(|d| d.starts_with("counter events_in"))
+            .cloned(),
+    );
+    why.extend(outcome.anomalies.iter().map(|a| {
+        let first = a.lines().next().unwrap_or("");
+        first.chars().take(90).collect::<String>()
+    }));
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join("; "))
+    };
     let _ = writeln!(
         out,
-        "campaign round {}/{rounds} seed {}: {verdict} in {:.0}s; {} of {} rows equal, {} of {} \
-         counters; faults {:?}",
+        "campaign round {}/{rounds} seed {}: {verdict}{why} in {:.0}s; {} of {} rows equal, {} \
+         of {} counters; faults {:?}",
         index + 1,
         outcome.seed,
         outcome.seconds,
