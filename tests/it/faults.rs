@@ -48,7 +48,7 @@ use crate::services::{Cleanup, env, unique};
 /// The fault tests stop and restart the shared services: one at a time.
 static SERVICES: Mutex<()> = Mutex::new(());
 
-fn exclusive() -> MutexGuard<'static, ()> {
+pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
     SERVICES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -345,18 +345,18 @@ fn a_reassignment_resumes_where_the_reader_was() {
 // ---------------------------------------------------------------------------------------------
 
 /// A test's own MariaDB and InfluxDB database and Kafka topic, dropped at the end.
-struct Scenario {
-    mysql_url: String,
-    influx_url: String,
-    database: String,
-    mysql: MysqlConfig,
-    kafka: KafkaConfig,
+pub(crate) struct Scenario {
+    pub(crate) mysql_url: String,
+    pub(crate) influx_url: String,
+    pub(crate) database: String,
+    pub(crate) mysql: MysqlConfig,
+    pub(crate) kafka: KafkaConfig,
     _cleanup: Cleanup,
 }
 
 impl Scenario {
     /// Creates the database and topic and loads `users` generated demographics rows.
-    fn new(name: &str, seed: u64, users: u32) -> Scenario {
+    pub(crate) fn new(name: &str, seed: u64, users: u32) -> Scenario {
         let (mysql_url, influx_url, brokers) = (
             env("SHOPFLOW_TEST_MYSQL_URL"),
             env("SHOPFLOW_TEST_INFLUX_URL"),
@@ -405,7 +405,11 @@ impl Scenario {
 
     /// The environment of a `shopflow run` on this scenario, with `params`' windows and horizon
     /// and `extra` settings on top.
-    fn pipeline_env(&self, params: Params, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub(crate) fn pipeline_env(
+        &self,
+        params: Params,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
             ("SHOPFLOW__KAFKA__BROKERS", self.kafka.brokers.as_str()),
             ("SHOPFLOW__KAFKA__TOPIC", &self.kafka.topic),
@@ -448,7 +452,7 @@ impl Scenario {
 
 /// Parameters under which the final values do not depend on processing times: no window closes
 /// and no order is forgotten during a test.
-fn timeless() -> Params {
+pub(crate) fn timeless() -> Params {
     Params {
         windows: WindowSpec {
             size_ms: WINDOW_MS,
@@ -459,7 +463,7 @@ fn timeless() -> Params {
 }
 
 /// Generator knobs for a test: the usual mix of late, duplicate, refunded and unknown-user events.
-fn knobs(seed: u64, users: u32, rate: f64) -> GeneratorKnobs {
+pub(crate) fn knobs(seed: u64, users: u32, rate: f64) -> GeneratorKnobs {
     GeneratorKnobs {
         seed,
         events_per_second: rate,
@@ -651,7 +655,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs `scripts/services.sh` with the test's environment (the same state dir and ports).
-fn services(args: &[&str]) {
+pub(crate) fn services(args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
     let output = Command::new(&script)
         .args(args)
@@ -706,7 +710,7 @@ fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
 }
 
 /// Runs an InfluxQL query against the test's database; `None` while InfluxDB does not answer.
-fn influx_query(url: &str, database: &str, q: &str) -> Option<serde_json::Value> {
+pub(crate) fn influx_query(url: &str, database: &str, q: &str) -> Option<serde_json::Value> {
     let params = [("db", database), ("q", q), ("epoch", "ms")];
     let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).ok()?;
     let body = reqwest::blocking::Client::new()
@@ -722,15 +726,15 @@ fn influx_query(url: &str, database: &str, q: &str) -> Option<serde_json::Value>
 /// What InfluxDB holds, or should: every non-zero aggregate row (`measurement,tags,window=…`, and
 /// ` @start` for windows) with its clicks, purchases, units and cents, and the counters.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct State {
-    rows: BTreeMap<String, [i64; 4]>,
-    counters: BTreeMap<String, i64>,
+pub(crate) struct State {
+    pub(crate) rows: BTreeMap<String, [i64; 4]>,
+    pub(crate) counters: BTreeMap<String, i64>,
 }
 
 impl State {
     /// The counters with the two refund counters summed: whether a refund met its purchase
     /// already counted depends on which tick each arrived in, the sum and every aggregate do not.
-    fn counters_with_refunds_summed(&self) -> BTreeMap<String, i64> {
+    pub(crate) fn counters_with_refunds_summed(&self) -> BTreeMap<String, i64> {
         let mut counters = self.counters.clone();
         let refunds = counters.remove("refunds_applied").unwrap_or(0)
             + counters.remove("refunds_unmatched").unwrap_or(0);
@@ -740,7 +744,7 @@ impl State {
         counters
     }
 
-    fn counter(&self, counter: Counter) -> i64 {
+    pub(crate) fn counter(&self, counter: Counter) -> i64 {
         self.counters.get(counter.name()).copied().unwrap_or(0)
     }
 
@@ -769,7 +773,7 @@ impl State {
         differing
     }
 
-    fn matches(&self, want: &State) -> bool {
+    pub(crate) fn matches(&self, want: &State) -> bool {
         self.rows == want.rows
             && self.counters_with_refunds_summed() == want.counters_with_refunds_summed()
     }
@@ -806,7 +810,7 @@ fn row_key<'a>(
 
 /// InfluxDB's contents: the last point of each all-time series, every window point, the newest
 /// value of each counter. `None` while InfluxDB does not answer.
-fn influx_state(url: &str, database: &str) -> Option<State> {
+pub(crate) fn influx_state(url: &str, database: &str) -> Option<State> {
     let label = Encoder::new(WINDOW_MS).window_label().to_owned();
     let mut state = State::default();
     for measurement in MEASUREMENTS {
@@ -873,7 +877,7 @@ fn influx_state(url: &str, database: &str) -> Option<State> {
 }
 
 /// The oracle: the reference implementation's final values over `inputs`.
-fn oracle(inputs: &[(Tick, Input)], params: Params) -> State {
+pub(crate) fn oracle(inputs: &[(Tick, Input)], params: Params) -> State {
     let label = Encoder::new(params.windows.size_ms)
         .window_label()
         .to_owned();
@@ -902,7 +906,7 @@ fn oracle(inputs: &[(Tick, Input)], params: Params) -> State {
 
 /// The oracle's inputs for a timeless scenario: the final table, the generator's events `0..n` at
 /// their arrival times, and source-side counters.
-fn timeless_inputs(
+pub(crate) fn timeless_inputs(
     table: &[Demographic],
     generator: &EventGenerator,
     events: u64,
@@ -988,7 +992,7 @@ fn produce_in_background(
 }
 
 /// Messages in the topic: the sum of its partitions' high watermarks.
-fn topic_messages(config: &KafkaConfig) -> i64 {
+pub(crate) fn topic_messages(config: &KafkaConfig) -> i64 {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .create()
@@ -1004,7 +1008,7 @@ fn topic_messages(config: &KafkaConfig) -> i64 {
 }
 
 /// The consumer group's lag as Kafka tools show it: high watermarks minus committed offsets.
-fn committed_lag(config: &KafkaConfig) -> Option<i64> {
+pub(crate) fn committed_lag(config: &KafkaConfig) -> Option<i64> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
