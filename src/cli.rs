@@ -333,7 +333,9 @@ pub fn main() -> ExitCode {
             if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
                 matches!(
                     e,
-                    runtime::RunError::Workers(_) | runtime::RunError::Cluster(_)
+                    runtime::RunError::Workers(_)
+                        | runtime::RunError::Cluster(_)
+                        | runtime::RunError::Checkpoint(_)
                 )
             }) || e
                 .downcast_ref::<crate::experiments::ExperimentError>()

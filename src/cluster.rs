@@ -160,8 +160,13 @@ impl Agreement {
                 config.group_id,
                 config.start,
                 plan.checkpoints.as_ref().map(|dir| {
-                    crate::checkpoint::latest(dir)
-                        .map(|found| found.map(|f| f.tick))
+                    let pipeline = crate::checkpoint::fingerprint(
+                        &config.topic,
+                        &config.group_id,
+                        &plan.config.params(),
+                    );
+                    crate::checkpoint::select(dir, &pipeline)
+                        .map(|selected| selected.found.map(|f| f.tick))
                         .map_err(|e| e.to_string())
                 })
             ),

@@ -282,8 +282,7 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             DemographicsFrom::Mysql => DemographicSource::Mysql(config.mysql.clone()),
             DemographicsFrom::Generator => DemographicSource::Generator,
         },
-        checkpoints: Some(config.engine.checkpoint_dir.clone())
-            .filter(|dir| !dir.as_os_str().is_empty()),
+        checkpoints: checkpoint_dir(&config),
         stop: Stop {
             events: None,
             duration: args.duration,
@@ -393,4 +392,21 @@ pub fn change_demographics(config: Config, args: ChangeArgs) -> anyhow::Result<(
         report.changes, report.inserts, report.updates, report.deletes
     );
     Ok(())
+}
+
+/// The pipeline's checkpoint directory under `engine.checkpoint-dir`, or `None` when it is
+/// `off` (or empty), which is said once: a restart then counts the topic again.
+fn checkpoint_dir(config: &Config) -> Option<PathBuf> {
+    let root = &config.engine.checkpoint_dir;
+    if root.as_os_str().is_empty() || root.as_os_str() == "off" {
+        tracing::warn!(
+            start = ?config.kafka.start,
+            "checkpoints are off (engine.checkpoint-dir): a restart starts from empty state and counts the topic again from kafka.start"
+        );
+        return None;
+    }
+    Some(crate::checkpoint::pipeline_dir(
+        root,
+        &config.kafka.group_id,
+    ))
 }

@@ -51,6 +51,9 @@ pub enum RunError {
     /// The processes of a cluster could not connect, or disagree.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The checkpoint directory cannot be used: unwritable, or another pipeline's.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
 }
 
 /// How many workers, and where: timely's own flags.
@@ -166,7 +169,8 @@ pub struct Status {
     pub consumed: AtomicU64,
     /// The simulated time the generators have reached (the end of the last tick produced).
     pub generated_until: AtomicU64,
-    /// The last timestamp handed to the sink, plus one; 0 before any.
+    /// The last timestamp handed to the sink, plus one; 0 before any. What the sink has
+    /// acknowledged is its [`Acknowledged`](crate::sinks::Acknowledged) watermark, behind this.
     pub completed_until: AtomicU64,
     /// Batches handed to the sink.
     pub batches: AtomicU64,
@@ -237,7 +241,8 @@ pub struct Plan {
     pub events: EventSource,
     /// Where demographics come from.
     pub demographics: DemographicSource,
-    /// Where to keep checkpoints (Kafka sources only); `None` for none.
+    /// Where to keep checkpoints (Kafka sources only): the pipeline's own directory
+    /// ([`checkpoint::pipeline_dir`]); `None` for none.
     pub checkpoints: Option<PathBuf>,
 }
 
@@ -293,13 +298,23 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let stop = plan.stop;
     let source = plan.events.clone();
     let demographic_source = plan.demographics.clone();
-    // Checkpoints: where, for which pipeline, and the newest complete one to restore.
+    // Checkpoints: where, for which pipeline, and the newest complete valid one to restore.
     let checkpoints = match (&plan.checkpoints, &plan.events) {
         (Some(dir), EventSource::Kafka { config, .. }) => {
-            let pipeline = checkpoint::fingerprint(&config.topic, &params);
-            let found = checkpoint::latest(dir).map_err(|e| RunError::Source(e.to_string()))?;
-            if let Some(found) = &found {
-                tracing::info!(tick = found.tick, workers = found.files.len(), dir = %dir.display(), "restoring a checkpoint");
+            checkpoint::prepare(dir)?;
+            let pipeline = checkpoint::fingerprint(&config.topic, &config.group_id, &params);
+            let selected = checkpoint::select(dir, &pipeline)?;
+            for rejected in &selected.rejected {
+                tracing::warn!(%rejected, "checkpoint unusable; falling back to an older one");
+            }
+            let found = selected.found;
+            match &found {
+                Some(found) => {
+                    tracing::info!(tick = found.tick, workers = found.files.len(), dir = %dir.display(), "restoring a checkpoint");
+                }
+                None => {
+                    tracing::info!(dir = %dir.display(), start = ?config.start, "no checkpoint to restore: reading the topic from kafka.start with empty state");
+                }
             }
             Some(Checkpoints {
                 dir: dir.clone(),
@@ -312,6 +327,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     };
     let started = Instant::now();
 
+    // Offsets are committed and checkpoints written only behind what the sink acknowledged.
+    let acknowledged = sink.acknowledged();
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
     let sender = Mutex::new(sender);
     let sink_status = Arc::clone(&status);
@@ -349,6 +366,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             .expect("no worker panicked while cloning the sender")
             .clone();
         let status = Arc::clone(&worker_status);
+        let acknowledged = acknowledged.clone();
         let mut failure = StopOthersOnFailure::new(&status, &failed);
 
         let mut events_in = InputHandleVec::new();
@@ -465,6 +483,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         // Checkpoints taken, waiting for the sink to pass their boundary before being written.
         let mut captured: Vec<WorkerCheckpoint> = Vec::new();
         let mut writers: Vec<std::thread::JoinHandle<()>> = Vec::new();
+        // The offsets of the checkpoints written (or being written), waiting for every worker's
+        // file: only a complete checkpoint's offsets are committed.
+        let mut uncommitted: Vec<(Tick, BTreeMap<i32, i64>)> = Vec::new();
         let mut stopping = false;
         // Demographics enter once, at worker 0, as a real source reads its table once.
         let mut changes = match (index, &demographic_source) {
@@ -646,10 +667,15 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             counters_in.flush();
             status.generated_until.fetch_max(tick, Ordering::Relaxed);
             if let WorkerEvents::Kafka { reader, .. } = &mut events {
-                reader.end_tick(tick);
-                reader
-                    .commit_through(status.completed_until.load(Ordering::Relaxed))
-                    .map_err(|e| e.to_string())?;
+                // With checkpoints, the checkpoint is what a restart resumes from: offsets are
+                // committed once one covering them is complete (below). Without, once the sink
+                // has acknowledged what they cover.
+                if checkpoints.is_none() {
+                    reader.end_tick(tick);
+                    reader
+                        .commit_through(acknowledged.below())
+                        .map_err(|e| e.to_string())?;
+                }
             }
             worker.step();
             if let Some(handles) = handles.as_mut() {
@@ -696,8 +722,18 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 // Let the counters' arrangement compact, but never across the next boundary.
                 let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
                 handles.allow_compaction(frontier.min(next_checkpoint - 1));
-                let written = status.completed_until.load(Ordering::Relaxed);
-                write_checkpoints(&mut captured, &mut writers, written, checkpoints.as_ref());
+                let written = acknowledged.below();
+                write_checkpoints(
+                    &mut captured,
+                    &mut writers,
+                    &mut uncommitted,
+                    written,
+                    checkpoints.as_ref(),
+                );
+                if let WorkerEvents::Kafka { reader, .. } = &mut events {
+                    commit_complete(reader, &mut uncommitted, checkpoints.as_ref(), false)
+                        .map_err(|e| e.to_string())?;
+                }
             }
             if finished {
                 break;
@@ -713,19 +749,32 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             worker.step();
         }
         if let WorkerEvents::Kafka { reader, .. } = &mut events {
-            // Everything read has been through the dataflow; commit once the sink has written it.
-            // The sink passes `tick` unless it failed, which sets `stop` and ends the wait.
+            // Everything read has been through the dataflow; commit once the sink has
+            // acknowledged it. The sink acknowledges `tick` unless it failed, which sets `stop`
+            // and ends the wait.
             let sink_failed = || status.sink_failed.load(Ordering::Relaxed);
-            while status.completed_until.load(Ordering::Relaxed) < tick
-                && !sink_failed()
-                && !failure.others_failed()
-            {
+            while acknowledged.below() < tick && !sink_failed() && !failure.others_failed() {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            if status.completed_until.load(Ordering::Relaxed) >= tick {
-                let written = status.completed_until.load(Ordering::Relaxed);
-                write_checkpoints(&mut captured, &mut writers, written, checkpoints.as_ref());
-                reader.commit_all().map_err(|e| e.to_string())?;
+            if acknowledged.below() >= tick {
+                match checkpoints.as_ref() {
+                    None => reader.commit_all().map_err(|e| e.to_string())?,
+                    Some(_) => {
+                        // The last checkpoint's offsets, once every worker's file is written.
+                        write_checkpoints(
+                            &mut captured,
+                            &mut writers,
+                            &mut uncommitted,
+                            acknowledged.below(),
+                            checkpoints.as_ref(),
+                        );
+                        for writer in writers.drain(..) {
+                            let _ = writer.join();
+                        }
+                        commit_complete(reader, &mut uncommitted, checkpoints.as_ref(), true)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
             }
         }
         for writer in writers {
@@ -863,10 +912,12 @@ fn forward_batches(
             sink.write_batch(&batch)?;
             remember(status, &batch);
         }
-        // Everything below the frontier is written; with no frontier left, everything is.
+        // Everything below the frontier is handed over; with no frontier left, everything is.
+        let handed_below = complete_below.unwrap_or(Tick::MAX);
+        sink.complete_below(handed_below)?;
         status
             .completed_until
-            .fetch_max(complete_below.unwrap_or(Tick::MAX), Ordering::Relaxed);
+            .fetch_max(handed_below, Ordering::Relaxed);
         runtime.maybe_write(sink, status, false)?;
         if frontiers.len() == local_workers && frontiers.values().all(Option::is_none) {
             break;
@@ -983,20 +1034,23 @@ struct Checkpoints {
     found: Option<checkpoint::Found>,
 }
 
-/// Writes (on their own threads) the captured checkpoints whose boundary the sink has passed:
-/// only then is everything before the boundary in the sink, closed windows included.
+/// Writes (on their own threads) the captured checkpoints whose boundary the sink has
+/// acknowledged: only then is everything before the boundary in the sink, closed windows
+/// included. Their offsets wait in `uncommitted` for [`commit_complete`].
 fn write_checkpoints(
     captured: &mut Vec<WorkerCheckpoint>,
     writers: &mut Vec<std::thread::JoinHandle<()>>,
-    written_below: Tick,
+    uncommitted: &mut Vec<(Tick, BTreeMap<i32, i64>)>,
+    acknowledged_below: Tick,
     checkpoints: Option<&Checkpoints>,
 ) {
     let Some(checkpoints) = checkpoints else {
         return;
     };
     writers.retain(|w| !w.is_finished());
-    let ready = captured.partition_point(|c| c.tick <= written_below);
+    let ready = captured.partition_point(|c| c.tick <= acknowledged_below);
     for checkpoint in captured.drain(..ready) {
+        uncommitted.push((checkpoint.tick, checkpoint.offsets.clone()));
         let dir = checkpoints.dir.clone();
         let spawned = std::thread::Builder::new()
             .name("shopflow-checkpoint".into())
@@ -1018,5 +1072,34 @@ fn write_checkpoints(
             Ok(writer) => writers.push(writer),
             Err(error) => tracing::error!(%error, "cannot start a checkpoint writer"),
         }
+    }
+}
+
+/// Commits the offsets of the newest checkpoint in `uncommitted` that is complete on disk (every
+/// worker's file written, in any process), and forgets it and the older ones: committed offsets
+/// never run ahead of a checkpoint that holds the state they cover. At the end of a run
+/// (`last`), waits a little for the other workers' files of the last one.
+fn commit_complete(
+    reader: &mut PartitionReader,
+    uncommitted: &mut Vec<(Tick, BTreeMap<i32, i64>)>,
+    checkpoints: Option<&Checkpoints>,
+    last: bool,
+) -> Result<(), crate::sources::kafka::KafkaSourceError> {
+    let Some(checkpoints) = checkpoints else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(if last { 10 } else { 0 });
+    loop {
+        let newest = uncommitted
+            .iter()
+            .rposition(|(tick, _)| checkpoint::is_complete(&checkpoints.dir, *tick));
+        if let Some(newest) = newest {
+            let (_, offsets) = uncommitted.drain(..=newest).next_back().expect("one");
+            return reader.commit(&offsets, last);
+        }
+        if uncommitted.is_empty() || Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -6,7 +6,10 @@ pub mod line_protocol;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use dataflows::model::Tick;
 use dataflows::output::Batch;
 
 /// A sink failed; the run stops with this error.
@@ -22,10 +25,35 @@ pub enum SinkError {
     },
 }
 
+/// How far a sink's writes are acknowledged: every timestamp before [`below`](Self::below) is
+/// durably in the sink (for InfluxDB: every line of it answered with a 2xx, or refused and
+/// counted). Shared with the workers, which commit Kafka offsets and write checkpoints only
+/// behind it, so that a crash never leaves a position ahead of what the sink holds.
+#[derive(Clone, Debug, Default)]
+pub struct Acknowledged(Arc<AtomicU64>);
+
+impl Acknowledged {
+    /// Every timestamp before this one is acknowledged.
+    pub fn below(&self) -> Tick {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Records that every timestamp before `below` is acknowledged; never moves back.
+    pub fn advance(&self, below: Tick) {
+        self.0.fetch_max(below, Ordering::AcqRel);
+    }
+}
+
 /// Receives every completed timestamp's batch, in time order, exactly once.
 pub trait Sink: Send {
     /// Takes one batch.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError>;
+    /// Says that every timestamp before `below` has been handed to
+    /// [`write_batch`](Self::write_batch): once what was handed is durable, the sink advances its
+    /// [`acknowledged`](Self::acknowledged) watermark to `below`.
+    fn complete_below(&mut self, below: Tick) -> Result<(), SinkError>;
+    /// The sink's acknowledgement watermark, shared.
+    fn acknowledged(&self) -> Acknowledged;
     /// Makes everything written so far durable; called at the end of a run.
     fn finish(&mut self) -> Result<(), SinkError>;
     /// Lines (or records) written so far.
@@ -44,12 +72,20 @@ pub trait Sink: Send {
 #[derive(Debug, Default)]
 pub struct Discard {
     changes: u64,
+    acknowledged: Acknowledged,
 }
 
 impl Sink for Discard {
     fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.changes += batch.changes.len() as u64;
         Ok(())
+    }
+    fn complete_below(&mut self, below: Tick) -> Result<(), SinkError> {
+        self.acknowledged.advance(below);
+        Ok(())
+    }
+    fn acknowledged(&self) -> Acknowledged {
+        self.acknowledged.clone()
     }
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -66,6 +102,7 @@ pub struct LineProtocolWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     buffer: String,
     lines: u64,
+    acknowledged: Acknowledged,
 }
 
 impl LineProtocolWriter {
@@ -86,6 +123,7 @@ impl LineProtocolWriter {
             out: BufWriter::with_capacity(1 << 16, out),
             buffer: String::new(),
             lines: 0,
+            acknowledged: Acknowledged::default(),
         })
     }
 
@@ -112,6 +150,14 @@ impl Sink for LineProtocolWriter {
             .map_err(|e| self.io(e))?;
         // A batch is a unit: flush it whole so a reader never sees part of a timestamp.
         self.out.flush().map_err(|e| self.io(e))
+    }
+    /// Every batch is flushed as it is written: what was handed over is written.
+    fn complete_below(&mut self, below: Tick) -> Result<(), SinkError> {
+        self.acknowledged.advance(below);
+        Ok(())
+    }
+    fn acknowledged(&self) -> Acknowledged {
+        self.acknowledged.clone()
     }
     fn finish(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| self.io(e))

@@ -70,7 +70,9 @@ pub enum StartPosition {
     Earliest,
     /// From the end: only new events.
     Latest,
-    /// From the group's committed offsets (the beginning where none).
+    /// From the beginning where the group has committed no offset; a group that has committed
+    /// offsets is refused: with no checkpoint holding the state they cover, starting there would
+    /// count only what follows them (positions come from the checkpoint when there is one).
     Committed,
 }
 
@@ -101,6 +103,19 @@ pub enum KafkaSourceError {
         topic: String,
         /// Which partitions, where the reader was and what the log holds.
         detail: String,
+    },
+    /// `kafka.start = committed` with committed offsets but no checkpoint: the state they were
+    /// committed for is gone.
+    #[error(
+        "kafka group {group} has committed offsets on {topic} but no checkpoint holds the state \
+         they cover: set kafka.start to \"earliest\" to count the topic again from its start, or \
+         \"latest\" to count only new events"
+    )]
+    CommittedWithoutState {
+        /// The topic.
+        topic: String,
+        /// The consumer group.
+        group: String,
     },
     /// The brokers refused or never acknowledged some messages.
     #[error("kafka: {failed} messages were not delivered to {topic}; the first because: {first}")]
@@ -531,10 +546,15 @@ impl PartitionReader {
                             Offset::Offset(o) => Some(o),
                             _ => None,
                         });
-                    match config.start {
-                        StartPosition::Earliest => low,
-                        StartPosition::Latest => high,
-                        StartPosition::Committed => stored.unwrap_or(low).clamp(low, high),
+                    match (config.start, stored) {
+                        (StartPosition::Earliest, _) | (StartPosition::Committed, None) => low,
+                        (StartPosition::Latest, _) => high,
+                        (StartPosition::Committed, Some(_)) => {
+                            return Err(KafkaSourceError::CommittedWithoutState {
+                                topic: config.topic.clone(),
+                                group: config.group_id.clone(),
+                            });
+                        }
                     }
                 }
             };
@@ -799,6 +819,33 @@ impl PartitionReader {
         }
         self.consumer
             .commit(&list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))
+    }
+
+    /// Commits `offsets` (a complete checkpoint's, for this worker's partitions), synchronously
+    /// when `sync` (a graceful stop), else in the background.
+    pub fn commit(
+        &mut self,
+        offsets: &BTreeMap<i32, i64>,
+        sync: bool,
+    ) -> Result<(), KafkaSourceError> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in offsets {
+            if self.partitions.contains(&partition) {
+                list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                    .map_err(kafka("cannot build the commit"))?;
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.consumer
+            .commit(&list, mode)
             .map_err(kafka("cannot commit offsets"))
     }
 

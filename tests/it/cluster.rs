@@ -259,8 +259,9 @@ fn processes_that_would_restore_different_checkpoints_refuse_to_start() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
     let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    // Into the directory of the default consumer group's pipeline, which `run` restores from.
     shopflow::checkpoint::write(
-        &with,
+        &shopflow::checkpoint::pipeline_dir(&with, "shopflow"),
         &shopflow::checkpoint::WorkerCheckpoint {
             version: shopflow::checkpoint::VERSION,
             pipeline: "any".into(),

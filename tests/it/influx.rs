@@ -1067,3 +1067,42 @@ fn dropping_an_unfinished_sink_stops_retrying() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.count(), attempts, "no attempt after the drop");
 }
+
+/// A timestamp is acknowledged only once InfluxDB has answered 2xx for every line of it and of
+/// every timestamp before it: not when it is handed to the sink, not while its write is retried,
+/// never when the write fails for good.
+#[test]
+fn a_timestamp_is_acknowledged_only_once_influxdb_has_answered_all_of_it() {
+    // The first request is answered after 400 ms; the second and later are refused until the
+    // retries run out.
+    let server = Responder::start(|n| match n {
+        0 => (204, "", Duration::from_millis(400)),
+        _ => (503, r#"{"error":"down"}"#, Duration::ZERO),
+    });
+    let mut sink = InfluxSink::start(
+        &InfluxConfig {
+            max_retries: 3,
+            initial_backoff_ms: 50,
+            max_backoff_ms: 50,
+            ..config(&server.url, "shop")
+        },
+        WINDOW_MS,
+    )
+    .unwrap();
+    let acknowledged = sink.acknowledged();
+    sink.write_batch(&campaigns(T, 0, 3)).unwrap();
+    sink.complete_below(T + 1).unwrap();
+    assert_eq!(acknowledged.below(), 0, "handed over is not acknowledged");
+    wait_for("the first answer", || server.count() == 1);
+    assert_eq!(acknowledged.below(), 0, "sent but not yet answered");
+    wait_for("the acknowledgement", || acknowledged.below() == T + 1);
+    // A timestamp without output is acknowledged behind the ones before it.
+    sink.complete_below(T + 2).unwrap();
+    wait_for("an empty timestamp", || acknowledged.below() == T + 2);
+    // A timestamp whose write is retried and then fails for good is never acknowledged.
+    sink.write_batch(&campaigns(T + 2, 0, 3)).unwrap();
+    sink.complete_below(T + 3).unwrap();
+    sink.finish().expect_err("the retries ran out");
+    assert_eq!(server.count(), 1 + 4, "one attempt and three retries");
+    assert_eq!(acknowledged.below(), T + 2);
+}

@@ -136,7 +136,9 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
 
     // 1. Killed without warning once a checkpoint is complete.
     let mut first = run(&[]);
-    let killed_after = checkpoint_after(checkpoints.path(), 0, Duration::from_secs(30));
+    // The pipeline's own directory under the configured one: one per consumer group.
+    let pipeline_dir = checkpoint::pipeline_dir(checkpoints.path(), &topic);
+    let killed_after = checkpoint_after(&pipeline_dir, 0, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(700));
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
@@ -157,7 +159,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
     // 2. Restarted from the checkpoint, then stopped with SIGTERM mid-run: a graceful stop
     //    checkpoints at the next boundary and exits 0.
     let mut second = run(&[]);
-    let restored_then = checkpoint_after(checkpoints.path(), killed_after, Duration::from_secs(30));
+    let restored_then = checkpoint_after(&pipeline_dir, killed_after, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1_500));
     let terminated = Instant::now();
     let status = Command::new("kill")
@@ -172,7 +174,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
         "stopped in {:?}",
         terminated.elapsed()
     );
-    let stopped_at = checkpoint::latest(checkpoints.path())
+    let stopped_at = checkpoint::latest(&pipeline_dir)
         .expect("readable")
         .expect("a checkpoint")
         .tick;

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
+use dataflows::model::Tick;
 use dataflows::output::Batch;
 
 use super::config::InfluxConfig;
 use super::service::{InfluxClient, SetupError, SinkStats, WriteError};
 use crate::sinks::line_protocol::{Encoder, RuntimeMetrics, encode_runtime};
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Acknowledged, Sink, SinkError};
 
 /// How many requests wait for the writer at most. With the one being written, at most
 /// [`MAX_IN_FLIGHT`] requests (each at most `batch-lines` lines) are held: when InfluxDB is slow
@@ -31,6 +32,10 @@ pub struct InfluxSink {
     writer: Option<JoinHandle<()>>,
     finished: bool,
     buffer: String,
+    /// Advanced by the writer once InfluxDB has answered every request before a mark.
+    acknowledged: Acknowledged,
+    /// The last watermark handed to the queue.
+    marked_below: Tick,
 }
 
 impl std::fmt::Debug for InfluxSink {
@@ -52,10 +57,13 @@ struct Shared {
     abandon: AtomicBool,
 }
 
-/// One write request: whole lines.
+/// One write request: whole lines, and the watermark they complete.
 struct Request {
     body: String,
     lines: usize,
+    /// Once this request is written (and, the queue being in order, every one before it), every
+    /// timestamp before `through` is acknowledged; 0 when it completes nothing.
+    through: Tick,
 }
 
 /// The bounded queue between the sink and its writer (a channel that can merge small requests).
@@ -97,6 +105,27 @@ impl Queue {
         true
     }
 
+    /// Marks that once everything queued so far is written, every timestamp before `below` is:
+    /// the mark joins the last queued request, or is queued alone (with no body) when none is.
+    /// `false` when the writer is gone.
+    fn mark(&self, below: Tick, stats: &SinkStats) -> bool {
+        let mut state = self.lock();
+        if state.stopped {
+            return false;
+        }
+        if let Some(last) = state.requests.back_mut() {
+            last.through = last.through.max(below);
+            return true;
+        }
+        drop(state);
+        let mark = Request {
+            body: String::new(),
+            lines: 0,
+            through: below,
+        };
+        self.push(mark, stats)
+    }
+
     /// The next request, merged with the ones queued behind it while the total stays within
     /// `batch_lines`; `None` once the queue is closed and empty, or stopped.
     fn take(&self, batch_lines: usize, stats: &SinkStats) -> Option<Request> {
@@ -118,6 +147,7 @@ impl Queue {
             let next = state.requests.pop_front().expect("a front request");
             request.body.push_str(&next.body);
             request.lines += next.lines;
+            request.through = request.through.max(next.through);
             stats.sub_in_flight(1);
         }
         self.not_full.notify_all();
@@ -157,6 +187,7 @@ impl InfluxSink {
         let target = format!("InfluxDB database {:?} at {}", config.database, config.url);
         let batch_lines = config.batch_lines;
         let stats = client.stats();
+        let acknowledged = Acknowledged::default();
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             not_empty: Condvar::new(),
@@ -165,9 +196,12 @@ impl InfluxSink {
         let shared = Arc::new(Shared::default());
         let writer = {
             let (queue, shared, stats) = (queue.clone(), shared.clone(), stats.clone());
+            let acknowledged = acknowledged.clone();
             std::thread::Builder::new()
                 .name("influx-writer".into())
-                .spawn(move || write_loop(&client, &queue, &shared, &stats, batch_lines))?
+                .spawn(move || {
+                    write_loop(&client, &queue, &shared, &stats, &acknowledged, batch_lines)
+                })?
         };
         Ok(InfluxSink {
             encoder: Encoder::new(window_ms),
@@ -179,6 +213,8 @@ impl InfluxSink {
             writer: Some(writer),
             finished: false,
             buffer: String::new(),
+            acknowledged,
+            marked_below: 0,
         })
     }
 
@@ -218,13 +254,14 @@ impl InfluxSink {
     }
 }
 
-/// The writer thread: takes requests in order and writes each, until the queue closes or a write
-/// fails for good.
+/// The writer thread: takes requests in order and writes each, acknowledging its watermark once
+/// InfluxDB has answered, until the queue closes or a write fails for good.
 fn write_loop(
     client: &InfluxClient,
     queue: &Queue,
     shared: &Shared,
     stats: &SinkStats,
+    acknowledged: &Acknowledged,
     batch_lines: usize,
 ) {
     /// Stops the queue however the writer ends, a panic included, so no pusher waits forever.
@@ -236,17 +273,22 @@ fn write_loop(
     }
     let _stop = StopOnExit(queue, stats);
     while let Some(request) = queue.take(batch_lines, stats) {
-        let result = client.write_lines(
-            request.body.as_bytes(),
-            request.lines as u64,
-            &shared.abandon,
-        );
+        let result = if request.lines == 0 {
+            Ok(())
+        } else {
+            client.write_lines(
+                request.body.as_bytes(),
+                request.lines as u64,
+                &shared.abandon,
+            )
+        };
         stats.sub_in_flight(1);
         if let Err(error) = result {
             tracing::error!(%error, lines = request.lines, "InfluxDB sink stopped");
             *shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
             return;
         }
+        acknowledged.advance(request.through);
     }
 }
 
@@ -278,6 +320,26 @@ impl Sink for InfluxSink {
         self.stats.retries()
     }
 
+    /// Queues the mark behind what was handed over: the writer acknowledges it once InfluxDB has
+    /// answered every request before it.
+    fn complete_below(&mut self, below: Tick) -> Result<(), SinkError> {
+        if below <= self.marked_below {
+            return Ok(());
+        }
+        if let Some(error) = self.fatal() {
+            return Err(self.write_error(error));
+        }
+        if !self.queue.mark(below, &self.stats) {
+            return Err(self.writer_gone());
+        }
+        self.marked_below = below;
+        Ok(())
+    }
+
+    fn acknowledged(&self) -> Acknowledged {
+        self.acknowledged.clone()
+    }
+
     /// Waits until everything queued is written, then ends the writer; the first fatal error, if
     /// any, is returned (every time it is called).
     fn finish(&mut self) -> Result<(), SinkError> {
@@ -303,16 +365,21 @@ impl InfluxSink {
             let request = Request {
                 body: body.to_owned(),
                 lines,
+                through: 0,
             };
             if !self.queue.push(request, &self.stats) {
-                let error = self.fatal().map_or_else(
-                    || self.error(std::io::Error::other("the writer thread ended")),
-                    |error| self.write_error(error),
-                );
-                return Err(error);
+                return Err(self.writer_gone());
             }
         }
         Ok(())
+    }
+
+    /// The error of a writer that is gone: its fatal error, if it had one.
+    fn writer_gone(&self) -> SinkError {
+        self.fatal().map_or_else(
+            || self.error(std::io::Error::other("the writer thread ended")),
+            |error| self.write_error(error),
+        )
     }
 }
 
@@ -392,7 +459,8 @@ mod tests {
             assert!(queue.push(
                 Request {
                     body: body.into(),
-                    lines
+                    lines,
+                    through: 0,
                 },
                 &stats
             ));
@@ -413,7 +481,8 @@ mod tests {
         assert!(!queue.push(
             Request {
                 body: "h\n".into(),
-                lines: 1
+                lines: 1,
+                through: 0,
             },
             &stats
         ));
