@@ -94,9 +94,8 @@ impl WorkerArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub workers: WorkerArgs,
-    /// Events per second. The demo's own preset; the configuration's generator.events-per-second
-    /// (the seed project's one per second) applies when this is 0.
-    #[arg(long, default_value_t = 1_000.0)]
+    /// Events per second, above 0 (the demo's own preset, not generator.events-per-second).
+    #[arg(long, default_value_t = 1_000.0, value_parser = positive_rate)]
     pub rate: f64,
     /// Realtime, or as fast as the engine goes.
     #[arg(long, value_enum)]
@@ -124,6 +123,15 @@ pub struct DemoArgs {
     /// Avro and all), or straight from the generator into the dataflow.
     #[arg(long, value_enum, default_value = "embedded-kafka")]
     pub source: DemoSource,
+}
+
+/// A rate for `--rate`: a finite number of events per second above 0.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        Ok(_) => Err("must be a number of events per second above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The demo's event paths.
@@ -174,8 +182,8 @@ pub enum DemographicsFrom {
 /// `shopflow produce`.
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    /// Events per second (default: generator.events-per-second).
-    #[arg(long)]
+    /// Events per second, above 0 (default: generator.events-per-second).
+    #[arg(long, value_parser = positive_rate)]
     pub rate: Option<f64>,
     /// Realtime, or as fast as the broker takes them (default: generator.pace).
     #[arg(long, value_enum)]

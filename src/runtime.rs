@@ -164,6 +164,9 @@ pub struct Status {
     pub generated: AtomicU64,
     /// Events an in-process producer has sent to Kafka.
     pub produced: AtomicU64,
+    /// Messages this process's workers have read from Kafka, malformed ones included: an
+    /// in-process producer keeps within a bound of it (see `produce_generated`).
+    pub consumed: AtomicU64,
     /// The simulated time the generators have reached (the end of the last tick produced).
     pub generated_until: AtomicU64,
     /// The last timestamp handed to the sink, plus one; 0 before any. What the sink has
@@ -591,6 +594,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                                 sent += 1;
                             })
                             .map_err(|e| e.to_string())?;
+                        status
+                            .consumed
+                            .fetch_add(polled.messages as u64, Ordering::Relaxed);
                         for (counter, n) in polled.malformed {
                             counters_in.update(counter, n);
                         }
@@ -603,6 +609,10 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                                     .as_ref()
                                     .is_none_or(|done| done.load(Ordering::Relaxed))
                                 && reader.lag() == Some(0)
+                                // The watermarks may predate the producer's last messages; its
+                                // own count may not.
+                                && status.consumed.load(Ordering::Relaxed)
+                                    >= status.produced.load(Ordering::Relaxed)
                             {
                                 finished = true;
                                 break;

@@ -96,6 +96,14 @@ pub enum KafkaSourceError {
     /// The topic does not exist or has no partitions.
     #[error("kafka topic {0} has no partitions (does it exist?)")]
     NoPartitions(String),
+    /// A partition's next offset to read is no longer in its log: messages were lost unread.
+    #[error("kafka topic {topic}: {detail}; the run stops rather than skip them")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// Which partitions, where the reader was and what the log holds.
+        detail: String,
+    },
     /// `kafka.start = committed` with committed offsets but no checkpoint: the state they were
     /// committed for is gone.
     #[error(
@@ -220,7 +228,10 @@ const CONSUMER_TUNING: [(&str, &str); 4] = [
 
 /// The pipeline consumer's configuration: [`CONSUMER_TUNING`] under the user's properties, and
 /// over both what the offset handling depends on (offsets are committed by the pipeline, only
-/// for what the sink acknowledged).
+/// for what the sink acknowledged). Every partition is assigned at an offset the reader chose, so
+/// an offset out of range means messages vanished unread (retention deleted them, or the topic
+/// was re-created): `auto.offset.reset = error` makes that an error
+/// ([`KafkaSourceError::OffsetOutOfRange`]) instead of a silent jump to the log's start or end.
 fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = config.client_tuned(&CONSUMER_TUNING);
     client
@@ -228,7 +239,7 @@ fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "error");
     client
 }
 
@@ -380,6 +391,12 @@ impl EventProducer {
         self.producer
             .send(record)
             .map_err(|(e, _)| kafka(format!("cannot send to {}", self.topic))(e))
+    }
+
+    /// Serves delivery reports for up to `timeout`: what a producer that has nothing to send
+    /// does while it waits, so that its queue drains.
+    pub fn wait(&mut self, timeout: Duration) {
+        self.producer.poll(timeout);
     }
 
     /// Events sent so far.
@@ -626,6 +643,9 @@ impl PartitionReader {
         while polled.messages < self.max_poll {
             let message = match self.consumer.poll(Duration::ZERO) {
                 None => break,
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(self.out_of_range());
+                }
                 Some(Err(e)) => {
                     // Transient broker errors are retried by librdkafka; report and go on.
                     self.messages
@@ -719,6 +739,42 @@ impl PartitionReader {
                 .map_err(kafka("cannot pause the partitions"))?;
         }
         Ok(())
+    }
+
+    /// The error for an offset out of range: librdkafka's does not say which partition, so the
+    /// watermarks do.
+    fn out_of_range(&self) -> KafkaSourceError {
+        let mut found = Vec::new();
+        for (&partition, &next) in &self.next_offsets {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            {
+                Ok((low, _)) if next < low => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, but its log now \
+                     starts at {low}: {} messages were deleted before they were read",
+                    low - next
+                )),
+                Ok((low, high)) if next > high => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, beyond its log \
+                     ({low}..{high}): was the topic re-created?"
+                )),
+                _ => {}
+            }
+        }
+        let detail = if found.is_empty() {
+            format!(
+                "an offset of partitions {:?} is out of range: messages were deleted before \
+                 they were read",
+                self.partitions
+            )
+        } else {
+            found.join("; ")
+        };
+        KafkaSourceError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            detail,
+        }
     }
 
     fn assignment(&self) -> TopicPartitionList {
@@ -1003,33 +1059,81 @@ pub fn counter_of(error: &DecodeError) -> Counter {
     }
 }
 
+/// How far an in-process producer may run ahead of the consumer that reads its events: a
+/// broker whose retention is small (the embedded mock cluster's) would otherwise delete what the
+/// consumer has not read yet. It also bounds what waits in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldBack<'a> {
+    /// Messages the consumer has read so far (the runtime's `Status::consumed`).
+    pub consumed: &'a std::sync::atomic::AtomicU64,
+    /// The most events sent and not yet read.
+    pub max_unread: u64,
+}
+
+/// How often [`produce_generated`] looks at its stop flag and its clock while it waits (for an
+/// event's arrival time, or for the consumer): well within a tick.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
 /// Sends generated events `0..limit` to Kafka, each when its simulated arrival time comes (with
 /// `Pace::Realtime`) or as fast as the producer takes them; stops early on `stop` or after
-/// `duration`. Returns how many were sent; the producer is flushed.
+/// `duration`, within [`STOP_CHECK`] of either whatever the rate. Returns how many were sent;
+/// the producer is flushed.
 pub fn produce_generated(
     producer: &mut EventProducer,
     generator: &crate::generators::events::EventGenerator,
     limit: Option<u64>,
     duration: Option<Duration>,
     stop: &std::sync::atomic::AtomicBool,
+    progress: impl FnMut(u64),
+) -> Result<u64, KafkaSourceError> {
+    produce_generated_within(producer, generator, limit, duration, stop, None, progress)
+}
+
+/// [`produce_generated`], never more than `hold_back.max_unread` events ahead of what the
+/// consumer has read.
+pub fn produce_generated_within(
+    producer: &mut EventProducer,
+    generator: &crate::generators::events::EventGenerator,
+    limit: Option<u64>,
+    duration: Option<Duration>,
+    stop: &std::sync::atomic::AtomicBool,
+    hold_back: Option<HoldBack<'_>>,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, KafkaSourceError> {
     use std::sync::atomic::Ordering;
     let started = Instant::now();
+    let stopped =
+        || stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d);
     let realtime = generator.knobs().pace == crate::generators::events::Pace::Realtime;
     let mut n = 0u64;
     while limit.is_none_or(|limit| n < limit) {
+        // Checked every 256 events while sending, and before every wait below.
         if n.is_multiple_of(256) {
-            if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
+            if stopped() {
                 break;
             }
             progress(n);
+        }
+        if let Some(hold) = hold_back
+            && n.saturating_sub(hold.consumed.load(Ordering::Relaxed)) >= hold.max_unread
+        {
+            if stopped() {
+                break;
+            }
+            progress(n);
+            producer.wait(Duration::from_millis(1));
+            continue;
         }
         let arrival = generator.arrival_ms(n);
         if realtime {
             let now = crate::runtime::now_ms();
             if arrival > now {
-                std::thread::sleep(Duration::from_millis((arrival - now).min(50)));
+                if stopped() {
+                    break;
+                }
+                progress(n);
+                let wait = Duration::from_millis(arrival - now).min(STOP_CHECK);
+                std::thread::sleep(wait);
                 continue;
             }
         }
@@ -1292,6 +1396,7 @@ mod tests {
             ("group.id", "someone-else"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "true"),
+            ("auto.offset.reset", "earliest"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1303,6 +1408,8 @@ mod tests {
         assert_eq!(consumer.get("group.id"), Some(config.group_id.as_str()));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        // A position deleted unread is an error, never a jump (see `consumer_config`).
+        assert_eq!(consumer.get("auto.offset.reset"), Some("error"));
         config.properties = [("compression.type", "zstd")]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))

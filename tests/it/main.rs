@@ -9,6 +9,7 @@ mod config;
 mod dashboards;
 mod dataflows;
 mod e2e;
+mod embedded;
 mod experiments;
 mod faults;
 mod influx;
