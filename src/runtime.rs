@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataflows::model::{OutputKey, OutputValue, Tick};
+use dataflows::model::{Counter, OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
 use dataflows::{Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
@@ -194,6 +194,10 @@ pub struct Report {
 
 /// Where events come from.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per run: its size does not matter"
+)]
 pub enum EventSource {
     /// The generator, in process: event `n` arrives at its simulated time, paced by
     /// `generator.pace`. Worker `i` of `w` generates the events `n ≡ i (mod w)`.
@@ -434,6 +438,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         // The restored segments, retracted at the end of the first tick when the demographics
         // as their source holds them now enter: the first tick's output is the checkpoint's.
         let mut restored_segments = Vec::new();
+        // Likewise the count of unconvertible demographics rows, which the source counts afresh.
+        let mut restored_skipped = 0;
         if let Some(state) = restored_state {
             for (contribution, totals) in state.contributions {
                 restored_in.update(contribution, totals);
@@ -444,6 +450,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             restored_segments = state.segments;
             for (counter, n) in state.counters {
                 counters_in.update(counter, n as isize);
+                if counter == Counter::DemographicsSkipped {
+                    restored_skipped = n as isize;
+                }
             }
             for order in state.orders {
                 orders_in.send(order);
@@ -601,6 +610,10 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             for (segment, n) in restored_segments.drain(..) {
                 segments_in.update(segment, -n);
             }
+            counters_in.update(
+                Counter::DemographicsSkipped,
+                -std::mem::take(&mut restored_skipped),
+            );
             for row in snapshot.drain(..) {
                 demographics_in.update(row, 1);
             }
@@ -618,6 +631,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     for (row, diff) in feed.try_recv_all().map_err(|e| e.to_string())? {
                         demographics_in.update(row, diff);
                     }
+                    counters_in.update(Counter::DemographicsSkipped, feed.take_skipped());
                 }
                 None => {}
             }
