@@ -654,8 +654,8 @@ impl PartitionReader {
     ///
     /// What is not handed on is counted by reason in [`Polled::malformed`]: a payload over
     /// `max-message-bytes` (not decoded), a message that does not decode, an event with negative
-    /// units or total, an event whose time lies outside the [`TimeBounds`] around the wall clock
-    /// at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
+    /// units or total, an event beyond the [`AmountBounds`], an event whose time lies outside the
+    /// [`TimeBounds`] around the wall clock at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
     pub fn poll(
         &mut self,
         arrival: Tick,
@@ -855,7 +855,7 @@ impl PartitionReader {
 }
 
 /// Turns payloads into events: the size limit, the decoder (with the registry's writer schemas),
-/// and the event-time bounds.
+/// the amount bounds and the event-time bounds.
 struct MessageReader {
     decoder: Decoder,
     /// The schema registry's writer schemas, when there is one.
