@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataflows::model::{OutputKey, OutputValue, Tick};
+use dataflows::model::{Counter, OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
 use dataflows::{Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
@@ -201,6 +201,10 @@ pub struct Report {
 
 /// Where events come from.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per run: its size does not matter"
+)]
 pub enum EventSource {
     /// The generator, in process: event `n` arrives at its simulated time, paced by
     /// `generator.pace`. Worker `i` of `w` generates the events `n ≡ i (mod w)`.
@@ -466,6 +470,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         // The restored segments, retracted at the end of the first tick when the demographics
         // as their source holds them now enter: the first tick's output is the checkpoint's.
         let mut restored_segments = Vec::new();
+        // Likewise the count of unconvertible demographics rows, which the source counts afresh.
+        let mut restored_skipped = 0;
         if let Some(state) = restored_state {
             for (contribution, totals) in state.contributions {
                 restored_in.update(contribution, totals);
@@ -476,6 +482,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             restored_segments = state.segments;
             for (counter, n) in state.counters {
                 counters_in.update(counter, n as isize);
+                if counter == Counter::DemographicsSkipped {
+                    restored_skipped = n as isize;
+                }
             }
             for order in state.orders {
                 orders_in.send(order);
@@ -654,6 +663,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 for row in snapshot.drain(..) {
                     demographics_in.update(row, 1);
                 }
+                // The source counts its unconvertible rows afresh (with its changes, below).
+                counters_in.update(
+                    Counter::DemographicsSkipped,
+                    -std::mem::take(&mut restored_skipped),
+                );
             }
             match changes.as_mut().filter(|_| !demographics_wait) {
                 Some(WorkerDemographics::Generated(changes)) => {
@@ -669,6 +683,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     for (row, diff) in feed.try_recv_all().map_err(|e| e.to_string())? {
                         demographics_in.update(row, diff);
                     }
+                    counters_in.update(Counter::DemographicsSkipped, feed.take_skipped());
                 }
                 None => {}
             }

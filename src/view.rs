@@ -145,8 +145,10 @@ fn counts_a_message(counter: Counter) -> bool {
         | Counter::MalformedOversize
         | Counter::RejectedNegative
         | Counter::RejectedTooOld
-        | Counter::RejectedFuture => true,
+        | Counter::RejectedFuture
+        | Counter::RejectedImplausible => true,
         Counter::Duplicates
+        | Counter::DemographicsSkipped
         | Counter::LateForWindow
         | Counter::RefundsApplied
         | Counter::RefundsUnmatched => false,

@@ -139,16 +139,37 @@ impl Encoder {
             Some(_) => out.push_str(&self.window_label),
             None => out.push_str("all"),
         }
+        let (units, revenue_cents, clamped) = totals.clamped();
+        if clamped {
+            warn_clamped(measurement, totals);
+        }
         let _ = write!(
             out,
-            " clicks={}i,purchases={}i,units={}i,revenue_cents={}i,conversion={}",
+            " clicks={}i,purchases={}i,units={units}i,revenue_cents={revenue_cents}i,conversion={}",
             totals.clicks,
             totals.purchases,
-            totals.units,
-            totals.revenue_cents,
             totals.conversion_rate().unwrap_or(0.0)
         );
         let _ = writeln!(out, " {}", key.window.map_or(time, |start| start.0));
+    }
+}
+
+/// Says, at most once a second, that a row's units or revenue lie beyond InfluxDB's 64-bit
+/// integers and are written clamped (the dataflow keeps them exactly; only the written value is
+/// clamped).
+fn warn_clamped(measurement: &str, totals: &Totals) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNING_S: AtomicU64 = AtomicU64::new(0);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNING_S.swap(now_s, Ordering::Relaxed) != now_s {
+        tracing::warn!(
+            measurement,
+            units = %totals.units,
+            revenue_cents = %totals.revenue_cents,
+            "a sum exceeds InfluxDB's 64-bit integers: written clamped to the nearest bound"
+        );
     }
 }
 
@@ -321,6 +342,29 @@ mod tests {
             "campaign,campaign=7,window=60s clicks=4i,purchases=1i,units=2i,revenue_cents=1999i,conversion=0.25 600\n\
              age_gender,age_band=unknown,gender=unknown,window=all clicks=0i,purchases=0i,units=0i,revenue_cents=0i,conversion=0 1000\n\
              pipeline events_in=12i,duplicates=3i 1000\n"
+        );
+    }
+
+    /// Sums beyond InfluxDB's 64-bit integers are written clamped to them, never wrapped.
+    #[test]
+    fn sums_beyond_64_bits_are_written_clamped() {
+        let totals = Totals {
+            clicks: 1,
+            purchases: 5_000,
+            units: -(1i128 << 70),
+            revenue_cents: 5_000 * (1i128 << 51),
+        };
+        let out = encode(vec![Change {
+            key: OutputKey::Aggregate(AggregateKey {
+                dimension: Dimension::Campaign(CampaignId(7)),
+                window: None,
+            }),
+            value: Some(OutputValue::Totals(totals)),
+        }]);
+        assert_eq!(
+            out,
+            "campaign,campaign=7,window=all clicks=1i,purchases=5000i,units=-9223372036854775808i,\
+             revenue_cents=9223372036854775807i,conversion=5000 1000\n"
         );
     }
 

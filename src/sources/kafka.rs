@@ -58,6 +58,13 @@ pub struct KafkaConfig {
     /// An event whose time lies more than this many milliseconds after the moment it is read is
     /// rejected and counted as `rejected_future`; 0 for no bound.
     pub max_future_skew_ms: u64,
+    /// An event whose total exceeds this many cents is rejected as implausible and counted as
+    /// `rejected_implausible`; 0 for no bound (the decoder's own limit, [`avro::MAX_CENTS`],
+    /// still holds).
+    pub max_order_cents: u64,
+    /// An event with more units than this is rejected as implausible and counted as
+    /// `rejected_implausible`; 0 for no bound.
+    pub max_units: u64,
     /// librdkafka properties passed through unchanged (TLS, SASL, fetch tuning...).
     pub properties: BTreeMap<String, String>,
 }
@@ -183,6 +190,14 @@ impl KafkaConfig {
         }
     }
 
+    /// The plausibility bounds of `max-order-cents` and `max-units`.
+    pub fn amount_bounds(&self) -> AmountBounds {
+        AmountBounds {
+            max_order_cents: self.max_order_cents,
+            max_units: self.max_units,
+        }
+    }
+
     /// A client configuration: brokers, then the pass-through properties.
     fn client(&self) -> ClientConfig {
         self.client_tuned(&[])
@@ -281,6 +296,54 @@ impl TimeBounds {
             && time.saturating_sub(now_ms) > self.max_future_skew_ms
         {
             Some(Counter::RejectedFuture)
+        } else {
+            None
+        }
+    }
+}
+
+/// How large an order's total and units may be before the source rejects the event as
+/// implausible: a price typed in the wrong unit, a test value, a hostile producer.
+///
+/// An event beyond a bound never enters the dataflow and is counted in `rejected_implausible`.
+/// Sums cannot wrap whatever the bounds ([`dataflows::model::Totals`] keeps them in 128 bits);
+/// the bounds keep single absurd values out of every total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AmountBounds {
+    /// The largest total accepted, in cents; 0 for no bound.
+    pub max_order_cents: u64,
+    /// The most units accepted; 0 for no bound.
+    pub max_units: u64,
+}
+
+impl AmountBounds {
+    /// Whether `event` lies beyond a bound, and which: `Some("total_amount")` or
+    /// `Some("units")`.
+    ///
+    /// ```
+    /// use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
+    /// use shopflow::sources::kafka::AmountBounds;
+    ///
+    /// let bounds = AmountBounds { max_order_cents: 1_000, max_units: 10 };
+    /// let event = Event {
+    ///     order_id: OrderId(1),
+    ///     tag: Tag::Purchased,
+    ///     user_id: UserId(1),
+    ///     campaign_id: CampaignId(1),
+    ///     total: Cents(1_000),
+    ///     units: 10,
+    ///     event_time: EventTimeMs(0),
+    /// };
+    /// assert_eq!(bounds.exceeded(&event), None);
+    /// assert_eq!(bounds.exceeded(&Event { total: Cents(1_001), ..event.clone() }), Some("total_amount"));
+    /// assert_eq!(bounds.exceeded(&Event { units: 11, ..event }), Some("units"));
+    /// ```
+    pub fn exceeded(&self, event: &Event) -> Option<&'static str> {
+        let beyond = |value: u64, bound: u64| bound > 0 && value > bound;
+        if beyond(event.total.0.unsigned_abs(), self.max_order_cents) {
+            Some("total_amount")
+        } else if beyond(u64::from(event.units), self.max_units) {
+            Some("units")
         } else {
             None
         }
@@ -598,6 +661,7 @@ impl PartitionReader {
                 decoder,
                 schemas,
                 max_message_bytes: config.max_message_bytes,
+                amount_bounds: config.amount_bounds(),
                 time_bounds: config.time_bounds(),
                 warnings: Warnings::default(),
             },
@@ -627,8 +691,8 @@ impl PartitionReader {
     ///
     /// What is not handed on is counted by reason in [`Polled::malformed`]: a payload over
     /// `max-message-bytes` (not decoded), a message that does not decode, an event with negative
-    /// units or total, an event whose time lies outside the [`TimeBounds`] around the wall clock
-    /// at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
+    /// units or total, an event beyond the [`AmountBounds`], an event whose time lies outside the
+    /// [`TimeBounds`] around the wall clock at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
     pub fn poll(
         &mut self,
         arrival: Tick,
@@ -894,12 +958,13 @@ impl PartitionReader {
 }
 
 /// Turns payloads into events: the size limit, the decoder (with the registry's writer schemas),
-/// and the event-time bounds.
+/// the amount bounds and the event-time bounds.
 struct MessageReader {
     decoder: Decoder,
     /// The schema registry's writer schemas, when there is one.
     schemas: Option<SchemaCache>,
     max_message_bytes: usize,
+    amount_bounds: AmountBounds,
     time_bounds: TimeBounds,
     warnings: Warnings,
 }
@@ -939,6 +1004,16 @@ impl MessageReader {
                 });
             }
         };
+        if let Some(field) = self.amount_bounds.exceeded(&event) {
+            return Err(Rejected {
+                counter: Counter::RejectedImplausible,
+                reason: Counter::RejectedImplausible.name(),
+                detail: format!(
+                    "{field} beyond the plausibility bound (total {} cents, {} units; {:?})",
+                    event.total, event.units, self.amount_bounds
+                ),
+            });
+        }
         match self.time_bounds.check(event.event_time, now) {
             None => Ok(event),
             Some(counter) => Err(Rejected {
@@ -1368,6 +1443,7 @@ mod tests {
             decoder: Decoder::new().expect("the bundled schema"),
             schemas: None,
             max_message_bytes,
+            amount_bounds: AmountBounds::default(),
             time_bounds,
             warnings: Warnings::default(),
         }
@@ -1543,6 +1619,93 @@ mod tests {
             Some(Counter::MalformedFraming)
         );
         assert_eq!(counter(&mut reader, b""), Some(Counter::MalformedFraming));
+    }
+
+    /// Totals and units beyond the bounds are rejected as implausible, at the bound they are
+    /// read, and 0 disables a bound (the decoder's own limit still holds).
+    #[test]
+    fn amounts_beyond_the_plausibility_bounds_are_rejected() {
+        let mut reader = reader(64, TimeBounds::default());
+        reader.amount_bounds = AmountBounds {
+            max_order_cents: 1_000_000,
+            max_units: 500,
+        };
+        let at_bounds = Event {
+            total: Cents(1_000_000),
+            units: 500,
+            ..event(NOW)
+        };
+        assert_eq!(
+            reader.read(&message(&at_bounds), NOW, NOW).ok(),
+            Some(at_bounds.clone())
+        );
+        let huge = Event {
+            // The issue's purchase: 2.2e13 currency units.
+            total: Cents(2_200_000_000_000_000),
+            ..at_bounds.clone()
+        };
+        for bad in [
+            Event {
+                total: Cents(1_000_001),
+                ..at_bounds.clone()
+            },
+            Event {
+                units: 501,
+                ..at_bounds.clone()
+            },
+            huge.clone(),
+        ] {
+            let rejected = reader
+                .read(&message(&bad), NOW, NOW)
+                .expect_err("implausible");
+            assert_eq!(rejected.counter, Counter::RejectedImplausible, "{bad:?}");
+            assert_eq!(rejected.reason, "rejected_implausible");
+        }
+        // A negative total is counted as negative, whatever the bounds.
+        let negative = Event {
+            total: Cents(-5_000_000),
+            ..at_bounds.clone()
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&negative)),
+            Some(Counter::RejectedNegative)
+        );
+        // No bound: the decoder's limit is the only one.
+        reader.amount_bounds = AmountBounds::default();
+        assert_eq!(reader.read(&message(&huge), NOW, NOW).ok(), Some(huge));
+        let beyond_decoding = Event {
+            total: Cents(avro::MAX_CENTS + 1_000),
+            ..at_bounds
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&beyond_decoding)),
+            Some(Counter::MalformedInvalidValue)
+        );
+    }
+
+    /// The shipped bounds admit every event the generator makes and reject the issue's totals.
+    #[test]
+    fn the_shipped_bounds_are_on() {
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        let config =
+            Config::from_layers(DEFAULT_TOML, no_env()).expect("the default configuration");
+        let bounds = config.kafka.amount_bounds();
+        assert!(
+            bounds.max_order_cents > 0 && bounds.max_units > 0,
+            "{bounds:?}"
+        );
+        let generator =
+            crate::generators::events::EventGenerator::new(config.generator.clone(), NOW)
+                .expect("the default generator");
+        for n in 0..200_000 {
+            let event = generator.event(n);
+            assert_eq!(bounds.exceeded(&event), None, "{event:?}");
+        }
+        let huge = Event {
+            total: Cents(2_200_000_000_000_000),
+            ..event(NOW)
+        };
+        assert_eq!(bounds.exceeded(&huge), Some("total_amount"));
     }
 
     #[test]

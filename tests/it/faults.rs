@@ -196,6 +196,8 @@ fn each_kind_of_bad_message_is_counted_apart_and_dead_lettered() {
         max_message_bytes: 1_024,
         max_event_age_ms: 30 * 86_400_000,
         max_future_skew_ms: 300_000,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
     assert_eq!(config.validate(), Ok(()));
@@ -296,6 +298,8 @@ fn a_reassignment_resumes_where_the_reader_was() {
         max_message_bytes: 1_024,
         max_event_age_ms: 0,
         max_future_skew_ms: 0,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
     let embedded = EmbeddedKafka::start(&config).expect("the mock cluster");
@@ -389,6 +393,8 @@ impl Scenario {
             max_message_bytes: 65_536,
             max_event_age_ms: 30 * 86_400_000,
             max_future_skew_ms: 300_000,
+            max_order_cents: 1_000_000_000,
+            max_units: 1_000_000,
             // No duplicates from producer retries when a broker goes away.
             properties: BTreeMap::from([("enable.idempotence".into(), "true".into())]),
         };
@@ -888,7 +894,8 @@ pub(crate) fn oracle(inputs: &[(Tick, Input)], params: Params) -> State {
                 let (measurement, tags) = measurement_and_tags(&key.dimension);
                 let window = key.window.map(|start| (label.as_str(), start.0));
                 let tags = tags.iter().map(|(name, value)| (*name, value.as_str()));
-                let values = [t.clicks, t.purchases, t.units, t.revenue_cents];
+                let (units, revenue_cents, _) = t.clamped();
+                let values = [t.clicks, t.purchases, units, revenue_cents];
                 if values != [0; 4] {
                     state
                         .rows
@@ -1358,6 +1365,8 @@ fn mysql_unreachable_at_start_is_a_clear_error_after_a_bounded_wait() {
         max_message_bytes: 65_536,
         max_event_age_ms: 0,
         max_future_skew_ms: 0,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
     kafka::ensure_topic(&kafka, &topic).expect("the topic");

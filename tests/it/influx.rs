@@ -80,8 +80,8 @@ fn totals(clicks: i64, purchases: i64, units: i64, revenue_cents: i64) -> Totals
     Totals {
         clicks,
         purchases,
-        units,
-        revenue_cents,
+        units: units.into(),
+        revenue_cents: revenue_cents.into(),
     }
 }
 
