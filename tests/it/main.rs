@@ -16,5 +16,6 @@ mod mysql;
 mod producer;
 mod registry;
 mod restart;
+mod secrets;
 mod services;
 mod verify;
