@@ -16,7 +16,7 @@ use crate::{bench, commands};
 #[derive(Debug, Parser)]
 #[command(name = "shopflow", version, about, propagate_version = true)]
 pub struct Cli {
-    /// A configuration file to use instead of the built-in config/shopflow.toml.
+    /// A configuration file layered over the built-in config/shopflow.toml: any subset of its keys.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.

@@ -1613,6 +1613,62 @@ mod tests {
         assert_eq!(coordinator_patience(&config), Duration::from_secs(45));
     }
 
+    /// What `tracing` printed while `f` ran on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().expect("not poisoned").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// librdkafka's lines and errors reach the log through the limiter: a thousand identical
+    /// failures in a burst are one line; the end of a partition is no error at all.
+    #[test]
+    fn librdkafka_reports_are_rate_limited_and_partition_eof_is_no_error() {
+        let context = LogContext;
+        let text = logged(|| {
+            for attempt in 0..1_000 {
+                context.log(
+                    RDKafkaLogLevel::Error,
+                    "TESTFAIL",
+                    &format!("Connect failed (after {attempt}ms in state CONNECT)"),
+                );
+                context.error(
+                    KafkaError::Global(RDKafkaErrorCode::NetworkException),
+                    "connection refused",
+                );
+            }
+            context.error(
+                KafkaError::Global(RDKafkaErrorCode::PartitionEOF),
+                "Fetch reached the end of the partition",
+            );
+        });
+        assert_eq!(text.matches("TESTFAIL").count(), 1, "{text}");
+        assert_eq!(text.matches("NetworkException").count(), 1, "{text}");
+        assert!(!text.contains("PartitionEOF"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
     #[test]
     fn the_limiter_logs_one_per_kind_per_interval_and_counts_the_rest() {
         let limiter = RateLimiter::new(Duration::from_secs(1));
