@@ -27,9 +27,12 @@ type Scenario = (String, Vec<String>, Vec<(String, String)>);
 /// Runs the binary with `args` and `env` (on top of a clean `SHOPFLOW__*`-free environment),
 /// killed after `timeout` if it has not ended by then.
 fn run(name: &str, args: &[String], env: &[(String, String)], timeout: Duration) -> Run {
+    // Its own working directory: whatever a run leaves there (a state directory) goes with it.
+    let cwd = tempfile::tempdir().expect("a temporary directory");
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
     command
         .args(args)
+        .current_dir(cwd.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, _) in std::env::vars() {
