@@ -11,6 +11,7 @@ mod e2e;
 mod experiments;
 mod faults;
 mod influx;
+mod kafka_client;
 mod latency;
 mod mysql;
 mod producer;
