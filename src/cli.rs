@@ -16,7 +16,7 @@ use crate::{bench, commands};
 #[derive(Debug, Parser)]
 #[command(name = "shopflow", version, about, propagate_version = true)]
 pub struct Cli {
-    /// A configuration file to use instead of the built-in config/shopflow.toml.
+    /// A configuration file layered over the built-in config/shopflow.toml: any subset of its keys.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -48,11 +48,17 @@ pub enum Command {
     Experiment(crate::experiments::ExperimentArgs),
 }
 
+/// `-w`: bounded like `engine.workers`, so that a typo is a usage error rather than an allocation
+/// failure.
+fn workers_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=crate::config::MAX_WORKERS as u64)
+}
+
 /// Timely's worker flags.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Worker threads per process (default: engine.workers; 0 = one per core).
-    #[arg(short = 'w', long)]
+    /// Worker threads per process, at most 1024 (default: engine.workers; 0 = one per core).
+    #[arg(short = 'w', long, value_parser = workers_parser())]
     pub workers: Option<usize>,
     /// Number of processes in the cluster.
     #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -247,8 +253,8 @@ pub struct BenchArgs {
     /// Which engine.
     #[arg(long, value_enum, default_value = "dataflow")]
     pub engine: Engine,
-    /// Worker threads (the dataflow engine only).
-    #[arg(short = 'w', long, default_value_t = 1)]
+    /// Worker threads (the dataflow engine only), at most 1024.
+    #[arg(short = 'w', long, default_value_t = 1, value_parser = workers_parser())]
     pub workers: usize,
     /// Events to process.
     #[arg(long, default_value_t = 10_000_000)]
@@ -273,8 +279,6 @@ pub struct VerifyArgs {
     pub list: usize,
 }
 
-/// Parses the command line, runs it, and turns errors into one line and an exit code:
-/// 2 for usage and configuration errors, 1 for failures while running.
 /// An error and its causes on one line, each cause once: many errors here already say their
 /// cause in their own message, and would otherwise print it twice.
 fn error_chain(error: &anyhow::Error) -> String {
@@ -289,6 +293,8 @@ fn error_chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Parses the command line, runs it, and turns errors into one line and an exit code:
+/// 2 for usage and configuration errors, 1 for failures while running.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

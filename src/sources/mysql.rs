@@ -22,7 +22,6 @@
 //! Every statement is parameterized except for the table name, which cannot be a parameter and
 //! is therefore validated as a plain identifier and quoted.
 
-use std::borrow::Cow;
 use std::cell::{Cell as StdCell, RefCell};
 use std::fmt;
 use std::io::{self, IsTerminal};
@@ -142,24 +141,7 @@ fn serialize_masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Erro
 }
 
 /// The URL with the password in its user info, if any, replaced by `***`.
-pub fn mask_url(url: &str) -> Cow<'_, str> {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[after_scheme..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| after_scheme + i);
-    let Some(at) = url[after_scheme..authority_end].rfind('@') else {
-        return Cow::Borrowed(url);
-    };
-    let at = after_scheme + at;
-    match url[after_scheme..at].find(':') {
-        Some(colon) => Cow::Owned(format!(
-            "{}***{}",
-            &url[..after_scheme + colon + 1],
-            &url[at..]
-        )),
-        None => Cow::Borrowed(url),
-    }
-}
+pub use crate::config::redact_url as mask_url;
 
 /// Whether `name` is an identifier that may be spliced into SQL: `[A-Za-z_][A-Za-z0-9_]{0,63}`.
 pub fn is_identifier(name: &str) -> bool {

@@ -260,7 +260,8 @@ fn bad_flags_and_configuration_give_one_clear_error() {
     assert_eq!(run.status.code(), Some(2));
     assert_eq!(
         text(&run.stderr).trim(),
-        "error: invalid configuration: engine.tick-ms: must be at least 1"
+        "error: invalid configuration: engine.tick-ms: must be at least 1 \
+         (from environment variable SHOPFLOW__ENGINE__TICK_MS)"
     );
 
     let run = shopflow(&["check-config"], &[("SHOPFLOW__ENGINE__TICK_MS", "soon")]);

@@ -213,7 +213,13 @@ fn resolve(
 
 /// Parses the base URL: `http` or `https`, a host, no credentials, no query or fragment.
 fn parse_base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("not a URL ({e}): {text:?}"))?;
+    // The text may hold credentials, refused below once it parses.
+    let url = Url::parse(text).map_err(|e| {
+        format!(
+            "not a URL ({e}): {:?}",
+            crate::config::redact_url(text).as_ref()
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "must be an http or https URL, not {:?}",
