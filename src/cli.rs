@@ -16,7 +16,7 @@ use crate::{bench, commands};
 #[derive(Debug, Parser)]
 #[command(name = "shopflow", version, about, propagate_version = true)]
 pub struct Cli {
-    /// A configuration file to use instead of the built-in config/shopflow.toml.
+    /// A configuration file layered over the built-in config/shopflow.toml: any subset of its keys.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -48,11 +48,17 @@ pub enum Command {
     Experiment(crate::experiments::ExperimentArgs),
 }
 
+/// `-w`: bounded like `engine.workers`, so that a typo is a usage error rather than an allocation
+/// failure.
+fn workers_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=crate::config::MAX_WORKERS as u64)
+}
+
 /// Timely's worker flags.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Worker threads per process (default: engine.workers; 0 = one per core).
-    #[arg(short = 'w', long)]
+    /// Worker threads per process, at most 1024 (default: engine.workers; 0 = one per core).
+    #[arg(short = 'w', long, value_parser = workers_parser())]
     pub workers: Option<usize>,
     /// Number of processes in the cluster.
     #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -94,9 +100,8 @@ impl WorkerArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub workers: WorkerArgs,
-    /// Events per second. The demo's own preset; the configuration's generator.events-per-second
-    /// (the seed project's one per second) applies when this is 0.
-    #[arg(long, default_value_t = 1_000.0)]
+    /// Events per second, above 0 (the demo's own preset, not generator.events-per-second).
+    #[arg(long, default_value_t = 1_000.0, value_parser = positive_rate)]
     pub rate: f64,
     /// Realtime, or as fast as the engine goes.
     #[arg(long, value_enum)]
@@ -124,6 +129,15 @@ pub struct DemoArgs {
     /// Avro and all), or straight from the generator into the dataflow.
     #[arg(long, value_enum, default_value = "embedded-kafka")]
     pub source: DemoSource,
+}
+
+/// A rate for `--rate`: a finite number of events per second above 0.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        Ok(_) => Err("must be a number of events per second above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The demo's event paths.
@@ -174,8 +188,8 @@ pub enum DemographicsFrom {
 /// `shopflow produce`.
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    /// Events per second (default: generator.events-per-second).
-    #[arg(long)]
+    /// Events per second, above 0 (default: generator.events-per-second).
+    #[arg(long, value_parser = positive_rate)]
     pub rate: Option<f64>,
     /// Realtime, or as fast as the broker takes them (default: generator.pace).
     #[arg(long, value_enum)]
@@ -239,8 +253,8 @@ pub struct BenchArgs {
     /// Which engine.
     #[arg(long, value_enum, default_value = "dataflow")]
     pub engine: Engine,
-    /// Worker threads (the dataflow engine only).
-    #[arg(short = 'w', long, default_value_t = 1)]
+    /// Worker threads (the dataflow engine only), at most 1024.
+    #[arg(short = 'w', long, default_value_t = 1, value_parser = workers_parser())]
     pub workers: usize,
     /// Events to process.
     #[arg(long, default_value_t = 10_000_000)]
@@ -265,8 +279,6 @@ pub struct VerifyArgs {
     pub list: usize,
 }
 
-/// Parses the command line, runs it, and turns errors into one line and an exit code:
-/// 2 for usage and configuration errors, 1 for failures while running.
 /// An error and its causes on one line, each cause once: many errors here already say their
 /// cause in their own message, and would otherwise print it twice.
 fn error_chain(error: &anyhow::Error) -> String {
@@ -281,6 +293,8 @@ fn error_chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Parses the command line, runs it, and turns errors into one line and an exit code:
+/// 2 for usage and configuration errors, 1 for failures while running.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

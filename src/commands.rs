@@ -1,5 +1,6 @@
 //! What each subcommand does, wired from the library's parts; `cli` only parses and dispatches.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +14,22 @@ use crate::cli::{
 use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
-use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
-use crate::sinks::influx::InfluxSink;
-use crate::sinks::{Discard, LineProtocolWriter, Sink};
+use crate::runtime::{self, DemographicSource, EventSource, Plan, RunError, Status, Stop, Workers};
+use crate::sinks::influx::{self, InfluxSink};
+use crate::sinks::{Discard, LineProtocolWriter, Sink, SinkError};
 use crate::sources::embedded::EmbeddedKafka;
 use crate::sources::kafka::{self, EventProducer};
 use crate::sources::mysql;
 use crate::view;
 
 /// `shopflow demo`: everything embedded, no services.
+///
+/// Through the embedded Kafka, the producer keeps time (`--duration`) and count (`--events`), and
+/// Ctrl-C stops it: the pipeline then reads everything it sent and ends. A second Ctrl-C stops the
+/// pipeline too. At the end every event produced must have gone through the dataflow (counted in
+/// `events_in` or under a rejection counter): anything else is an error.
 pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    if args.rate > 0.0 {
-        config.generator.events_per_second = args.rate;
-    }
+    config.generator.events_per_second = args.rate;
     if let Some(pace) = args.pace {
         config.generator.pace = pace;
     }
@@ -45,7 +49,8 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
-    if workers.processes > 1 && args.source == DemoSource::EmbeddedKafka {
+    let through_kafka = args.source == DemoSource::EmbeddedKafka;
+    if workers.processes > 1 && through_kafka {
         anyhow::bail!(
             "the embedded Kafka lives in one process: use --source generator with --processes, \
              or `shopflow run` with a real Kafka"
@@ -55,9 +60,15 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
 
     let status = Arc::new(Status::default());
-    let on_interrupt = Arc::clone(&status);
-    ctrlc::set_handler(move || on_interrupt.stop.store(true, Ordering::Relaxed))
-        .context("cannot install the Ctrl-C handler")?;
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let on_interrupt = (Arc::clone(&status), Arc::clone(&interrupt));
+    ctrlc::set_handler(move || {
+        let (status, interrupt) = &on_interrupt;
+        if interrupt.swap(true, Ordering::Relaxed) || !through_kafka {
+            status.stop.store(true, Ordering::Relaxed);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")?;
     let live = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         view::LiveView::start(
             Arc::clone(&status),
@@ -84,28 +95,30 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 &config,
                 args.start_ms,
                 stop,
+                Arc::clone(&interrupt),
                 Arc::clone(&status),
                 Arc::clone(&done),
             )?;
             let source = EventSource::Kafka {
                 config: embedded.config().clone(),
-                until_caught_up: args.events.is_some(),
+                until_caught_up: true,
                 producer_done: Some(done),
             };
             (source, Some((embedded, producer)))
         }
     };
-    // With Kafka in between, the producer counts events and the pipeline runs until caught up.
+    // With Kafka in between, the producer counts events and keeps time; the pipeline reads until
+    // it has read everything the producer sent.
     let stop = match events {
         EventSource::Kafka { .. } => Stop {
             events: None,
-            ..stop
+            duration: None,
         },
         EventSource::Generator { .. } => stop,
     };
     let plan = Plan {
         config,
-        workers,
+        workers: workers.clone(),
         stop,
         events,
         demographics: DemographicSource::Generator,
@@ -117,19 +130,45 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     if result.is_err() {
         // The pipeline is gone: whatever the producer still sends would go nowhere.
+        interrupt.store(true, Ordering::Relaxed);
         status.stop.store(true, Ordering::Relaxed);
     }
-    if let Some((_embedded, producer)) = producer {
-        producer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let produced = match producer {
+        Some((_embedded, producer)) => {
+            let sent = producer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the producer thread panicked"))?;
+            Some(sent)
+        }
+        None => None,
+    };
+    // A reader of standard output that has gone (`| head`) ends the demo, quietly.
+    if let Err(RunError::Sink(SinkError::Io { source, .. })) = &result
+        && source.kind() == std::io::ErrorKind::BrokenPipe
+        && LineProtocolWriter::is_stdout(&output)
+    {
+        return Ok(());
     }
     let report = result?;
+    let produced = produced.transpose()?.unwrap_or(report.events);
     let table = status
         .table
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    // Each process sees only its own workers' counters.
+    let processed = view::events_processed(&table);
+    if workers.processes == 1 && processed != produced {
+        let why = if status.stop.load(Ordering::Relaxed) {
+            "stopped before every event was processed"
+        } else {
+            "events were lost"
+        };
+        anyhow::bail!(
+            "{why}: {processed} of {produced} events produced went through the dataflow \
+             (events_in and the rejection counters)"
+        );
+    }
     let summary = format!(
         "{} events in {:.1}s ({:.0}/s); {} batches, {} lines of line protocol to {}\n{}",
         report.events,
@@ -140,12 +179,18 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         output.display(),
         view::summary(&table)
     );
-    if LineProtocolWriter::is_stdout(&output) {
-        eprint!("{summary}");
+    let printed = if LineProtocolWriter::is_stdout(&output) {
+        std::io::stderr().lock().write_all(summary.as_bytes())
     } else {
-        print!("{summary}");
+        std::io::stdout().lock().write_all(summary.as_bytes())
+    };
+    // A closed standard output is the reader's choice, not the demo's failure.
+    match printed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot print the summary")
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs the dataflow engine with a discarding sink, for `bench`.
@@ -218,15 +263,27 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
+    // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
+    let status = Arc::new(Status::default());
+    stop_on_interrupt(&status)?;
     let sink: Box<dyn Sink> = match config.output.sink {
-        SinkKind::Influxdb => Box::new(InfluxSink::start(&config.influx, config.engine.window_ms)?),
+        SinkKind::Influxdb => {
+            if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
+                eprintln!("stopped while waiting for InfluxDB; nothing was read");
+                return Ok(());
+            }
+            // The check created the database, if asked to.
+            let influx = influx::InfluxConfig {
+                create_database: false,
+                ..config.influx.clone()
+            };
+            Box::new(InfluxSink::start(&influx, config.engine.window_ms)?)
+        }
         SinkKind::LineProtocol => Box::new(LineProtocolWriter::create(
             &process_output(&config.output.line_protocol, &workers),
             config.engine.window_ms,
         )?),
     };
-    let status = Arc::new(Status::default());
-    stop_on_interrupt(&status)?;
     let plan = Plan {
         events: EventSource::Kafka {
             config: config.kafka.clone(),

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dataflows::model::{OutputKey, OutputValue, Tick};
+use dataflows::model::{Counter, OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
 use dataflows::{Restored, analytics_with_state};
 use differential_dataflow::input::Input as _;
@@ -169,6 +169,9 @@ pub struct Status {
     pub generated: AtomicU64,
     /// Events an in-process producer has sent to Kafka.
     pub produced: AtomicU64,
+    /// Messages this process's workers have read from Kafka, malformed ones included: an
+    /// in-process producer keeps within a bound of it (see `produce_generated`).
+    pub consumed: AtomicU64,
     /// The simulated time the generators have reached (the end of the last tick produced).
     pub generated_until: AtomicU64,
     /// The last timestamp handed to the sink, plus one; 0 before any. What the sink has
@@ -203,6 +206,10 @@ pub struct Report {
 
 /// Where events come from.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once per run: its size does not matter"
+)]
 pub enum EventSource {
     /// The generator, in process: event `n` arrives at its simulated time, paced by
     /// `generator.pace`. Worker `i` of `w` generates the events `n ≡ i (mod w)`.
@@ -332,6 +339,16 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
 
     // Offsets are committed and checkpoints written only behind what the sink acknowledged.
     let acknowledged = sink.acknowledged();
+    let written = match &checkpoints {
+        Some(c) => Some(Written::open(
+            c,
+            &plan.workers,
+            start_ms,
+            tick_ms,
+            params.windows,
+        )?),
+        None => None,
+    };
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
     let sender = Mutex::new(sender);
     let sink_status = Arc::clone(&status);
@@ -350,6 +367,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 process,
                 sink.as_mut(),
                 &sink_status,
+                written,
             );
             if let Err(error) = &result {
                 // Stop the sources: nothing they read could be written.
@@ -465,6 +483,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         // The restored segments, retracted at the end of the first tick when the demographics
         // as their source holds them now enter: the first tick's output is the checkpoint's.
         let mut restored_segments = Vec::new();
+        // Likewise the count of unconvertible demographics rows, which the source counts afresh.
+        let mut restored_skipped = 0;
         if let Some(state) = restored_state {
             for (contribution, totals) in state.contributions {
                 restored_in.update(contribution, totals);
@@ -475,6 +495,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             restored_segments = state.segments;
             for (counter, n) in state.counters {
                 counters_in.update(counter, n as isize);
+                if counter == Counter::DemographicsSkipped {
+                    restored_skipped = n as isize;
+                }
             }
             for order in state.orders {
                 orders_in.send(order);
@@ -485,6 +508,8 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         restored_in.flush();
         segments_in.flush();
         let restoring = checkpoints.as_ref().is_some_and(|c| c.found.is_some());
+        // The timestamp the checkpoint's state is restored at.
+        let restored_at = restoring.then_some(tick);
         // The demographics read at start wait for the end of the first tick when restoring.
         let mut snapshot: Vec<dataflows::model::Demographic> = Vec::new();
         // The next checkpoint boundary: every worker stops its inputs exactly there.
@@ -595,6 +620,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                                 sent += 1;
                             })
                             .map_err(|e| e.to_string())?;
+                        status
+                            .consumed
+                            .fetch_add(polled.messages as u64, Ordering::Relaxed);
                         for (counter, n) in polled.malformed {
                             counters_in.update(counter, n);
                         }
@@ -607,6 +635,10 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                                     .as_ref()
                                     .is_none_or(|done| done.load(Ordering::Relaxed))
                                 && reader.lag() == Some(0)
+                                // The watermarks may predate the producer's last messages; its
+                                // own count may not.
+                                && status.consumed.load(Ordering::Relaxed)
+                                    >= status.produced.load(Ordering::Relaxed)
                             {
                                 finished = true;
                                 break;
@@ -634,15 +666,27 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 lock(&status.event_times).push((end, newest));
             }
             tracing::debug!(tick, sent, "tick produced");
-            // Restoring: the demographics as their source holds them now replace the segments the
-            // checkpoint held, moving whoever changed meanwhile.
-            for (segment, n) in restored_segments.drain(..) {
-                segments_in.update(segment, -n);
+            // Restoring: the first timestamp's output is the checkpoint's rows alone, whole, so
+            // that the sink rewrites every one of them; from the next one, the demographics as
+            // their source holds them now replace the segments the checkpoint held, moving
+            // whoever changed meanwhile with retractions (written as removals). Were both at the
+            // first timestamp, a row the checkpoint held that no longer has a user would cancel
+            // out there and never be written, and the sink would keep its old value.
+            let demographics_wait = restored_at == Some(tick);
+            if !demographics_wait {
+                for (segment, n) in restored_segments.drain(..) {
+                    segments_in.update(segment, -n);
+                }
+                for row in snapshot.drain(..) {
+                    demographics_in.update(row, 1);
+                }
+                // The source counts its unconvertible rows afresh (with its changes, below).
+                counters_in.update(
+                    Counter::DemographicsSkipped,
+                    -std::mem::take(&mut restored_skipped),
+                );
             }
-            for row in snapshot.drain(..) {
-                demographics_in.update(row, 1);
-            }
-            match changes.as_mut() {
+            match changes.as_mut().filter(|_| !demographics_wait) {
                 Some(WorkerDemographics::Generated(changes)) => {
                     while knobs.demographic_changes_per_second > 0.0
                         && change_ms(changes.position()) < end
@@ -656,6 +700,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     for (row, diff) in feed.try_recv_all().map_err(|e| e.to_string())? {
                         demographics_in.update(row, diff);
                     }
+                    counters_in.update(Counter::DemographicsSkipped, feed.take_skipped());
                 }
                 None => {}
             }
@@ -927,10 +972,15 @@ fn forward_batches(
     process: usize,
     sink: &mut dyn Sink,
     status: &Status,
+    mut written: Option<Written>,
 ) -> Result<(), SinkError> {
     let mut runtime = RuntimeReport::new(process);
     let mut frontiers: BTreeMap<usize, Option<Tick>> = BTreeMap::new();
     let mut pending: BTreeMap<Tick, Vec<Change>> = BTreeMap::new();
+    if let Some(clear) = written.as_ref().and_then(|w| w.clear.as_ref()) {
+        // The first timestamp is written even with no output of its own: it carries the removals.
+        pending.entry(clear.at).or_default();
+    }
     while let Ok((worker, progress)) = receiver.recv() {
         for batch in progress.batches {
             pending.entry(batch.time).or_default().extend(batch.changes);
@@ -947,8 +997,20 @@ fn forward_batches(
                 break;
             }
             let (time, mut changes) = entry.remove_entry();
+            if let Some(written) = written.as_mut() {
+                written.clear_absent(time, &mut changes);
+            }
+            if changes.is_empty() {
+                continue;
+            }
             changes.sort();
             let batch = Batch { time, changes };
+            if let Some(written) = written.as_mut() {
+                written.journal.record(&batch).map_err(|e| SinkError::Io {
+                    target: e.path.display().to_string(),
+                    source: e.source,
+                })?;
+            }
             sink.write_batch(&batch)?;
             remember(status, &batch);
         }
@@ -1029,6 +1091,7 @@ impl RuntimeReport {
                 now.saturating_sub(self.newest_written)
             },
             sink_retries: sink.retries(),
+            sink_rejected_lines: sink.rejected_lines(),
             events_per_second,
         };
         self.last = Some((Instant::now(), generated));
@@ -1141,5 +1204,101 @@ fn commit_complete(
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The journal of the rows this process writes, and the rows to clear in the run's first output:
+/// see [`crate::journal`].
+struct Written {
+    journal: crate::journal::Journal,
+    clear: Option<Clear>,
+}
+
+/// Rows a run before this one wrote after the restored checkpoint's boundary (or at all, with
+/// none): those this process's workers keep and that its first output does not hold are written
+/// as removals in it.
+struct Clear {
+    /// The run's first timestamp.
+    at: Tick,
+    keys: Vec<dataflows::model::AggregateKey>,
+}
+
+impl Written {
+    fn open(
+        checkpoints: &Checkpoints,
+        workers: &Workers,
+        start_ms: u64,
+        tick_ms: u64,
+        windows: dataflows::windows::WindowSpec,
+    ) -> Result<Written, RunError> {
+        let journal_error = |e: crate::journal::JournalError| RunError::Source(e.to_string());
+        let since = checkpoints.found.as_ref().map(|f| f.tick);
+        let first = (start_ms - start_ms % tick_ms).max(since.unwrap_or(0));
+        let threads = workers.threads_per_process();
+        let peers = threads * workers.processes.max(1);
+        let local = workers.process * threads..(workers.process + 1) * threads;
+        let mut keys: Vec<_> = crate::journal::written_since(&checkpoints.dir, since)
+            .map_err(journal_error)?
+            .into_iter()
+            .filter(|key| local.contains(&dataflows::aggregates::owner(key, peers)))
+            // A window closed by now keeps its values, as any window that closed while the
+            // pipeline was down.
+            .filter(|key| {
+                key.window.is_none_or(|start| {
+                    start
+                        .0
+                        .saturating_add(windows.size_ms + windows.allowed_lateness_ms)
+                        > first
+                })
+            })
+            .collect();
+        keys.sort();
+        if !keys.is_empty() {
+            tracing::info!(
+                rows = keys.len(),
+                "rows written before the restart, checked against the restored state"
+            );
+        }
+        Ok(Written {
+            journal: crate::journal::Journal::new(
+                &checkpoints.dir,
+                workers.process,
+                start_ms,
+                checkpoints.interval_ms,
+            ),
+            clear: Some(Clear { at: first, keys }),
+        })
+    }
+
+    /// At the run's first timestamp, adds a removal for every row to clear that `changes` does
+    /// not write.
+    fn clear_absent(&mut self, time: Tick, changes: &mut Vec<Change>) {
+        if self.clear.as_ref().is_none_or(|clear| clear.at != time) {
+            return;
+        }
+        let clear = self.clear.take().expect("checked above");
+        let present: rustc_hash::FxHashSet<&dataflows::model::AggregateKey> = changes
+            .iter()
+            .filter_map(|change| match &change.key {
+                OutputKey::Aggregate(key) => Some(key),
+                OutputKey::Counter(_) => None,
+            })
+            .collect();
+        let absent: Vec<Change> = clear
+            .keys
+            .into_iter()
+            .filter(|key| !present.contains(key))
+            .map(|key| Change {
+                key: OutputKey::Aggregate(key),
+                value: None,
+            })
+            .collect();
+        if !absent.is_empty() {
+            tracing::info!(
+                rows = absent.len(),
+                "rows written before the restart that the restored state does not hold: removed"
+            );
+        }
+        changes.extend(absent);
     }
 }

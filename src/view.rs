@@ -43,7 +43,7 @@ impl LiveView {
                 ),
             );
             let started = Instant::now();
-            let mut last = (Instant::now(), 0i64);
+            let mut last = (Instant::now(), 0u64);
             let mut rate = 0.0;
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
@@ -52,29 +52,27 @@ impl LiveView {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let events_in = counter(&table, Counter::EventsIn);
+                let progress = Progress::of(&status, &table);
                 let elapsed = last.0.elapsed().as_secs_f64();
                 if elapsed >= 1.0 {
-                    rate = (events_in - last.1) as f64 / elapsed;
-                    last = (Instant::now(), events_in);
+                    rate = progress.processed.saturating_sub(last.1) as f64 / elapsed;
+                    last = (Instant::now(), progress.processed);
                 }
-                // With Kafka in between, `--events` counts what the producer has sent.
-                let produced = status.produced.load(Ordering::Relaxed);
-                bar.set_position(produced.max(status.generated.load(Ordering::Relaxed)));
-                let reference = if realtime {
-                    now_ms()
-                } else {
-                    status.generated_until.load(Ordering::Relaxed)
-                };
-                let lag = reference.saturating_sub(status.completed_until.load(Ordering::Relaxed));
+                bar.set_position(progress.processed);
                 let mut msg = format!(
-                    "{:>10.0} events/s   {} produced   {} events in   lag {:.1}s   running {:.0}s\n",
+                    "{:>10.0} events/s   {} processed of {} produced   lag {} events",
                     rate,
-                    produced,
-                    events_in,
-                    lag as f64 / 1_000.0,
-                    started.elapsed().as_secs_f64()
+                    progress.processed,
+                    progress.produced,
+                    progress.lag(),
                 );
+                if realtime {
+                    // In real time, how far the written output trails the clock, too.
+                    let behind =
+                        now_ms().saturating_sub(status.completed_until.load(Ordering::Relaxed));
+                    let _ = write!(msg, " ({:.1}s)", behind as f64 / 1_000.0);
+                }
+                let _ = writeln!(msg, "   running {:.0}s", started.elapsed().as_secs_f64());
                 msg.push_str(&summary(&table));
                 text.set_message(msg);
             }
@@ -93,6 +91,67 @@ impl LiveView {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A run's progress as the live view shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Events through the dataflow and written: see [`events_processed`].
+    pub processed: u64,
+    /// Events sent towards the dataflow: by the in-process producer to Kafka, or by the
+    /// generators straight into the dataflow.
+    pub produced: u64,
+}
+
+impl Progress {
+    /// The progress `status` and the sink's `table` show.
+    pub fn of(status: &Status, table: &LiveTable) -> Progress {
+        Progress {
+            processed: events_processed(table),
+            produced: status
+                .produced
+                .load(Ordering::Relaxed)
+                .max(status.generated.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Events produced but not processed yet.
+    pub fn lag(&self) -> u64 {
+        self.produced.saturating_sub(self.processed)
+    }
+}
+
+/// Events the dataflow has taken in, as the sink has written them: those counted in `events_in`
+/// and the source's messages counted as malformed or rejected, each message exactly once.
+pub fn events_processed(table: &LiveTable) -> u64 {
+    Counter::ALL
+        .iter()
+        .filter(|&&c| counts_a_message(c))
+        .map(|&c| counter(table, c).max(0) as u64)
+        .sum()
+}
+
+/// Whether `counter` counts source messages (each in exactly one such counter), as opposed to
+/// what happened to events already counted in `events_in`.
+fn counts_a_message(counter: Counter) -> bool {
+    // No wildcard: a new counter must say which it is.
+    match counter {
+        Counter::EventsIn
+        | Counter::MalformedFraming
+        | Counter::MalformedUnknownSchema
+        | Counter::MalformedTruncated
+        | Counter::MalformedInvalidValue
+        | Counter::MalformedOversize
+        | Counter::RejectedNegative
+        | Counter::RejectedTooOld
+        | Counter::RejectedFuture
+        | Counter::RejectedImplausible => true,
+        Counter::Duplicates
+        | Counter::DemographicsSkipped
+        | Counter::LateForWindow
+        | Counter::RefundsApplied
+        | Counter::RefundsUnmatched => false,
     }
 }
 
@@ -157,4 +216,47 @@ pub fn summary(table: &LiveTable) -> String {
         .collect();
     let _ = writeln!(out, "pipeline: {}", counters.join(" "));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bar and the lag count what the sink has written, not what was sent: the view once
+    /// showed the producer's count while millions of events waited unread.
+    #[test]
+    fn progress_counts_processed_events_and_lags_by_the_rest() {
+        let status = Status::default();
+        status.produced.store(5_000_000, Ordering::Relaxed);
+        status.generated.store(3_000_000, Ordering::Relaxed);
+        let mut table = LiveTable::default();
+        for (counter, n) in [
+            (Counter::EventsIn, 2_000_000),
+            (Counter::Duplicates, 90_000),
+            (Counter::LateForWindow, 70_000),
+            (Counter::RefundsApplied, 5_000),
+            (Counter::RefundsUnmatched, 1_000),
+            (Counter::MalformedFraming, 3),
+            (Counter::MalformedOversize, 2),
+            (Counter::RejectedFuture, 1),
+        ] {
+            table.insert(OutputKey::Counter(counter), OutputValue::Count(n));
+        }
+        let progress = Progress::of(&status, &table);
+        assert_eq!(progress.processed, 2_000_006);
+        assert_eq!(progress.produced, 5_000_000);
+        assert_eq!(progress.lag(), 2_999_994);
+
+        // Straight from the generators, what entered the dataflow is what was produced.
+        status.produced.store(0, Ordering::Relaxed);
+        assert_eq!(Progress::of(&status, &table).lag(), 999_994);
+        // Every source counter is a message counted once; the others count events again.
+        for counter in Counter::ALL {
+            let name = counter.name();
+            let source = name == "events_in"
+                || name.starts_with("malformed_")
+                || name.starts_with("rejected_");
+            assert_eq!(counts_a_message(counter), source, "{name}");
+        }
+    }
 }

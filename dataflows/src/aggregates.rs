@@ -37,6 +37,25 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
     ]
 }
 
+/// The hash by which [`aggregate`] routes a key to the worker that keeps its row.
+fn route_hash(key: &AggregateKey) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+/// The worker, of `peers`, that keeps `key`'s row: where [`aggregate`] routes it (timely's
+/// exchange takes the hash masked by `peers - 1` for a power of two, else modulo `peers`). Its
+/// rows reach the sink of that worker's process; a restarted run uses this to know which of
+/// the keys written before a crash its own process must clear.
+pub fn owner(key: &AggregateKey, peers: usize) -> usize {
+    let (hash, peers) = (route_hash(key), peers.max(1) as u64);
+    let index = if peers.is_power_of_two() {
+        hash & (peers - 1)
+    } else {
+        hash % peers
+    };
+    index as usize
+}
+
 /// Maintains every aggregate from the sums of attributed contributions: output rows of `(key,
 /// total)`, one per key, a change being the old total retracted and the new one inserted, and a
 /// key whose total returns to zero retracted (its row forgotten at the next sweep of closed
@@ -61,8 +80,7 @@ pub fn aggregate<'scope>(
     updates: VecCollection<'scope, Tick, AggregateKey, Totals>,
     spec: WindowSpec,
 ) -> VecCollection<'scope, Tick, OutputRow, isize> {
-    let route =
-        Exchange::new(|(key, _, _): &(AggregateKey, Tick, Totals)| FxBuildHasher.hash_one(key));
+    let route = Exchange::new(|(key, _, _): &(AggregateKey, Tick, Totals)| route_hash(key));
     updates
         .inner
         .unary_frontier(route, "Aggregate: totals", |_capability, _info| {
@@ -455,6 +473,58 @@ mod tests {
 
     use super::*;
     use crate::model::Name;
+
+    /// [`owner`] names the worker whose [`aggregate`] emits a key's rows, at worker counts that
+    /// are and are not powers of two.
+    #[test]
+    fn owner_is_the_worker_that_emits_the_row() {
+        use std::sync::{Arc, Mutex};
+
+        use differential_dataflow::input::Input as _;
+
+        let keys: Vec<AggregateKey> = (0..200u32)
+            .map(|n| AggregateKey {
+                dimension: match n % 3 {
+                    0 => Dimension::Campaign(CampaignId(n)),
+                    1 => Dimension::Country(Some(Name::from(format!("country {n}")))),
+                    _ => Dimension::CampaignCountry(CampaignId(n), None),
+                },
+                window: (n % 2 == 0).then_some(crate::model::EventTimeMs(u64::from(n) * 60_000)),
+            })
+            .collect();
+        for peers in [2, 3, 4] {
+            let seen: Arc<Mutex<Vec<(usize, AggregateKey)>>> = Arc::default();
+            let (sent, shared) = (keys.clone(), Arc::clone(&seen));
+            timely::execute(timely::Config::process(peers), move |worker| {
+                let index = worker.index();
+                let seen = Arc::clone(&shared);
+                let mut input = worker.dataflow::<Tick, _, _>(|scope| {
+                    let (input, updates) = scope.new_collection::<AggregateKey, Totals>();
+                    let spec = WindowSpec {
+                        size_ms: 60_000,
+                        allowed_lateness_ms: u64::MAX / 4,
+                    };
+                    aggregate(updates, spec).inspect(move |((key, _), _, _)| {
+                        if let OutputKey::Aggregate(key) = key {
+                            seen.lock().unwrap().push((index, key.clone()));
+                        }
+                    });
+                    input
+                });
+                if index == 0 {
+                    for key in &sent {
+                        input.update(key.clone(), Totals::click());
+                    }
+                }
+            })
+            .expect("the dataflow runs");
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), keys.len(), "every key's row, once");
+            for (worker, key) in seen.iter() {
+                assert_eq!(*worker, owner(key, peers), "{key:?} at {peers} workers");
+            }
+        }
+    }
 
     /// The rows against a map of totals, over random timestamps of random deltas to few keys,
     /// with deltas that cancel, keys that return to zero, and sweeps: each timestamp's changes

@@ -226,6 +226,13 @@ pub struct Event {
 
 /// The aggregate carried in the difference of every contribution: adding two contributions adds
 /// their fields, so events are summed by differential's own consolidation instead of being stored.
+///
+/// Units and revenue are 128-bit so that no sum can wrap: one event brings at most 2^31 units
+/// and 2^51 cents (what the source decodes), so an `i64` sum wrapped after 4,096 purchases of the
+/// largest total, where an `i128` needs 2^76 of them. A saturating sum would not do: it is not
+/// invertible, and retractions must cancel exactly. Counts of clicks and purchases grow by one
+/// per event and stay `i64`. InfluxDB stores 64-bit integers: a sum beyond them is written
+/// clamped, see [`Totals::clamped`].
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -235,9 +242,9 @@ pub struct Totals {
     /// Purchases counted (refunded ones excluded).
     pub purchases: i64,
     /// Units purchased.
-    pub units: i64,
+    pub units: i128,
     /// Revenue in cents.
-    pub revenue_cents: i64,
+    pub revenue_cents: i128,
 }
 
 impl Totals {
@@ -254,8 +261,8 @@ impl Totals {
         Totals {
             clicks: 0,
             purchases: 1,
-            units: i64::from(units),
-            revenue_cents: total.0,
+            units: i128::from(units),
+            revenue_cents: i128::from(total.0),
         }
     }
 
@@ -293,9 +300,28 @@ impl Totals {
         Totals {
             clicks: self.clicks * f,
             purchases: self.purchases * f,
-            units: self.units * f,
-            revenue_cents: self.revenue_cents * f,
+            units: self.units * i128::from(f),
+            revenue_cents: self.revenue_cents * i128::from(f),
         }
+    }
+
+    /// Units and revenue as 64-bit integers, as InfluxDB stores them, and whether either was
+    /// clamped: a value beyond `i64` becomes its nearest bound, so that the line is still
+    /// accepted.
+    ///
+    /// ```
+    /// use dataflows::model::{Cents, Totals};
+    ///
+    /// let mut totals = Totals::purchase(Cents(i64::MAX), 3);
+    /// assert_eq!(totals.clamped(), (3, i64::MAX, false));
+    /// totals.add(&Totals::purchase(Cents(1), 0));
+    /// assert_eq!(totals.clamped(), (3, i64::MAX, true));
+    /// ```
+    pub fn clamped(&self) -> (i64, i64, bool) {
+        let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        let (units, revenue) = (clamp(self.units), clamp(self.revenue_cents));
+        let clamped = i128::from(units) != self.units || i128::from(revenue) != self.revenue_cents;
+        (units, revenue, clamped)
     }
 }
 
@@ -407,11 +433,19 @@ pub enum Counter {
     /// Events whose event time lies further after their processing time than the source allows
     /// for clock skew: rejected by the source, counted in no total.
     RejectedFuture,
+    /// Well-formed events whose total or units exceed the source's plausibility bounds
+    /// (`kafka.max-order-cents`, `kafka.max-units`): rejected by the source, counted in no total.
+    RejectedImplausible,
+    /// Demographics rows the source skips because they do not convert (a gender not F, M, X or
+    /// U, an age out of range, a NULL): how many rows of the table are such now. A row that
+    /// becomes valid, or is deleted, is no longer counted; its user's events count as `unknown`
+    /// meanwhile.
+    DemographicsSkipped,
 }
 
 impl Counter {
     /// Every counter, in declaration order (the dataflow indexes arrays by `counter as usize`).
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Counter::EventsIn,
         Counter::Duplicates,
         Counter::LateForWindow,
@@ -425,6 +459,8 @@ impl Counter {
         Counter::RejectedNegative,
         Counter::RejectedTooOld,
         Counter::RejectedFuture,
+        Counter::RejectedImplausible,
+        Counter::DemographicsSkipped,
     ];
 
     /// The field name in the `pipeline` measurement.
@@ -443,6 +479,8 @@ impl Counter {
             Counter::RejectedNegative => "rejected_negative",
             Counter::RejectedTooOld => "rejected_too_old",
             Counter::RejectedFuture => "rejected_future",
+            Counter::RejectedImplausible => "rejected_implausible",
+            Counter::DemographicsSkipped => "demographics_skipped",
         }
     }
 }

@@ -70,7 +70,8 @@ impl Purchase {
     fn of(counted: &Counted) -> Purchase {
         Purchase {
             window: counted.window,
-            cents: Cents(counted.totals.revenue_cents),
+            // One purchase's totals: its cents came from a `Cents`, so they fit.
+            cents: Cents(i64::try_from(counted.totals.revenue_cents).unwrap_or(i64::MAX)),
             user: counted.user,
             campaign: counted.campaign,
             units: u32::try_from(counted.totals.units).unwrap_or(u32::MAX),

@@ -16,7 +16,9 @@ use crate::model::{CampaignId, Totals};
 /// An entry starts with a varint of the campaign's difference from the previous entry's
 /// (zigzag-encoded) and a flag, in the lowest bit, for clicks only. Then come zigzag varints of
 /// the clicks, and unless the flag is set of the purchases, units and revenue (a remainder can be
-/// negative: a refund whose purchase was counted in an earlier window). Most pairs never
+/// negative: a refund whose purchase was counted in an earlier window). Units and revenue are
+/// 128-bit: their varints run to 19 bytes, and are the same bytes as a 64-bit varint's for a
+/// value that fits in 64 bits. Most pairs never
 /// purchased: such an entry takes 2 bytes, one with a purchase of under $80 about 6.
 ///
 /// Folding a window appends its entries; the entries are merged (sorted by campaign, one per
@@ -143,8 +145,8 @@ impl Remainders {
         entry.put(totals.clicks);
         if !clicks_only {
             entry.put(totals.purchases);
-            entry.put(totals.units);
-            entry.put(totals.revenue_cents);
+            entry.put_wide(totals.units);
+            entry.put_wide(totals.revenue_cents);
         }
         let needed = self.bytes.len() + entry.len;
         if needed > self.bytes.capacity() {
@@ -193,17 +195,27 @@ fn unzigzag(value: u64) -> i64 {
     (value >> 1) as i64 ^ -((value & 1) as i64)
 }
 
+/// The 128-bit zigzag mapping, which agrees with [`zigzag`] on every 64-bit value.
+fn zigzag_wide(value: i128) -> u128 {
+    ((value << 1) ^ (value >> 127)) as u128
+}
+
+/// The inverse of [`zigzag_wide`].
+fn unzigzag_wide(value: u128) -> i128 {
+    (value >> 1) as i128 ^ -((value & 1) as i128)
+}
+
 /// One entry's varints, encoded.
 struct Entry {
-    /// Room for five varints of at most ten bytes.
-    bytes: [u8; 50],
+    /// Room for three varints of at most ten bytes and two of at most nineteen.
+    bytes: [u8; 68],
     len: usize,
 }
 
 impl Default for Entry {
     fn default() -> Entry {
         Entry {
-            bytes: [0; 50],
+            bytes: [0; 68],
             len: 0,
         }
     }
@@ -214,6 +226,20 @@ impl Entry {
     #[inline]
     fn put(&mut self, value: impl VarInt) {
         self.len += value.encode_var(&mut self.bytes[self.len..]);
+    }
+
+    /// Appends the varint of `value`'s zigzag mapping, seven bits a byte as [`VarInt`] writes
+    /// them (the crate has no 128-bit varint).
+    #[inline]
+    fn put_wide(&mut self, value: i128) {
+        let mut rest = zigzag_wide(value);
+        while rest >= 0x80 {
+            self.bytes[self.len] = rest as u8 | 0x80;
+            self.len += 1;
+            rest >>= 7;
+        }
+        self.bytes[self.len] = rest as u8;
+        self.len += 1;
     }
 }
 
@@ -230,6 +256,22 @@ impl Entries<'_> {
         let (value, n) = T::decode_var(self.bytes).expect("remainders hold whole varints");
         self.bytes = &self.bytes[n..];
         value
+    }
+
+    /// The next varint written by [`Entry::put_wide`].
+    #[inline]
+    fn take_wide(&mut self) -> i128 {
+        let mut value = 0u128;
+        let mut shift = 0;
+        loop {
+            let byte = self.bytes[0];
+            self.bytes = &self.bytes[1..];
+            value |= u128::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return unzigzag_wide(value);
+            }
+            shift += 7;
+        }
     }
 }
 
@@ -254,8 +296,8 @@ impl Iterator for Entries<'_> {
             Totals {
                 clicks,
                 purchases: self.take(),
-                units: self.take(),
-                revenue_cents: self.take(),
+                units: self.take_wide(),
+                revenue_cents: self.take_wide(),
             }
         };
         Some((campaign, totals))
@@ -293,7 +335,8 @@ mod tests {
         }
     }
 
-    /// Random totals, of every size: zero fields, small counts, large and negative amounts.
+    /// Random totals, of every size: zero fields, small counts, large and negative amounts, and
+    /// units and revenue beyond 64 bits.
     fn totals(rng: &mut StdRng) -> Totals {
         let field = |rng: &mut StdRng| match rng.random_range(0..5) {
             0 => 0,
@@ -301,11 +344,15 @@ mod tests {
             2 => rng.random_range(-100_000..=100_000),
             _ => rng.random_range(-(1 << 40)..=(1 << 40)),
         };
+        let wide = |rng: &mut StdRng| match rng.random_range(0..6) {
+            0 => rng.random_range(-(1i128 << 100)..=(1i128 << 100)),
+            _ => i128::from(field(rng)),
+        };
         Totals {
             clicks: field(rng),
             purchases: field(rng),
-            units: field(rng),
-            revenue_cents: field(rng),
+            units: wide(rng),
+            revenue_cents: wide(rng),
         }
     }
 
@@ -372,8 +419,8 @@ mod tests {
         let extreme = Totals {
             clicks: i64::MIN,
             purchases: i64::MAX,
-            units: -1,
-            revenue_cents: i64::MIN + 1,
+            units: i128::MAX,
+            revenue_cents: i128::MIN,
         };
         let additions = [
             (CampaignId(0), extreme),
@@ -382,8 +429,8 @@ mod tests {
                 Totals {
                     clicks: i64::MAX,
                     purchases: i64::MIN,
-                    units: 0,
-                    revenue_cents: 1,
+                    units: -1,
+                    revenue_cents: i128::from(i64::MIN) - 1,
                 },
             ),
             (CampaignId(u32::MAX), Totals::click()),

@@ -432,7 +432,11 @@ fn read_link(
                         "it sent nothing for {} (hung, or the network is cut)",
                         Seconds(SILENCE)
                     ),
-                    ErrorKind::UnexpectedEof => {
+                    // A killed process's connections end with a reset when they held data
+                    // it had not read (heartbeats), else with an end of file.
+                    ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted => {
                         "the connection closed without a goodbye (the process ended or was killed)"
                             .to_owned()
                     }

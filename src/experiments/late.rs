@@ -171,7 +171,7 @@ pub struct Row {
     /// once).
     pub missing_events: u64,
     /// The same for revenue, in cents.
-    pub missing_revenue_cents: i64,
+    pub missing_revenue_cents: i128,
     /// The mean over full windows of the share of the window's events missing from it, in percent.
     pub mean_window_error_pct: f64,
     /// The largest such share, in percent.

@@ -24,6 +24,17 @@ pub const UNKNOWN: &str = "unknown";
 pub const BACKSLASH: char = '\u{FF3C}';
 /// The tag value written for an empty text value (InfluxDB rejects empty tag values).
 pub const EMPTY: &str = "(empty)";
+/// The tag value written for the text value `(empty)` itself, so it stays apart from [`EMPTY`].
+pub const LITERAL_EMPTY: &str = "\\u{28}empty)";
+/// The most bytes a tag value takes in a line, its escapes included. InfluxDB 1.x refuses a point
+/// whose series key (measurement and tags) exceeds 65,535 bytes; with at most three tags of
+/// this size and short names, every key stays well below that.
+pub const MAX_TAG_VALUE_BYTES: usize = 4_096;
+/// What follows the kept part of a tag value cut for length, before the 8 lowercase hex digits of
+/// the CRC-32 (IEEE) of the whole value's UTF-8 bytes, which keep distinct long values apart.
+pub const CUT_MARKER: &str = "…#";
+/// The bytes a cut value ends with: the marker and its checksum.
+const CUT_SUFFIX_BYTES: usize = CUT_MARKER.len() + 8;
 
 /// The engine's own figures at one moment, written as a `runtime` point per process.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -38,6 +49,8 @@ pub struct RuntimeMetrics {
     pub freshness_ms: u64,
     /// Write retries of the sink so far.
     pub sink_retries: u64,
+    /// Lines the sink's destination refused so far (counted and skipped, the others written).
+    pub sink_rejected_lines: u64,
     /// Events entering the dataflow per second, since the previous point.
     pub events_per_second: f64,
 }
@@ -46,11 +59,12 @@ pub struct RuntimeMetrics {
 pub fn encode_runtime(metrics: &RuntimeMetrics, out: &mut String) {
     let _ = writeln!(
         out,
-        "runtime,process={} consumer_lag={}i,freshness_ms={}i,sink_retries={}i,events_per_second={} {}",
+        "runtime,process={} consumer_lag={}i,freshness_ms={}i,sink_retries={}i,sink_rejected_lines={}i,events_per_second={} {}",
         metrics.process,
         metrics.consumer_lag,
         metrics.freshness_ms,
         metrics.sink_retries,
+        metrics.sink_rejected_lines,
         metrics.events_per_second,
         metrics.time_ms
     );
@@ -125,16 +139,37 @@ impl Encoder {
             Some(_) => out.push_str(&self.window_label),
             None => out.push_str("all"),
         }
+        let (units, revenue_cents, clamped) = totals.clamped();
+        if clamped {
+            warn_clamped(measurement, totals);
+        }
         let _ = write!(
             out,
-            " clicks={}i,purchases={}i,units={}i,revenue_cents={}i,conversion={}",
+            " clicks={}i,purchases={}i,units={units}i,revenue_cents={revenue_cents}i,conversion={}",
             totals.clicks,
             totals.purchases,
-            totals.units,
-            totals.revenue_cents,
             totals.conversion_rate().unwrap_or(0.0)
         );
         let _ = writeln!(out, " {}", key.window.map_or(time, |start| start.0));
+    }
+}
+
+/// Says, at most once a second, that a row's units or revenue lie beyond InfluxDB's 64-bit
+/// integers and are written clamped (the dataflow keeps them exactly; only the written value is
+/// clamped).
+fn warn_clamped(measurement: &str, totals: &Totals) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNING_S: AtomicU64 = AtomicU64::new(0);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNING_S.swap(now_s, Ordering::Relaxed) != now_s {
+        tracing::warn!(
+            measurement,
+            units = %totals.units,
+            revenue_cents = %totals.revenue_cents,
+            "a sum exceeds InfluxDB's 64-bit integers: written clamped to the nearest bound"
+        );
     }
 }
 
@@ -175,31 +210,80 @@ pub fn measurement_and_tags(dimension: &Dimension) -> (&'static str, Vec<(&'stat
     }
 }
 
-/// Appends a tag value escaped so that nothing in it can end the tag, the tag set or the line.
+/// Appends a tag value escaped so that InfluxDB accepts it whatever it holds, and nothing in it can
+/// end the tag, the tag set or the line. Total: every string gives a non-empty tag of at most
+/// [`MAX_TAG_VALUE_BYTES`] bytes; and distinct strings give distinct tags (but for values cut for
+/// length, told apart by their checksum). What InfluxDB then stores and reads back:
 ///
-/// Commas, equals signs and spaces are backslash-escaped. A backslash itself has no escape that
-/// every InfluxDB reads alike (1.x keeps `\\` as two characters and rejects a value that ends in
-/// one), so it is written as the look-alike `＼` (U+FF3C). Line protocol has no escape for line
-/// breaks: they are written as the two characters `\n` (and `\r`, `\t` likewise), other control
-/// characters dropped. An empty value, which InfluxDB rejects, is written as `(empty)`.
+/// - Commas, equals signs and spaces are themselves (backslash-escaped in the line, unescaped by
+///   InfluxDB).
+/// - A backslash is the look-alike `＼` (U+FF3C): 1.x has no escape for it that every version
+///   reads alike, and rejects a value ending in one. A `＼` itself is written `\u{ff3c}`.
+/// - Line protocol has no escape for line breaks: `\n`, `\r` and `\t` are written as those two
+///   characters. Every other control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F), the
+///   line and paragraph separators (U+2028, U+2029) and the bidirectional controls (U+061C,
+///   U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), which would hide in or reorder what a
+///   dashboard shows, are written in Rust's notation `\u{hex}` (lowercase, no leading zeros).
+///   Every other character, any script, mark, symbol or emoji, is itself.
+/// - The empty value is [`EMPTY`], `(empty)`; the value `(empty)` itself is [`LITERAL_EMPTY`].
+/// - A value whose escaped form would exceed [`MAX_TAG_VALUE_BYTES`] keeps its longest prefix of
+///   whole characters (escapes whole) that fits with the suffix, then [`CUT_MARKER`] and the
+///   CRC-32 of the whole value, e.g. `AAAA…#` and 8 hex digits.
+///
+/// Every escape starts with a backslash, which no other character becomes, so a stored backslash
+/// always begins an escape.
 pub fn escape_tag_value(value: &str, out: &mut String) {
     if value.is_empty() {
         out.push_str(EMPTY);
         return;
     }
+    if value == EMPTY {
+        out.push_str(LITERAL_EMPTY);
+        return;
+    }
+    let start = out.len();
     for c in value.chars() {
-        match c {
-            ',' | '=' | ' ' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\\' => out.push(BACKSLASH),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {}
-            c => out.push(c),
+        push_escaped(c, out);
+    }
+    if out.len() - start <= MAX_TAG_VALUE_BYTES {
+        return;
+    }
+    // Rare: escape again up to the last whole character that fits with the suffix.
+    out.truncate(start);
+    for c in value.chars() {
+        let before = out.len();
+        push_escaped(c, out);
+        if out.len() - start > MAX_TAG_VALUE_BYTES - CUT_SUFFIX_BYTES {
+            out.truncate(before);
+            break;
         }
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(value.as_bytes());
+    let _ = write!(out, "{CUT_MARKER}{:08x}", crc.sum());
+}
+
+/// One character of a tag value, escaped (see [`escape_tag_value`]).
+fn push_escaped(c: char, out: &mut String) {
+    match c {
+        ',' | '=' | ' ' => {
+            out.push('\\');
+            out.push(c);
+        }
+        '\\' => out.push(BACKSLASH),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        BACKSLASH
+        | '\u{2028}'
+        | '\u{2029}'
+        | '\u{061C}'
+        | '\u{200E}'
+        | '\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}' => out.extend(c.escape_unicode()),
+        c if c.is_control() => out.extend(c.escape_unicode()),
+        c => out.push(c),
     }
 }
 
@@ -261,6 +345,29 @@ mod tests {
         );
     }
 
+    /// Sums beyond InfluxDB's 64-bit integers are written clamped to them, never wrapped.
+    #[test]
+    fn sums_beyond_64_bits_are_written_clamped() {
+        let totals = Totals {
+            clicks: 1,
+            purchases: 5_000,
+            units: -(1i128 << 70),
+            revenue_cents: 5_000 * (1i128 << 51),
+        };
+        let out = encode(vec![Change {
+            key: OutputKey::Aggregate(AggregateKey {
+                dimension: Dimension::Campaign(CampaignId(7)),
+                window: None,
+            }),
+            value: Some(OutputValue::Totals(totals)),
+        }]);
+        assert_eq!(
+            out,
+            "campaign,campaign=7,window=all clicks=1i,purchases=5000i,units=-9223372036854775808i,\
+             revenue_cents=9223372036854775807i,conversion=5000 1000\n"
+        );
+    }
+
     #[test]
     fn runtime_metrics_line() {
         let mut out = String::new();
@@ -270,12 +377,13 @@ mod tests {
             consumer_lag: 7,
             freshness_ms: 250,
             sink_retries: 2,
+            sink_rejected_lines: 3,
             events_per_second: 1500.5,
         };
         encode_runtime(&metrics, &mut out);
         assert_eq!(
             out,
-            "runtime,process=1 consumer_lag=7i,freshness_ms=250i,sink_retries=2i,events_per_second=1500.5 5\n"
+            "runtime,process=1 consumer_lag=7i,freshness_ms=250i,sink_retries=2i,sink_rejected_lines=3i,events_per_second=1500.5 5\n"
         );
     }
 
@@ -286,7 +394,7 @@ mod tests {
         assert_eq!(out, "a\\,b\\=c\\ d\u{FF3C}");
         let mut out = String::new();
         escape_tag_value("x\ny z=1i 5\r\t\u{7}\"q\"", &mut out);
-        assert_eq!(out, "x\\ny\\ z\\=1i\\ 5\\r\\t\"q\"");
+        assert_eq!(out, "x\\ny\\ z\\=1i\\ 5\\r\\t\\u{7}\"q\"");
         let mut out = String::new();
         escape_tag_value("", &mut out);
         assert_eq!(out, "(empty)");

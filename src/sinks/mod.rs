@@ -76,6 +76,10 @@ pub trait Sink: Send {
     fn canceller(&self) -> Option<Canceller> {
         None
     }
+    /// Lines the destination refused so far: counted, logged and skipped, the others written.
+    fn rejected_lines(&self) -> u64 {
+        0
+    }
 }
 
 /// Discards batches: measures the engine alone.

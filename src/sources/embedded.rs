@@ -11,8 +11,25 @@ use crate::config::Config;
 use crate::generators::events::EventGenerator;
 use crate::runtime::{Status, Stop, now_ms};
 use crate::sources::kafka::{
-    EventProducer, KafkaConfig, KafkaSourceError, StartPosition, produce_generated,
+    EventProducer, HoldBack, KafkaConfig, KafkaSourceError, StartPosition, produce_generated_within,
 };
+
+/// What librdkafka's mock cluster keeps of a partition: it deletes the oldest message sets once
+/// a partition holds more than 5 MiB of them (or 100,000 sets), and has no setting for it
+/// (`rd_kafka_mock_partition_init` in rdkafka_mock.c). A consumer that falls further behind has
+/// its position deleted: the demo's producer is held back long before that.
+const MOCK_RETAINED_BYTES: u64 = 5 << 20;
+
+/// More than any message set of one event takes (a 61-byte header, the key, an event of at most
+/// 64 bytes, lz4's frame): a bound on what an unread event costs the mock cluster's retention,
+/// however the producer batched it.
+const MAX_BYTES_PER_EVENT: u64 = 256;
+
+/// How many events the demo's producer may send beyond what the pipeline has read, per
+/// partition: half of what the mock cluster is sure to keep, since the keys spread events over
+/// the partitions only about evenly. (Batched at full speed, it kept about 204,000 generated
+/// events per partition, 26 bytes each: a producer held to this bound is far from it.)
+pub const UNREAD_PER_PARTITION: u64 = MOCK_RETAINED_BYTES / MAX_BYTES_PER_EVENT / 2;
 
 /// A running in-process cluster with the events topic created.
 pub struct EmbeddedKafka {
@@ -50,12 +67,15 @@ impl EmbeddedKafka {
     }
 
     /// Produces the generated events on a thread of its own, until `stop` (events or time) or
-    /// Ctrl-C; sets `done` when everything is sent and flushed.
+    /// `interrupt`, never more than [`UNREAD_PER_PARTITION`] per partition ahead of what the
+    /// pipeline has read (`status.consumed`); counts them in `status.produced` and sets `done`
+    /// when everything is sent and flushed.
     pub fn produce_in_background(
         &self,
         config: &Config,
         start_ms: Option<u64>,
         stop: Stop,
+        interrupt: Arc<AtomicBool>,
         status: Arc<Status>,
         done: Arc<AtomicBool>,
     ) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
@@ -63,16 +83,21 @@ impl EmbeddedKafka {
             EventGenerator::new(config.generator.clone(), start_ms.unwrap_or_else(now_ms))
                 .map_err(anyhow::Error::msg)?;
         let mut producer = EventProducer::new(&self.config)?;
+        let max_unread = UNREAD_PER_PARTITION * self.config.partitions.max(1) as u64;
         let thread = std::thread::Builder::new()
             .name("shopflow-producer".into())
             .spawn(move || {
                 let _span = tracing::info_span!("producer").entered();
-                let sent = produce_generated(
+                let sent = produce_generated_within(
                     &mut producer,
                     &generator,
                     stop.events,
                     stop.duration,
-                    &status.stop,
+                    &interrupt,
+                    Some(HoldBack {
+                        consumed: &status.consumed,
+                        max_unread,
+                    }),
                     |n| {
                         status.produced.store(n, Ordering::Relaxed);
                     },

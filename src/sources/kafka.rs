@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use dataflows::model::{Counter, Event, EventTimeMs, Tick};
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -58,6 +58,13 @@ pub struct KafkaConfig {
     /// An event whose time lies more than this many milliseconds after the moment it is read is
     /// rejected and counted as `rejected_future`; 0 for no bound.
     pub max_future_skew_ms: u64,
+    /// An event whose total exceeds this many cents is rejected as implausible and counted as
+    /// `rejected_implausible`; 0 for no bound (the decoder's own limit, [`avro::MAX_CENTS`],
+    /// still holds).
+    pub max_order_cents: u64,
+    /// An event with more units than this is rejected as implausible and counted as
+    /// `rejected_implausible`; 0 for no bound.
+    pub max_units: u64,
     /// librdkafka properties passed through unchanged (TLS, SASL, fetch tuning...).
     pub properties: BTreeMap<String, String>,
 }
@@ -96,6 +103,14 @@ pub enum KafkaSourceError {
     /// The topic does not exist or has no partitions.
     #[error("kafka topic {0} has no partitions (does it exist?)")]
     NoPartitions(String),
+    /// A partition's next offset to read is no longer in its log: messages were lost unread.
+    #[error("kafka topic {topic}: {detail}; the run stops rather than skip them")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// Which partitions, where the reader was and what the log holds.
+        detail: String,
+    },
     /// `kafka.start = committed` with committed offsets but no checkpoint: the state they were
     /// committed for is gone.
     #[error(
@@ -175,6 +190,14 @@ impl KafkaConfig {
         }
     }
 
+    /// The plausibility bounds of `max-order-cents` and `max-units`.
+    pub fn amount_bounds(&self) -> AmountBounds {
+        AmountBounds {
+            max_order_cents: self.max_order_cents,
+            max_units: self.max_units,
+        }
+    }
+
     /// A client configuration: brokers, then the pass-through properties.
     fn client(&self) -> ClientConfig {
         self.client_tuned(&[])
@@ -220,7 +243,10 @@ const CONSUMER_TUNING: [(&str, &str); 4] = [
 
 /// The pipeline consumer's configuration: [`CONSUMER_TUNING`] under the user's properties, and
 /// over both what the offset handling depends on (offsets are committed by the pipeline, only
-/// for what the sink acknowledged).
+/// for what the sink acknowledged). Every partition is assigned at an offset the reader chose, so
+/// an offset out of range means messages vanished unread (retention deleted them, or the topic
+/// was re-created): `auto.offset.reset = error` makes that an error
+/// ([`KafkaSourceError::OffsetOutOfRange`]) instead of a silent jump to the log's start or end.
 fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = config.client_tuned(&CONSUMER_TUNING);
     client
@@ -228,7 +254,7 @@ fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "error");
     client
 }
 
@@ -276,6 +302,54 @@ impl TimeBounds {
     }
 }
 
+/// How large an order's total and units may be before the source rejects the event as
+/// implausible: a price typed in the wrong unit, a test value, a hostile producer.
+///
+/// An event beyond a bound never enters the dataflow and is counted in `rejected_implausible`.
+/// Sums cannot wrap whatever the bounds ([`dataflows::model::Totals`] keeps them in 128 bits);
+/// the bounds keep single absurd values out of every total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AmountBounds {
+    /// The largest total accepted, in cents; 0 for no bound.
+    pub max_order_cents: u64,
+    /// The most units accepted; 0 for no bound.
+    pub max_units: u64,
+}
+
+impl AmountBounds {
+    /// Whether `event` lies beyond a bound, and which: `Some("total_amount")` or
+    /// `Some("units")`.
+    ///
+    /// ```
+    /// use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
+    /// use shopflow::sources::kafka::AmountBounds;
+    ///
+    /// let bounds = AmountBounds { max_order_cents: 1_000, max_units: 10 };
+    /// let event = Event {
+    ///     order_id: OrderId(1),
+    ///     tag: Tag::Purchased,
+    ///     user_id: UserId(1),
+    ///     campaign_id: CampaignId(1),
+    ///     total: Cents(1_000),
+    ///     units: 10,
+    ///     event_time: EventTimeMs(0),
+    /// };
+    /// assert_eq!(bounds.exceeded(&event), None);
+    /// assert_eq!(bounds.exceeded(&Event { total: Cents(1_001), ..event.clone() }), Some("total_amount"));
+    /// assert_eq!(bounds.exceeded(&Event { units: 11, ..event }), Some("units"));
+    /// ```
+    pub fn exceeded(&self, event: &Event) -> Option<&'static str> {
+        let beyond = |value: u64, bound: u64| bound > 0 && value > bound;
+        if beyond(event.total.0.unsigned_abs(), self.max_order_cents) {
+            Some("total_amount")
+        } else if beyond(u64::from(event.units), self.max_units) {
+            Some("units")
+        } else {
+            None
+        }
+    }
+}
+
 fn topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
@@ -287,7 +361,15 @@ struct Deliveries {
     first: std::sync::Mutex<Option<String>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_librdkafka(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -329,7 +411,7 @@ impl EventProducer {
         let producer: BaseProducer<Deliveries> = config
             .client_tuned(&PRODUCER_TUNING)
             .create_with_context(Deliveries::default())
-            .map_err(kafka("cannot create the producer"))?;
+            .map_err(|e| kafka("cannot create the producer")(redact_error(config, e)))?;
         Ok(EventProducer {
             producer,
             topic: config.topic.clone(),
@@ -382,6 +464,12 @@ impl EventProducer {
             .map_err(|(e, _)| kafka(format!("cannot send to {}", self.topic))(e))
     }
 
+    /// Serves delivery reports for up to `timeout`: what a producer that has nothing to send
+    /// does while it waits, so that its queue drains.
+    pub fn wait(&mut self, timeout: Duration) {
+        self.producer.poll(timeout);
+    }
+
     /// Events sent so far.
     pub fn sent(&self) -> u64 {
         self.sent
@@ -410,17 +498,16 @@ impl EventProducer {
 /// Creates the topic on a broker if it does not exist (best effort: an existing topic is fine).
 pub fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaSourceError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = config
-        .client()
-        .create()
-        .map_err(kafka("cannot create an admin client"))?;
+    let admin: AdminClient<LogContext> = create(config, &config.client(), "admin client")?;
     let topics = [NewTopic::new(
         topic,
         config.partitions,
         TopicReplication::Fixed(1),
     )];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Bounded on the client too: an unreachable broker fails in seconds, not a minute.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let results = futures_executor::block_on(admin.create_topics(&topics, &options))
         .map_err(kafka("cannot create topics"))?;
     for result in results {
@@ -448,7 +535,7 @@ pub struct Polled {
 
 /// One worker's share of the topic's partitions.
 pub struct PartitionReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LogContext>,
     topic: String,
     messages: MessageReader,
     partitions: Vec<i32>,
@@ -457,12 +544,14 @@ pub struct PartitionReader {
     /// Offsets reached at the end of each tick, waiting for the sink to acknowledge the tick.
     uncommitted: VecDeque<(Tick, BTreeMap<i32, i64>)>,
     max_poll: usize,
-    dead_letter: Option<(BaseProducer, String)>,
+    dead_letter: Option<(BaseProducer<LogContext>, String)>,
     high_watermarks: Option<(Instant, BTreeMap<i32, i64>)>,
     /// When a message last arrived, or the watch below last looked.
     last_progress: Instant,
     /// Whether the partitions are paused (the sink is behind): no progress is expected.
     paused: bool,
+    /// How long a synchronous commit waits for the group coordinator.
+    coordinator_patience: Duration,
 }
 
 /// A reader that has received nothing for this long while its partitions hold unread messages
@@ -480,9 +569,8 @@ impl PartitionReader {
         peers: usize,
         resume: Option<&BTreeMap<i32, i64>>,
     ) -> Result<PartitionReader, KafkaSourceError> {
-        let consumer: BaseConsumer = consumer_config(config)
-            .create()
-            .map_err(kafka("cannot create the consumer"))?;
+        let consumer: BaseConsumer<LogContext> =
+            create(config, &consumer_config(config), "consumer")?;
         let metadata = consumer
             .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
             .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
@@ -506,10 +594,16 @@ impl PartitionReader {
                 for &p in &partitions {
                     wanted.add_partition(&config.topic, p);
                 }
+                // Just after a broker (re)starts, the group's coordinator loads or moves for a
+                // while: wait for it rather than fail the run.
                 Some(
-                    consumer
-                        .committed_offsets(wanted, Duration::from_secs(10))
-                        .map_err(kafka("cannot read the committed offsets"))?,
+                    retry_coordinator(
+                        "reading the committed offsets",
+                        coordinator_patience(config),
+                        || committed_offsets(&consumer, &wanted),
+                        std::thread::sleep,
+                    )
+                    .map_err(kafka("cannot read the committed offsets"))?,
                 )
             }
             _ => None,
@@ -552,10 +646,8 @@ impl PartitionReader {
         let dead_letter = if config.dead_letter_topic.is_empty() {
             None
         } else {
-            let producer: BaseProducer = config
-                .client()
-                .create()
-                .map_err(kafka("cannot create the dead-letter producer"))?;
+            let producer: BaseProducer<LogContext> =
+                create(config, &config.client(), "dead-letter producer")?;
             Some((producer, config.dead_letter_topic.clone()))
         };
         // With a registry, writer schemas are known by the ids it gives; without, the configured
@@ -581,6 +673,7 @@ impl PartitionReader {
                 decoder,
                 schemas,
                 max_message_bytes: config.max_message_bytes,
+                amount_bounds: config.amount_bounds(),
                 time_bounds: config.time_bounds(),
                 warnings: Warnings::default(),
             },
@@ -592,6 +685,7 @@ impl PartitionReader {
             high_watermarks: None,
             last_progress: Instant::now(),
             paused: false,
+            coordinator_patience: coordinator_patience(config),
         })
     }
 
@@ -610,8 +704,8 @@ impl PartitionReader {
     ///
     /// What is not handed on is counted by reason in [`Polled::malformed`]: a payload over
     /// `max-message-bytes` (not decoded), a message that does not decode, an event with negative
-    /// units or total, an event whose time lies outside the [`TimeBounds`] around the wall clock
-    /// at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
+    /// units or total, an event beyond the [`AmountBounds`], an event whose time lies outside the
+    /// [`TimeBounds`] around the wall clock at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
     pub fn poll(
         &mut self,
         arrival: Tick,
@@ -626,6 +720,9 @@ impl PartitionReader {
         while polled.messages < self.max_poll {
             let message = match self.consumer.poll(Duration::ZERO) {
                 None => break,
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(self.out_of_range());
+                }
                 Some(Err(e)) => {
                     // Transient broker errors are retried by librdkafka; report and go on.
                     self.messages
@@ -721,6 +818,42 @@ impl PartitionReader {
         Ok(())
     }
 
+    /// The error for an offset out of range: librdkafka's does not say which partition, so the
+    /// watermarks do.
+    fn out_of_range(&self) -> KafkaSourceError {
+        let mut found = Vec::new();
+        for (&partition, &next) in &self.next_offsets {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            {
+                Ok((low, _)) if next < low => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, but its log now \
+                     starts at {low}: {} messages were deleted before they were read",
+                    low - next
+                )),
+                Ok((low, high)) if next > high => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, beyond its log \
+                     ({low}..{high}): was the topic re-created?"
+                )),
+                _ => {}
+            }
+        }
+        let detail = if found.is_empty() {
+            format!(
+                "an offset of partitions {:?} is out of range: messages were deleted before \
+                 they were read",
+                self.partitions
+            )
+        } else {
+            found.join("; ")
+        };
+        KafkaSourceError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            detail,
+        }
+    }
+
     fn assignment(&self) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         for &partition in &self.partitions {
@@ -804,9 +937,13 @@ impl PartitionReader {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
                 .map_err(kafka("cannot build the commit"))?;
         }
-        self.consumer
-            .commit(&list, CommitMode::Sync)
-            .map_err(kafka("cannot commit offsets"))
+        retry_coordinator(
+            "committing offsets",
+            self.coordinator_patience,
+            || self.consumer.commit(&list, CommitMode::Sync),
+            std::thread::sleep,
+        )
+        .map_err(kafka("cannot commit offsets"))
     }
 
     /// Messages between this worker's position and the partitions' ends (refreshed at most every
@@ -838,12 +975,13 @@ impl PartitionReader {
 }
 
 /// Turns payloads into events: the size limit, the decoder (with the registry's writer schemas),
-/// and the event-time bounds.
+/// the amount bounds and the event-time bounds.
 struct MessageReader {
     decoder: Decoder,
     /// The schema registry's writer schemas, when there is one.
     schemas: Option<SchemaCache>,
     max_message_bytes: usize,
+    amount_bounds: AmountBounds,
     time_bounds: TimeBounds,
     warnings: Warnings,
 }
@@ -883,6 +1021,16 @@ impl MessageReader {
                 });
             }
         };
+        if let Some(field) = self.amount_bounds.exceeded(&event) {
+            return Err(Rejected {
+                counter: Counter::RejectedImplausible,
+                reason: Counter::RejectedImplausible.name(),
+                detail: format!(
+                    "{field} beyond the plausibility bound (total {} cents, {} units; {:?})",
+                    event.total, event.units, self.amount_bounds
+                ),
+            });
+        }
         match self.time_bounds.check(event.event_time, now) {
             None => Ok(event),
             Some(counter) => Err(Rejected {
@@ -912,7 +1060,7 @@ struct Rejected {
 
 /// Copies a rejected message to the dead-letter topic, saying why and where it came from.
 fn dead_letter(
-    producer: &BaseProducer,
+    producer: &BaseProducer<LogContext>,
     topic: &str,
     payload: &[u8],
     key: Option<&[u8]>,
@@ -1003,33 +1151,81 @@ pub fn counter_of(error: &DecodeError) -> Counter {
     }
 }
 
+/// How far an in-process producer may run ahead of the consumer that reads its events: a
+/// broker whose retention is small (the embedded mock cluster's) would otherwise delete what the
+/// consumer has not read yet. It also bounds what waits in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct HoldBack<'a> {
+    /// Messages the consumer has read so far (the runtime's `Status::consumed`).
+    pub consumed: &'a std::sync::atomic::AtomicU64,
+    /// The most events sent and not yet read.
+    pub max_unread: u64,
+}
+
+/// How often [`produce_generated`] looks at its stop flag and its clock while it waits (for an
+/// event's arrival time, or for the consumer): well within a tick.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
 /// Sends generated events `0..limit` to Kafka, each when its simulated arrival time comes (with
 /// `Pace::Realtime`) or as fast as the producer takes them; stops early on `stop` or after
-/// `duration`. Returns how many were sent; the producer is flushed.
+/// `duration`, within [`STOP_CHECK`] of either whatever the rate. Returns how many were sent;
+/// the producer is flushed.
 pub fn produce_generated(
     producer: &mut EventProducer,
     generator: &crate::generators::events::EventGenerator,
     limit: Option<u64>,
     duration: Option<Duration>,
     stop: &std::sync::atomic::AtomicBool,
+    progress: impl FnMut(u64),
+) -> Result<u64, KafkaSourceError> {
+    produce_generated_within(producer, generator, limit, duration, stop, None, progress)
+}
+
+/// [`produce_generated`], never more than `hold_back.max_unread` events ahead of what the
+/// consumer has read.
+pub fn produce_generated_within(
+    producer: &mut EventProducer,
+    generator: &crate::generators::events::EventGenerator,
+    limit: Option<u64>,
+    duration: Option<Duration>,
+    stop: &std::sync::atomic::AtomicBool,
+    hold_back: Option<HoldBack<'_>>,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, KafkaSourceError> {
     use std::sync::atomic::Ordering;
     let started = Instant::now();
+    let stopped =
+        || stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d);
     let realtime = generator.knobs().pace == crate::generators::events::Pace::Realtime;
     let mut n = 0u64;
     while limit.is_none_or(|limit| n < limit) {
+        // Checked every 256 events while sending, and before every wait below.
         if n.is_multiple_of(256) {
-            if stop.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
+            if stopped() {
                 break;
             }
             progress(n);
+        }
+        if let Some(hold) = hold_back
+            && n.saturating_sub(hold.consumed.load(Ordering::Relaxed)) >= hold.max_unread
+        {
+            if stopped() {
+                break;
+            }
+            progress(n);
+            producer.wait(Duration::from_millis(1));
+            continue;
         }
         let arrival = generator.arrival_ms(n);
         if realtime {
             let now = crate::runtime::now_ms();
             if arrival > now {
-                std::thread::sleep(Duration::from_millis((arrival - now).min(50)));
+                if stopped() {
+                    break;
+                }
+                progress(n);
+                let wait = Duration::from_millis(arrival - now).min(STOP_CHECK);
+                std::thread::sleep(wait);
                 continue;
             }
         }
@@ -1039,6 +1235,252 @@ pub fn produce_generated(
     progress(n);
     producer.flush(Duration::from_secs(30))?;
     Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// librdkafka's own log lines and errors
+// ---------------------------------------------------------------------------------------------
+
+/// The context of every client shopflow creates: librdkafka's log lines and global errors go to
+/// `tracing` (target `librdkafka`), each kind at most once a second with a count of the ones held
+/// back. An unreachable broker makes librdkafka report the same failure for every connection
+/// attempt of every client; unlimited, hundreds of identical lines drowned the log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_librdkafka(&error, reason);
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+impl ProducerContext for LogContext {
+    type DeliveryOpaque = ();
+
+    /// The dead-letter copy is best effort: a failed delivery is librdkafka's to log.
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// How often one kind of librdkafka message may be logged.
+const LIBRDKAFKA_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When each kind of librdkafka message was last logged, and how many were held back since:
+/// shared by all clients, so that many workers' consumers do not multiply the lines.
+static LIBRDKAFKA_LIMITER: std::sync::LazyLock<RateLimiter> =
+    std::sync::LazyLock::new(|| RateLimiter::new(LIBRDKAFKA_LOG_INTERVAL));
+
+/// At most one message per kind per interval.
+#[derive(Debug)]
+struct RateLimiter {
+    interval: Duration,
+    kinds: std::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
+}
+
+impl RateLimiter {
+    fn new(interval: Duration) -> RateLimiter {
+        RateLimiter {
+            interval,
+            kinds: Default::default(),
+        }
+    }
+
+    /// Whether a message of `kind` seen at `now` is logged: `Some(n)` with the `n` messages of
+    /// its kind held back since the last one logged, `None` when it is held back itself.
+    fn admit(&self, kind: &str, now: Instant) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        match kinds.get_mut(kind) {
+            Some((last, suppressed)) if now.saturating_duration_since(*last) < self.interval => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                *last = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                kinds.insert(kind.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// One librdkafka log line, through the limiter; its kind is its level and facility (`FAIL`,
+/// `COMMITFAIL`...): the text differs between attempts by addresses and milliseconds.
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    let Some(suppressed) =
+        LIBRDKAFKA_LIMITER.admit(&format!("log {level:?} {fac}"), Instant::now())
+    else {
+        return;
+    };
+    let held = held_back(suppressed);
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", "{fac}: {message}{held}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}{held}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", "{fac}: {message}{held}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac}: {message}{held}"),
+    }
+}
+
+/// One error librdkafka reports outside any request, through the limiter; its kind is its code.
+/// The end of a partition is an event, not an error. A fatal error is an error; the others
+/// librdkafka recovers from by itself (reconnecting, finding a new leader), so they are warnings.
+fn error_librdkafka(error: &KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code();
+    if matches!(error, KafkaError::PartitionEOF(_)) || code == Some(RDKafkaErrorCode::PartitionEOF)
+    {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        return;
+    }
+    let Some(suppressed) = LIBRDKAFKA_LIMITER.admit(&format!("error {code:?}"), Instant::now())
+    else {
+        return;
+    };
+    let held = held_back(suppressed);
+    if code == Some(RDKafkaErrorCode::Fatal) {
+        tracing::error!(target: "librdkafka", "{error}: {reason}{held}");
+    } else {
+        tracing::warn!(target: "librdkafka", "{error}: {reason}{held}");
+    }
+}
+
+/// The note on a rate-limited line about the lines of its kind held back before it.
+fn held_back(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} more like it in the last second(s) not shown)")
+    }
+}
+
+/// `error` without the secrets of `config`: librdkafka echoes a property's value when it refuses
+/// it, and may quote it in a client creation error.
+fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaError {
+    let secrets: Vec<&str> = config
+        .properties
+        .iter()
+        .filter(|(key, value)| crate::config::is_secret_property(key) && !value.is_empty())
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let mask = |text: String| {
+        secrets
+            .iter()
+            .fold(text, |text, secret| text.replace(secret, "***"))
+    };
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let value = if crate::config::is_secret_property(&key) {
+                "***".to_owned()
+            } else {
+                mask(value)
+            };
+            KafkaError::ClientConfig(code, mask(description), key, value)
+        }
+        KafkaError::ClientCreation(message) => KafkaError::ClientCreation(mask(message)),
+        other => other,
+    }
+}
+
+/// A client of `kind` made from `client`, with [`LogContext`]; an error names no secret of
+/// `config`.
+fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
+    config: &KafkaConfig,
+    client: &ClientConfig,
+    kind: &str,
+) -> Result<T, KafkaSourceError> {
+    client
+        .create_with_context(LogContext)
+        .map_err(|error| kafka(format!("cannot create the {kind}"))(redact_error(config, error)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The group coordinator, while it moves or loads
+// ---------------------------------------------------------------------------------------------
+
+/// Whether librdkafka's `error` says the consumer group's coordinator is not ready yet: a broker
+/// just (re)started loads the group's offsets (`CoordinatorLoadInProgress`), or the group's
+/// coordinator is not elected or has moved (`CoordinatorNotAvailable`, `NotCoordinator`).
+/// These pass once the coordinator is up; every other error is final.
+fn is_coordinator_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+        )
+    )
+}
+
+/// How long coordinator errors are retried: librdkafka's connect timeout,
+/// `socket.connection.setup.timeout.ms` in `kafka.properties` (30 s unless set there).
+fn coordinator_patience(config: &KafkaConfig) -> Duration {
+    let ms = config
+        .properties
+        .get("socket.connection.setup.timeout.ms")
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .unwrap_or(30_000);
+    Duration::from_millis(ms)
+}
+
+/// Runs `attempt` until it succeeds, fails with an error that is not
+/// [coordinator-transient](is_coordinator_transient), or `patience` has passed since the first
+/// attempt; between attempts it `sleep`s 100 ms, doubling up to 2 s. The one retry policy for
+/// the group coordinator.
+fn retry_coordinator<T>(
+    what: &str,
+    patience: Duration,
+    mut attempt: impl FnMut() -> Result<T, KafkaError>,
+    mut sleep: impl FnMut(Duration),
+) -> Result<T, KafkaError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut retries = 0u32;
+    loop {
+        match attempt() {
+            Err(error) if is_coordinator_transient(&error) && started.elapsed() < patience => {
+                if retries == 0 {
+                    tracing::info!(
+                        "{what}: {error}; retrying for up to {patience:?} while the group coordinator starts"
+                    );
+                }
+                retries += 1;
+                sleep(backoff.min(patience.saturating_sub(started.elapsed())));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) if retries > 0 => {
+                tracing::warn!("{what}: {error} after {retries} retries");
+                return Err(error);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The group's committed offsets of `wanted`: the first per-partition error fails the whole, so
+/// that a partition the coordinator could not answer for is retried, not read from the start.
+fn committed_offsets(
+    consumer: &BaseConsumer<LogContext>,
+    wanted: &TopicPartitionList,
+) -> Result<TopicPartitionList, KafkaError> {
+    let list = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10))?;
+    for element in list.elements() {
+        element.error()?;
+    }
+    Ok(list)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1087,16 +1529,15 @@ pub fn scan_topic(
     idle_timeout: Duration,
     mut each: impl FnMut(ScannedMessage),
 ) -> Result<Vec<PartitionExtent>, KafkaSourceError> {
-    let consumer: BaseConsumer = config
-        .client()
-        // Required by the client, never used: partitions are assigned, nothing is committed.
+    let mut client = config.client();
+    // Required by the client, never used: partitions are assigned, nothing is committed.
+    client
         .set("group.id", format!("{}-verify", config.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(kafka("cannot create the consumer"))?;
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer<LogContext> = create(config, &client, "consumer")?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(&config.topic), timeout)
@@ -1264,6 +1705,7 @@ mod tests {
             decoder: Decoder::new().expect("the bundled schema"),
             schemas: None,
             max_message_bytes,
+            amount_bounds: AmountBounds::default(),
             time_bounds,
             warnings: Warnings::default(),
         }
@@ -1292,6 +1734,7 @@ mod tests {
             ("group.id", "someone-else"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "true"),
+            ("auto.offset.reset", "earliest"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1303,6 +1746,8 @@ mod tests {
         assert_eq!(consumer.get("group.id"), Some(config.group_id.as_str()));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        // A position deleted unread is an error, never a jump (see `consumer_config`).
+        assert_eq!(consumer.get("auto.offset.reset"), Some("error"));
         config.properties = [("compression.type", "zstd")]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1310,6 +1755,211 @@ mod tests {
         let producer = config.client_tuned(&PRODUCER_TUNING);
         assert_eq!(producer.get("compression.type"), Some("zstd"));
         assert_eq!(producer.get("linger.ms"), Some("5"));
+    }
+
+    /// A fake coordinator that is not ready for three attempts: the policy retries it, with the
+    /// backoff doubling; a final error is not retried; a coordinator that never gets ready is
+    /// given up on once the patience is spent, with its error.
+    #[test]
+    fn coordinator_errors_are_retried_within_the_patience_and_no_others() {
+        use RDKafkaErrorCode::{
+            CoordinatorLoadInProgress, CoordinatorNotAvailable, NotCoordinator,
+            UnknownTopicOrPartition,
+        };
+        let mut answers = vec![
+            Err(KafkaError::MetadataFetch(NotCoordinator)),
+            Err(KafkaError::OffsetFetch(CoordinatorLoadInProgress)),
+            Err(KafkaError::ConsumerCommit(CoordinatorNotAvailable)),
+            Ok(7),
+        ]
+        .into_iter();
+        let mut slept = Vec::new();
+        let result = retry_coordinator(
+            "test",
+            Duration::from_secs(60),
+            || answers.next().expect("no attempt after success"),
+            |pause| slept.push(pause),
+        );
+        assert_eq!(result.ok(), Some(7));
+        assert_eq!(
+            slept,
+            [100, 200, 400].map(Duration::from_millis),
+            "backoff doubles"
+        );
+
+        let mut attempts = 0;
+        let result: Result<(), _> = retry_coordinator(
+            "test",
+            Duration::from_secs(60),
+            || {
+                attempts += 1;
+                Err(KafkaError::MetadataFetch(UnknownTopicOrPartition))
+            },
+            |_| panic!("a final error is not retried"),
+        );
+        assert_eq!(attempts, 1);
+        assert!(
+            matches!(
+                result,
+                Err(KafkaError::MetadataFetch(UnknownTopicOrPartition))
+            ),
+            "{result:?}"
+        );
+
+        let started = Instant::now();
+        let mut attempts = 0;
+        let result: Result<(), _> = retry_coordinator(
+            "test",
+            Duration::from_millis(300),
+            || {
+                attempts += 1;
+                Err(KafkaError::MetadataFetch(NotCoordinator))
+            },
+            std::thread::sleep,
+        );
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(KafkaError::MetadataFetch(NotCoordinator))),
+            "{result:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(attempts >= 3, "{attempts}");
+    }
+
+    /// The patience is librdkafka's connect timeout, from the properties or its default.
+    #[test]
+    fn coordinator_patience_is_the_connect_timeout() {
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        let mut config = Config::from_layers(DEFAULT_TOML, no_env())
+            .expect("the default configuration")
+            .kafka;
+        assert_eq!(coordinator_patience(&config), Duration::from_secs(30));
+        config
+            .properties
+            .insert("socket.connection.setup.timeout.ms".into(), "45000".into());
+        assert_eq!(coordinator_patience(&config), Duration::from_secs(45));
+    }
+
+    /// What `tracing` printed while `f` ran on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().expect("not poisoned").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// librdkafka's lines and errors reach the log through the limiter: a thousand identical
+    /// failures in a burst are one line; the end of a partition is no error at all.
+    #[test]
+    fn librdkafka_reports_are_rate_limited_and_partition_eof_is_no_error() {
+        let context = LogContext;
+        let text = logged(|| {
+            for attempt in 0..1_000 {
+                context.log(
+                    RDKafkaLogLevel::Error,
+                    "TESTFAIL",
+                    &format!("Connect failed (after {attempt}ms in state CONNECT)"),
+                );
+                context.error(
+                    KafkaError::Global(RDKafkaErrorCode::NetworkException),
+                    "connection refused",
+                );
+            }
+            context.error(
+                KafkaError::Global(RDKafkaErrorCode::PartitionEOF),
+                "Fetch reached the end of the partition",
+            );
+        });
+        assert_eq!(text.matches("TESTFAIL").count(), 1, "{text}");
+        assert_eq!(text.matches("NetworkException").count(), 1, "{text}");
+        assert!(!text.contains("PartitionEOF"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn the_limiter_logs_one_per_kind_per_interval_and_counts_the_rest() {
+        let limiter = RateLimiter::new(Duration::from_secs(1));
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(limiter.admit("a", at(0)), Some(0));
+        for ms in 1..=100 {
+            assert_eq!(limiter.admit("a", at(ms * 9)), None);
+        }
+        assert_eq!(limiter.admit("b", at(500)), Some(0), "kinds are apart");
+        assert_eq!(limiter.admit("a", at(1_000)), Some(100));
+        assert_eq!(limiter.admit("a", at(1_500)), None);
+        assert_eq!(limiter.admit("a", at(2_000)), Some(1));
+        assert_eq!(limiter.admit("a", at(60_000)), Some(0));
+    }
+
+    /// librdkafka quotes a value it refuses, and may quote values when it cannot create a client:
+    /// a secret property's value never reaches the message.
+    #[test]
+    fn client_errors_never_show_a_secret_property() {
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        use rdkafka::types::RDKafkaConfRes;
+        let mut config = Config::from_layers(DEFAULT_TOML, no_env())
+            .expect("the default configuration")
+            .kafka;
+        for (key, value) in [
+            ("sasl.password", "S3CRET-one"),
+            ("ssl.key.password", "S3CRET-two"),
+            ("sasl.mechanisms", "S3CRET-three"),
+            ("linger.ms", "fast"),
+        ] {
+            config.properties.insert(key.into(), value.into());
+        }
+        let refused = |key: &str, value: &str| {
+            KafkaError::ClientConfig(
+                RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                format!("Invalid value \"{value}\" for configuration property \"{key}\""),
+                key.into(),
+                value.into(),
+            )
+        };
+        for error in [
+            refused("sasl.password", "S3CRET-one"),
+            refused("ssl.key.password", "S3CRET-two"),
+            KafkaError::ClientCreation("Unsupported SASL mechanism: S3CRET-three".into()),
+        ] {
+            let shown = redact_error(&config, error).to_string();
+            assert!(!shown.contains("S3CRET"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        let shown = redact_error(&config, refused("linger.ms", "fast")).to_string();
+        assert!(shown.contains("fast"), "not a secret: {shown}");
+        // A real refusal, from librdkafka itself.
+        let mut client = consumer_config(&config);
+        client.remove("linger.ms");
+        client.set("security.protocol", "SASL_PLAINTEXT");
+        let error = create::<BaseConsumer<LogContext>>(&config, &client, "consumer")
+            .err()
+            .expect("an unknown SASL mechanism is refused");
+        let shown = error.to_string();
+        assert!(!shown.contains("S3CRET"), "{shown}");
     }
 
     #[test]
@@ -1436,6 +2086,93 @@ mod tests {
             Some(Counter::MalformedFraming)
         );
         assert_eq!(counter(&mut reader, b""), Some(Counter::MalformedFraming));
+    }
+
+    /// Totals and units beyond the bounds are rejected as implausible, at the bound they are
+    /// read, and 0 disables a bound (the decoder's own limit still holds).
+    #[test]
+    fn amounts_beyond_the_plausibility_bounds_are_rejected() {
+        let mut reader = reader(64, TimeBounds::default());
+        reader.amount_bounds = AmountBounds {
+            max_order_cents: 1_000_000,
+            max_units: 500,
+        };
+        let at_bounds = Event {
+            total: Cents(1_000_000),
+            units: 500,
+            ..event(NOW)
+        };
+        assert_eq!(
+            reader.read(&message(&at_bounds), NOW, NOW).ok(),
+            Some(at_bounds.clone())
+        );
+        let huge = Event {
+            // The issue's purchase: 2.2e13 currency units.
+            total: Cents(2_200_000_000_000_000),
+            ..at_bounds.clone()
+        };
+        for bad in [
+            Event {
+                total: Cents(1_000_001),
+                ..at_bounds.clone()
+            },
+            Event {
+                units: 501,
+                ..at_bounds.clone()
+            },
+            huge.clone(),
+        ] {
+            let rejected = reader
+                .read(&message(&bad), NOW, NOW)
+                .expect_err("implausible");
+            assert_eq!(rejected.counter, Counter::RejectedImplausible, "{bad:?}");
+            assert_eq!(rejected.reason, "rejected_implausible");
+        }
+        // A negative total is counted as negative, whatever the bounds.
+        let negative = Event {
+            total: Cents(-5_000_000),
+            ..at_bounds.clone()
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&negative)),
+            Some(Counter::RejectedNegative)
+        );
+        // No bound: the decoder's limit is the only one.
+        reader.amount_bounds = AmountBounds::default();
+        assert_eq!(reader.read(&message(&huge), NOW, NOW).ok(), Some(huge));
+        let beyond_decoding = Event {
+            total: Cents(avro::MAX_CENTS + 1_000),
+            ..at_bounds
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&beyond_decoding)),
+            Some(Counter::MalformedInvalidValue)
+        );
+    }
+
+    /// The shipped bounds admit every event the generator makes and reject the issue's totals.
+    #[test]
+    fn the_shipped_bounds_are_on() {
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        let config =
+            Config::from_layers(DEFAULT_TOML, no_env()).expect("the default configuration");
+        let bounds = config.kafka.amount_bounds();
+        assert!(
+            bounds.max_order_cents > 0 && bounds.max_units > 0,
+            "{bounds:?}"
+        );
+        let generator =
+            crate::generators::events::EventGenerator::new(config.generator.clone(), NOW)
+                .expect("the default generator");
+        for n in 0..200_000 {
+            let event = generator.event(n);
+            assert_eq!(bounds.exceeded(&event), None, "{event:?}");
+        }
+        let huge = Event {
+            total: Cents(2_200_000_000_000_000),
+            ..event(NOW)
+        };
+        assert_eq!(bounds.exceeded(&huge), Some("total_amount"));
     }
 
     #[test]

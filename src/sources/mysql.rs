@@ -22,7 +22,6 @@
 //! Every statement is parameterized except for the table name, which cannot be a parameter and
 //! is therefore validated as a plain identifier and quoted.
 
-use std::borrow::Cow;
 use std::cell::{Cell as StdCell, RefCell};
 use std::fmt;
 use std::io::{self, IsTerminal};
@@ -65,7 +64,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A binlog connection silent for this long (heartbeats included) is considered lost.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one warning about unconvertible rows per this interval.
-const SKIP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+const SKIP_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -142,24 +141,7 @@ fn serialize_masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Erro
 }
 
 /// The URL with the password in its user info, if any, replaced by `***`.
-pub fn mask_url(url: &str) -> Cow<'_, str> {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[after_scheme..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| after_scheme + i);
-    let Some(at) = url[after_scheme..authority_end].rfind('@') else {
-        return Cow::Borrowed(url);
-    };
-    let at = after_scheme + at;
-    match url[after_scheme..at].find(':') {
-        Some(colon) => Cow::Owned(format!(
-            "{}***{}",
-            &url[..after_scheme + colon + 1],
-            &url[at..]
-        )),
-        None => Cow::Borrowed(url),
-    }
-}
+pub use crate::config::redact_url as mask_url;
 
 /// Whether `name` is an identifier that may be spliced into SQL: `[A-Za-z_][A-Za-z0-9_]{0,63}`.
 pub fn is_identifier(name: &str) -> bool {
@@ -734,6 +716,12 @@ fn select_statement(table: &str) -> String {
 /// Every row of the table that converts, in id order (a plain read, not a snapshot for
 /// following; for checks and tools).
 pub fn read_table(config: &MysqlConfig) -> Result<Vec<Demographic>, MysqlError> {
+    read_table_counting(config).map(|(rows, _)| rows)
+}
+
+/// [`read_table`], and how many rows do not convert (what the pipeline's
+/// `demographics_skipped` counts).
+pub fn read_table_counting(config: &MysqlConfig) -> Result<(Vec<Demographic>, u64), MysqlError> {
     config.validate()?;
     let mut conn = connect(config)?;
     let table = &config.table;
@@ -741,14 +729,18 @@ pub fn read_table(config: &MysqlConfig) -> Result<Vec<Demographic>, MysqlError> 
         .query_iter(format!("{} ORDER BY id", select_statement(table)))
         .map_err(sql_error(format!("reading {table}")))?;
     let mut rows = Vec::new();
+    let mut skipped = 0;
     for row in result {
         let row = row.map_err(sql_error(format!("reading {table}")))?;
         match convert_row(row) {
             Ok(row) => rows.push(row),
-            Err(reason) => tracing::debug!(%table, reason, "skipping a row"),
+            Err(reason) => {
+                tracing::debug!(%table, reason, "skipping a row");
+                skipped += 1;
+            }
         }
     }
-    Ok(rows)
+    Ok((rows, skipped))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -928,7 +920,7 @@ fn snapshot(
     info: &ServerInfo,
     table: &str,
     skips: &mut SkipLog,
-) -> Result<(Vec<Demographic>, BinlogPosition), MysqlError> {
+) -> Result<(Vec<Demographic>, BinlogPosition, i64), MysqlError> {
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .map_err(sql_error("setting the snapshot's isolation level"))?;
     let position = if info.mariadb {
@@ -982,6 +974,7 @@ fn snapshot(
         });
     }
     let mut rows = Vec::new();
+    let mut skipped = 0;
     {
         let result = conn
             .query_iter(select_statement(table))
@@ -990,13 +983,16 @@ fn snapshot(
             let row = row.map_err(sql_error(format!("reading the snapshot of {table}")))?;
             match convert_row(row) {
                 Ok(row) => rows.push(row),
-                Err(reason) => skips.skip(&reason),
+                Err(reason) => {
+                    skips.skip(&reason);
+                    skipped += 1;
+                }
             }
         }
     }
     conn.query_drop("COMMIT")
         .map_err(sql_error("ending the snapshot transaction"))?;
-    Ok((rows, position))
+    Ok((rows, position, skipped))
 }
 
 /// The demographics table as a snapshot and a feed of its changes.
@@ -1047,11 +1043,12 @@ impl DemographicsSource {
             last_warning: None,
             suppressed: 0,
         };
-        let (rows, position) = snapshot(&mut conn, &info, &table, &mut skips)?;
+        let (rows, position, skipped) = snapshot(&mut conn, &info, &table, &mut skips)?;
         drop(conn);
         tracing::info!(
             table = %format!("{database}.{table}"),
             rows = rows.len(),
+            skipped,
             %position,
             "read the demographics snapshot"
         );
@@ -1112,6 +1109,7 @@ impl DemographicsSource {
                 receiver,
                 pending_error: RefCell::new(None),
                 ended: StdCell::new(false),
+                skipped_change: StdCell::new(skipped),
                 shared,
                 snapshot_position: position,
             },
@@ -1135,8 +1133,17 @@ struct Shared {
     position: Mutex<BinlogPosition>,
 }
 
-/// A committed transaction's updates, or the error that ended the feed.
-type Message = Result<Vec<(Demographic, isize)>, MysqlError>;
+/// A committed transaction, or the error that ended the feed.
+type Message = Result<Transaction, MysqlError>;
+
+/// A committed transaction's effect on the table.
+struct Transaction {
+    /// Its updates of rows that convert.
+    updates: Vec<(Demographic, isize)>,
+    /// The change in the number of rows that do not convert: +1 for each such row written, -1
+    /// for each such row deleted or overwritten.
+    skipped: i64,
+}
 
 /// The changes to the table after its snapshot, as differential updates in commit order:
 /// insert `(row, +1)`, delete `(row, -1)`, update `(old, -1), (new, +1)`.
@@ -1148,6 +1155,9 @@ pub struct ChangeFeed {
     pending_error: RefCell<Option<MysqlError>>,
     /// Set once the feed's error was returned.
     ended: StdCell<bool>,
+    /// The change in the number of unconvertible rows not yet taken: the snapshot's, then each
+    /// transaction's as its updates are received.
+    skipped_change: StdCell<i64>,
     shared: Arc<Shared>,
     snapshot_position: BinlogPosition,
 }
@@ -1179,7 +1189,7 @@ impl ChangeFeed {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<(Demographic, isize)>, MysqlError> {
         self.check_ended()?;
         let mut out = match self.receiver.recv_timeout(timeout) {
-            Ok(Ok(batch)) => batch,
+            Ok(Ok(transaction)) => self.received(transaction),
             Ok(Err(error)) => {
                 self.ended.set(true);
                 return Err(error);
@@ -1197,7 +1207,7 @@ impl ChangeFeed {
     fn drain_into(&self, out: &mut Vec<(Demographic, isize)>) -> Result<(), MysqlError> {
         loop {
             match self.receiver.try_recv() {
-                Ok(Ok(batch)) => out.extend(batch),
+                Ok(Ok(transaction)) => out.extend(self.received(transaction)),
                 Ok(Err(error)) if out.is_empty() => {
                     self.ended.set(true);
                     return Err(error);
@@ -1216,8 +1226,24 @@ impl ChangeFeed {
         }
     }
 
+    /// A received transaction's updates; its change in unconvertible rows is kept for
+    /// [`take_skipped`](Self::take_skipped).
+    fn received(&self, transaction: Transaction) -> Vec<(Demographic, isize)> {
+        self.skipped_change
+            .set(self.skipped_change.get() + transaction.skipped);
+        transaction.updates
+    }
+
+    /// How the number of rows that do not convert (bad gender, age out of range, NULLs) changed
+    /// since the last call: first the snapshot's count, then each received transaction's
+    /// change, in step with the updates returned so far. Summed, it is the number of such rows
+    /// in the table as of the last update returned: the `demographics_skipped` counter.
+    pub fn take_skipped(&self) -> isize {
+        self.skipped_change.replace(0) as isize
+    }
+
     /// Rows skipped because they did not convert (bad gender, age out of range, NULLs), in the
-    /// snapshot and in the feed.
+    /// snapshot and in the feed: every skip, an invalid row updated twice counted twice.
     pub fn skipped_rows(&self) -> u64 {
         self.shared.skipped.load(Ordering::Relaxed)
     }
@@ -1348,6 +1374,23 @@ struct StreamState {
     file: String,
     /// Updates of the open transaction.
     pending: Vec<(Demographic, isize)>,
+    /// The open transaction's change in rows that do not convert.
+    pending_skipped: i64,
+}
+
+impl StreamState {
+    /// Whether the open transaction has done nothing to the table yet.
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.pending_skipped == 0
+    }
+
+    /// The open transaction, now committed; the state is ready for the next.
+    fn take(&mut self) -> Transaction {
+        Transaction {
+            updates: std::mem::take(&mut self.pending),
+            skipped: std::mem::replace(&mut self.pending_skipped, 0),
+        }
+    }
 }
 
 impl Follower {
@@ -1440,6 +1483,7 @@ impl Follower {
         let mut state = StreamState {
             file: self.committed.file.clone(),
             pending: Vec::new(),
+            pending_skipped: 0,
         };
         let mut worked = false;
         let mut first = stream.first.take();
@@ -1526,7 +1570,7 @@ impl Follower {
             // checksum, which then trails the name: only real rotates are read.
             EventData::RotateEvent(rotate) if header.log_pos() != 0 => {
                 state.file = rotate.name().into_owned();
-                if state.pending.is_empty() {
+                if state.idle() {
                     self.set_committed(BinlogPosition {
                         file: state.file.clone(),
                         pos: rotate.position(),
@@ -1557,8 +1601,8 @@ impl Follower {
                     let (before, after) = row.map_err(|e| {
                         StreamEnd::Fatal(self.binlog_error(format!("malformed rows event: {e}")))
                     })?;
-                    let old = self.convert_image(before)?;
-                    let new = self.convert_image(after)?;
+                    let old = self.convert_image(before, -1, &mut state.pending_skipped)?;
+                    let new = self.convert_image(after, 1, &mut state.pending_skipped)?;
                     if old.is_some() && old == new {
                         continue; // only columns we do not read changed
                     }
@@ -1567,17 +1611,23 @@ impl Follower {
                 }
             }
             EventData::XidEvent(_) => {
-                return self.commit(std::mem::take(&mut state.pending), position);
+                return self.commit(state.take(), position);
             }
             EventData::QueryEvent(query) => {
                 let statement = query.query();
                 match first_keyword(&statement).as_str() {
                     "BEGIN" | "XA" | "SAVEPOINT" => {}
-                    "COMMIT" => return self.commit(std::mem::take(&mut state.pending), position),
+                    "COMMIT" => return self.commit(state.take(), position),
                     "ROLLBACK" => {
                         // Logged only when non-transactional tables were written as well.
-                        state.pending.clear();
-                        return self.commit(Vec::new(), position);
+                        state.take();
+                        return self.commit(
+                            Transaction {
+                                updates: Vec::new(),
+                                skipped: 0,
+                            },
+                            position,
+                        );
                     }
                     _ if ddl_touches(&statement, &query.schema(), &self.database, &self.table) => {
                         return Err(StreamEnd::Fatal(MysqlError::Ddl {
@@ -1586,7 +1636,7 @@ impl Follower {
                             position,
                         }));
                     }
-                    _ if state.pending.is_empty() => self.set_committed(position),
+                    _ if state.idle() => self.set_committed(position),
                     _ => {}
                 }
             }
@@ -1606,10 +1656,11 @@ impl Follower {
     /// Sends a committed transaction's updates and records the position after it.
     fn commit(
         &mut self,
-        updates: Vec<(Demographic, isize)>,
+        transaction: Transaction,
         position: BinlogPosition,
     ) -> Result<bool, StreamEnd> {
-        if !updates.is_empty() && self.sender.send(Ok(updates)).is_err() {
+        let changed = !transaction.updates.is_empty() || transaction.skipped != 0;
+        if changed && self.sender.send(Ok(transaction)).is_err() {
             return Ok(false);
         }
         self.set_committed(position);
@@ -1622,8 +1673,14 @@ impl Follower {
     }
 
     /// A row image (`None` for the missing side of an insert or a delete) as a demographic;
-    /// one that does not convert is skipped and counted.
-    fn convert_image(&mut self, row: Option<BinlogRow>) -> Result<Option<Demographic>, StreamEnd> {
+    /// one that does not convert is skipped, logged, and counted in `skipped` with `sign` (+1
+    /// for an image written, -1 for one deleted or overwritten).
+    fn convert_image(
+        &mut self,
+        row: Option<BinlogRow>,
+        sign: i64,
+        skipped: &mut i64,
+    ) -> Result<Option<Demographic>, StreamEnd> {
         let Some(mut row) = row else {
             return Ok(None);
         };
@@ -1659,7 +1716,12 @@ impl Follower {
                 country: value_text(cell(4)?)?,
             })
         })();
-        Ok(converted.map_err(|reason| self.skips.skip(&reason)).ok())
+        Ok(converted
+            .map_err(|reason| {
+                self.skips.skip(&reason);
+                *skipped += sign;
+            })
+            .ok())
     }
 }
 

@@ -29,13 +29,14 @@ pub struct FoundRow {
 }
 
 impl FoundRow {
-    /// The row the sink writes for `totals`.
+    /// The row the sink writes for `totals` (units and revenue clamped to 64 bits, as written).
     pub fn of(totals: &Totals) -> FoundRow {
+        let (units, revenue_cents, _) = totals.clamped();
         FoundRow {
             clicks: Some(totals.clicks),
             purchases: Some(totals.purchases),
-            units: Some(totals.units),
-            revenue_cents: Some(totals.revenue_cents),
+            units: Some(units),
+            revenue_cents: Some(revenue_cents),
             conversion: Some(totals.conversion_rate().unwrap_or(0.0)),
         }
     }
@@ -53,11 +54,13 @@ impl FoundRow {
     fn differences(&self, expected: &Totals) -> Vec<(&'static str, String, String)> {
         let mut out = Vec::new();
         let show = |v: Option<i64>| v.map_or_else(|| "nothing".to_owned(), |v| v.to_string());
+        // The sink writes units and revenue clamped to InfluxDB's 64-bit integers.
+        let (units, revenue_cents, _) = expected.clamped();
         for (name, want, got) in [
             ("clicks", expected.clicks, self.clicks),
             ("purchases", expected.purchases, self.purchases),
-            ("units", expected.units, self.units),
-            ("revenue_cents", expected.revenue_cents, self.revenue_cents),
+            ("units", units, self.units),
+            ("revenue_cents", revenue_cents, self.revenue_cents),
         ] {
             if got != Some(want) {
                 out.push((name, want.to_string(), show(got)));

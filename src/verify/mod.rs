@@ -2,9 +2,11 @@
 //! and compared with what InfluxDB holds.
 //!
 //! 1. [`crate::sources::kafka::scan_topic`] reads the topic from the start of every partition to
-//!    the high watermarks taken when verify starts, decoding as the pipeline does (malformed
-//!    messages counted by reason, as the pipeline counts them).
-//! 2. [`crate::sources::mysql::read_table`] reads the demographics table as it is now.
+//!    the high watermarks taken when verify starts, decoding as the pipeline does (messages it
+//!    rejects counted by reason, as the pipeline counts them: malformed, oversize, negative,
+//!    implausible amounts, implausible times).
+//! 2. [`crate::sources::mysql::read_table_counting`] reads the demographics table as it is now,
+//!    counting the rows that do not convert (`demographics_skipped`).
 //! 3. [`recompute::recompute`] replays the events through the pipeline's order ledger and
 //!    attributes them to the table: the rows and counters the sources determine, and the ones
 //!    they do not (with the reason).
@@ -85,7 +87,7 @@ pub struct Outcome {
     pub topic: String,
     /// Each partition's extent and what was read of it.
     pub partitions: Vec<PartitionExtent>,
-    /// Malformed messages, by counter.
+    /// Messages the source rejects, by counter.
     pub malformed: BTreeMap<Counter, i64>,
     /// The demographics table's name.
     pub table: String,
@@ -120,8 +122,10 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
     let clock = Instant::now();
     let mut arrivals = Vec::new();
     let mut malformed: BTreeMap<Counter, i64> = BTreeMap::new();
-    // The pipeline's reader rejects oversize payloads unread, and events whose time is implausible
-    // when it reads them: the same here, taking the message's timestamp for that moment.
+    // The pipeline's reader rejects oversize payloads unread, events with implausible amounts,
+    // and events whose time is implausible when it reads them: the same here, in the same
+    // order, taking the message's timestamp for that moment.
+    let amounts = config.kafka.amount_bounds();
     let bounds = config.kafka.time_bounds();
     let tolerance_ms = options.arrival_tolerance.as_millis() as u64;
     let mut near_bounds = 0u64;
@@ -132,6 +136,10 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
         }
         match message.decoded {
             Ok(decoded) => {
+                if amounts.exceeded(&decoded.event).is_some() {
+                    *malformed.entry(Counter::RejectedImplausible).or_default() += 1;
+                    return;
+                }
                 let timestamp_ms = message.timestamp_ms.and_then(|t| u64::try_from(t).ok());
                 // An event without a time takes its arrival's: always plausible.
                 if let Some(read_at) = timestamp_ms
@@ -166,8 +174,10 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
     let scanned = clock.elapsed();
 
     let clock = Instant::now();
-    let demographics = mysql::read_table(&config.mysql)?;
+    let (demographics, skipped) = mysql::read_table_counting(&config.mysql)?;
     let table_read = clock.elapsed();
+    let mut sources = malformed.clone();
+    sources.insert(Counter::DemographicsSkipped, skipped as i64);
 
     let clock = Instant::now();
     let settings = Settings {
@@ -176,7 +186,7 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
         tolerance_ms: options.arrival_tolerance.as_millis() as u64,
         now_ms,
     };
-    let expected = recompute::recompute(arrivals, &malformed, &demographics, settings);
+    let expected = recompute::recompute(arrivals, &sources, &demographics, settings);
     drop(demographics);
     let recomputed = clock.elapsed();
 

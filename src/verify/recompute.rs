@@ -31,6 +31,7 @@ use dataflows::model::{
     Tag, Tick, Totals, UserId,
 };
 use dataflows::orders::Ledger;
+use dataflows::windows::WindowSpec;
 use rustc_hash::FxHashMap;
 
 use super::series::SeriesKey;
@@ -178,8 +179,10 @@ pub struct Expected {
     pub rows: HashMap<SeriesKey, Totals>,
     /// Rows whose value is not determined, and why.
     pub undetermined: HashMap<SeriesKey, Skip>,
-    /// When set, no window row is determined (an event without event time arrived at an
-    /// uncertain tick, so which window it counts in is unknown).
+    /// When set, no window row is determined: an event without an event time arrived at a tick
+    /// too uncertain to list the windows it may count in (its message has no timestamp). An
+    /// event without an event time whose arrival is known within the tolerance leaves only the
+    /// windows it may fall in undetermined, and none when they are one.
     pub windows_undetermined: Option<Skip>,
     /// Every counter's value, or why it is not determined.
     pub counters: BTreeMap<Counter, Result<i64, Skip>>,
@@ -214,6 +217,36 @@ struct Placed {
     hi: Tick,
     /// Whether the writer gave no event time (it was filled in from `est`).
     no_event_time: bool,
+}
+
+/// The most windows an event without an event time is marked undetermined in, one by one; an
+/// arrival less certain than that (no timestamp at all) leaves every window row undetermined.
+const MAX_POSSIBLE_WINDOWS: u64 = 1_000;
+
+impl Placed {
+    /// The windows the pipeline may have counted this event in: its event time's, or for an
+    /// event without one, every window an arrival tick between `lo` and `hi` falls in (`None`
+    /// when those are too many to list).
+    fn possible_windows(&self, spec: WindowSpec) -> Option<impl Iterator<Item = EventTimeMs>> {
+        let (first, last) = if self.no_event_time {
+            (
+                spec.window_of(EventTimeMs(self.lo)),
+                spec.window_of(EventTimeMs(self.hi)),
+            )
+        } else {
+            let window = spec.window_of(self.event.event_time);
+            (window, window)
+        };
+        let size = spec.size_ms.max(1);
+        ((last.0 - first.0) / size < MAX_POSSIBLE_WINDOWS)
+            .then(|| (first.0..=last.0).step_by(size as usize).map(EventTimeMs))
+    }
+
+    /// Whether this event has no event time and its arrival leaves its window uncertain.
+    fn window_uncertain(&self, spec: WindowSpec) -> bool {
+        self.no_event_time
+            && spec.window_of(EventTimeMs(self.lo)) != spec.window_of(EventTimeMs(self.hi))
+    }
 }
 
 /// How far apart two events of an order arrived, relative to the order horizon.
@@ -259,11 +292,12 @@ struct OrderFlags {
 }
 
 /// Recomputes every row and counter from the events (in offset order within each partition, any
-/// interleaving of partitions), the malformed messages counted by reason, and the demographics
-/// table as it is now.
+/// interleaving of partitions), what the sources counted and never handed on (`sources`: the
+/// messages rejected by reason, the demographics rows that do not convert), and the
+/// demographics table as it is now.
 pub fn recompute(
     arrivals: Vec<Arrival>,
-    malformed: &BTreeMap<Counter, i64>,
+    sources: &BTreeMap<Counter, i64>,
     demographics: &[Demographic],
     settings: Settings,
 ) -> Expected {
@@ -308,20 +342,18 @@ pub fn recompute(
         start = end;
         stats.orders += 1;
         let flags = analyse_order(&order, settings);
-        if order.iter().any(|p| p.no_event_time && p.lo != p.hi) {
-            windows_undetermined = Some(Skip::NoEventTime);
-            counter_skips
-                .entry(Counter::LateForWindow)
-                .or_insert(Skip::NoEventTime);
-        }
         let Some(reason) = flags.totals.or(flags.windows) else {
             continue;
         };
         *stats.undetermined_orders.entry(reason).or_default() += 1;
-        let mut windows: Vec<EventTimeMs> = order
-            .iter()
-            .map(|p| spec.window_of(p.event.event_time))
-            .collect();
+        // An event without an event time may be in any window its arrival may be in.
+        let mut windows: Vec<EventTimeMs> = Vec::new();
+        for p in &order {
+            match p.possible_windows(spec) {
+                Some(range) => windows.extend(range),
+                None => windows_undetermined = Some(Skip::NoEventTime),
+            }
+        }
         windows.sort_unstable();
         windows.dedup();
         for p in &order {
@@ -488,12 +520,23 @@ pub fn recompute(
     let counters = Counter::ALL
         .iter()
         .map(|&counter| {
+            // Listed one by one, so that a new counter needs a decision here.
             let value = match counter {
+                Counter::EventsIn
+                | Counter::Duplicates
+                | Counter::LateForWindow
+                | Counter::RefundsApplied
+                | Counter::RefundsUnmatched => counted.get(&counter).copied().unwrap_or(0),
                 Counter::MalformedFraming
                 | Counter::MalformedUnknownSchema
                 | Counter::MalformedTruncated
-                | Counter::MalformedInvalidValue => malformed.get(&counter).copied().unwrap_or(0),
-                _ => counted.get(&counter).copied().unwrap_or(0),
+                | Counter::MalformedInvalidValue
+                | Counter::MalformedOversize
+                | Counter::RejectedNegative
+                | Counter::RejectedTooOld
+                | Counter::RejectedFuture
+                | Counter::RejectedImplausible
+                | Counter::DemographicsSkipped => sources.get(&counter).copied().unwrap_or(0),
             };
             let value = match counter_skips.get(&counter) {
                 Some(skip) => Err(*skip),
@@ -571,7 +614,9 @@ fn analyse_order(order: &[&Placed], settings: Settings) -> OrderFlags {
     let mut flags = OrderFlags::default();
     let horizon = settings.params.order_horizon_ms;
     let spec = settings.params.windows;
-    if order.iter().any(|p| p.no_event_time && p.lo != p.hi) {
+    // An event without an event time is windowed by its arrival tick: certain unless the
+    // ticks it may have arrived at lie in different windows.
+    if order.iter().any(|p| p.window_uncertain(spec)) {
         flags.totals = Some(Skip::NoEventTime);
     }
     let k = order.len();

@@ -161,6 +161,6 @@ mod tests {
         assert_eq!(stored_tag_value("a,b=c d"), "a,b=c d");
         assert_eq!(stored_tag_value("x\ny\\"), "x\\ny\u{FF3C}");
         assert_eq!(stored_tag_value(""), "(empty)");
-        assert_eq!(stored_tag_value("a\u{7}b"), "ab");
+        assert_eq!(stored_tag_value("a\u{7}b"), "a\\u{7}b");
     }
 }

@@ -260,7 +260,8 @@ fn bad_flags_and_configuration_give_one_clear_error() {
     assert_eq!(run.status.code(), Some(2));
     assert_eq!(
         text(&run.stderr).trim(),
-        "error: invalid configuration: engine.tick-ms: must be at least 1"
+        "error: invalid configuration: engine.tick-ms: must be at least 1 \
+         (from environment variable SHOPFLOW__ENGINE__TICK_MS)"
     );
 
     let run = shopflow(&["check-config"], &[("SHOPFLOW__ENGINE__TICK_MS", "soon")]);
@@ -441,4 +442,231 @@ fn secrets_never_reach_the_output() {
         text(&check.stdout).contains("***"),
         "secrets are shown masked"
     );
+}
+
+/// The last value of each `pipeline` counter in a line protocol file: the sink's own account of
+/// what went through the dataflow (read line by line: the file can be large).
+fn pipeline_counters(path: &std::path::Path) -> BTreeMap<String, i64> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).expect("the line protocol file");
+    let mut counters = BTreeMap::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.expect("a line");
+        let Some(rest) = line.strip_prefix("pipeline ") else {
+            continue;
+        };
+        let (fields, _time) = rest.split_once(' ').expect("fields and time");
+        for field in fields.split(',') {
+            let (name, value) = field.split_once('=').expect("name=value");
+            let value = value.trim_end_matches('i').parse().expect("an integer");
+            counters.insert(name.to_owned(), value);
+        }
+    }
+    counters
+}
+
+/// The README's own demo, through the embedded Kafka at an unbounded pace: every event the
+/// generator made is counted in `events_in`, exactly, by the line protocol written, and nothing
+/// is malformed or rejected (the generator makes only valid events). The mock cluster keeps about
+/// 5 MiB of each partition: a producer that ran ahead of the pipeline lost the difference.
+fn embedded_demo_counts_every_event(events: u64) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = dir.path().join("demo.lp");
+    let started = std::time::Instant::now();
+    let run = shopflow(
+        &[
+            "demo",
+            "--pace",
+            "unbounded",
+            "--events",
+            &events.to_string(),
+            "--quiet",
+            "--output",
+            output.to_str().expect("a UTF-8 path"),
+        ],
+        &[],
+    );
+    let stderr = text(&run.stderr);
+    assert!(run.status.success(), "demo failed: {stderr}");
+    eprintln!("{events} events in {:?}", started.elapsed());
+    assert!(
+        !stderr.contains("Offset out of range") && !stderr.contains("offset reset"),
+        "{stderr}"
+    );
+    let counters = pipeline_counters(&output);
+    assert_eq!(
+        counters.get("events_in"),
+        Some(&(events as i64)),
+        "{counters:?}"
+    );
+    let rejected: Vec<(&String, &i64)> = counters
+        .iter()
+        .filter(|(name, n)| {
+            (name.starts_with("malformed_") || name.starts_with("rejected_")) && **n != 0
+        })
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert!(
+        text(&run.stdout).contains(&format!("{events} events in ")),
+        "{}",
+        text(&run.stdout)
+    );
+}
+
+#[test]
+fn embedded_demo_counts_all_of_5m_events() {
+    embedded_demo_counts_every_event(5_000_000);
+}
+
+/// Four times the README's run: the producer stays held back by the pipeline throughout. A debug
+/// build needs about 5 minutes of CPU for it (against about 80 s for 5M), so it runs with the
+/// ignored tests (`scripts/test-all`).
+#[test]
+#[ignore = "minutes in a debug build: run by scripts/test-all"]
+fn embedded_demo_counts_all_of_20m_events() {
+    embedded_demo_counts_every_event(20_000_000);
+}
+
+/// A rate of zero, below zero or not a number is refused by the flag's parser: one line, exit 2.
+#[test]
+fn demo_refuses_a_rate_that_is_not_positive() {
+    for rate in [
+        "--rate=0",
+        "--rate=-5",
+        "--rate=0.0",
+        "--rate=NaN",
+        "--rate=inf",
+        "--rate=fast",
+    ] {
+        let run = shopflow(
+            &["demo", rate, "--events", "10", "--quiet", "-o", "/dev/null"],
+            &[],
+        );
+        assert_eq!(run.status.code(), Some(2), "{rate}: {}", text(&run.stderr));
+        let stderr = text(&run.stderr);
+        let value = rate.trim_start_matches("--rate=");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: invalid value '{value}' for '--rate <RATE>': "
+            )),
+            "{rate}: {stderr}"
+        );
+    }
+    let run = shopflow(&["produce", "--rate=0", "--events", "1"], &[]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+}
+
+/// Waits for `child` at most `limit`; kills it and fails if it has not ended by then.
+fn wait_at_most(child: &mut std::process::Child, limit: std::time::Duration, what: &str) -> Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("a child").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut output = Output {
+        status: child.wait().expect("a status"),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read as _;
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut output.stdout).expect("stdout");
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut output.stderr).expect("stderr");
+    }
+    output
+}
+
+/// The demo at its own flags, with pipes for standard output and error.
+fn spawn_demo(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .arg("demo")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// At a low rate, `--duration` and Ctrl-C end the demo promptly, with every event sent counted
+/// (the producer looked at its stop flag every 256 events: at 1 event/s, minutes later).
+#[test]
+fn a_slow_demo_stops_when_asked() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = dir.path().join("slow.lp");
+    let output = output.to_str().expect("a UTF-8 path");
+    let started = std::time::Instant::now();
+    let mut child = spawn_demo(&["--rate", "2", "--duration", "2s", "--quiet", "-o", output]);
+    let run = wait_at_most(
+        &mut child,
+        std::time::Duration::from_secs(30),
+        "demo --duration 2s",
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    let events_in = pipeline_counters(std::path::Path::new(output))["events_in"];
+    assert!((1..=6).contains(&events_in), "{events_in}");
+
+    // Ctrl-C: the producer stops at once, the pipeline reads what it sent, and the demo ends.
+    let mut child = spawn_demo(&["--rate", "2", "--quiet", "-o", output]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    let run = wait_at_most(
+        &mut child,
+        std::time::Duration::from_secs(20),
+        "demo after Ctrl-C",
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let events_in = pipeline_counters(std::path::Path::new(output))["events_in"];
+    assert!(events_in >= 1, "{events_in}");
+    assert!(
+        text(&run.stdout).contains(&format!("{events_in} events in ")),
+        "{}",
+        text(&run.stdout)
+    );
+}
+
+/// A reader of the line protocol that stops reading (`| head`) ends the demo quietly: exit 0,
+/// nothing on standard error.
+#[test]
+fn demo_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead as _;
+    for source in ["embedded-kafka", "generator"] {
+        let mut child = spawn_demo(&[
+            "--pace",
+            "unbounded",
+            "--events",
+            "2000000",
+            "--quiet",
+            "--source",
+            source,
+            "--output",
+            "-",
+        ]);
+        let stdout = child.stdout.take().expect("a pipe");
+        let first: Vec<String> = std::io::BufReader::new(stdout)
+            .lines()
+            .take(10)
+            .map(|l| l.expect("a line"))
+            .collect();
+        assert_eq!(first.len(), 10);
+        // The reader is gone: dropping the pipe closed it.
+        let run = wait_at_most(
+            &mut child,
+            std::time::Duration::from_secs(120),
+            "demo | head",
+        );
+        let stderr = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{source}: {stderr}");
+        assert!(stderr.trim().is_empty(), "{source}: {stderr}");
+    }
 }

@@ -326,7 +326,10 @@ fn late_sweep_against_a_direct_sum_of_the_events() {
         assert_eq!(row.missing_events, missing.iter().sum::<u64>());
         assert_eq!(
             row.missing_revenue_cents,
-            truth.keys().map(|w| truth[w].1 - held[w].1).sum::<i64>()
+            truth
+                .keys()
+                .map(|w| i128::from(truth[w].1 - held[w].1))
+                .sum::<i128>()
         );
         let mean = errors.iter().sum::<f64>() / errors.len() as f64;
         let max = errors.iter().copied().fold(0.0, f64::max);

@@ -2,19 +2,23 @@
 //! real service are `#[ignore]`d here and run by `scripts/test-all`, which starts the services.
 
 mod avro;
+mod campaign;
 mod cli;
 mod cluster;
 mod config;
 mod dashboards;
 mod dataflows;
 mod e2e;
+mod embedded;
 mod experiments;
 mod faults;
 mod influx;
+mod kafka_client;
 mod latency;
 mod mysql;
 mod producer;
 mod registry;
 mod restart;
+mod secrets;
 mod services;
 mod verify;

@@ -15,7 +15,7 @@ use mysql::{Conn, Opts};
 use shopflow::generators::demographics::{self, Changes};
 use shopflow::sources::mysql::{
     ChangeFeed, DemographicsSource, MysqlConfig, MysqlError, apply_changes, load_demographics,
-    read_table,
+    read_table, read_table_counting,
 };
 
 type Updates = Vec<(Demographic, isize)>;
@@ -469,6 +469,9 @@ fn rows_that_do_not_convert_are_skipped_and_counted() {
     let (snapshot, feed) = DemographicsSource::start(&db.config).unwrap();
     assert_eq!(sorted(snapshot), rows, "the bad row is not in the snapshot");
     assert_eq!(feed.skipped_rows(), 1);
+    // The pipeline's `demographics_skipped`: the rows that do not convert, now.
+    assert_eq!(feed.take_skipped(), 1, "the snapshot's");
+    assert_eq!(feed.take_skipped(), 0, "taken");
 
     conn.exec_drop(raw_insert, (901, 30, "Z", "CA", "US"))
         .unwrap(); // skipped
@@ -493,6 +496,31 @@ fn rows_that_do_not_convert_are_skipped_and_counted() {
     let got = collect(&feed, expected.len(), Duration::from_secs(5));
     assert_eq!(got, expected);
     assert_eq!(feed.skipped_rows(), 5);
+    // 901 came and went, id 1 went bad and came back: still one bad row.
+    assert_eq!(feed.take_skipped(), 0);
+
+    // Transactions that touch only bad rows: 903 written, 900 rewritten then deleted, 904
+    // written. Two bad rows now.
+    conn.exec_drop(raw_insert, (903, 30, "Q", "CA", "US"))
+        .unwrap();
+    conn.exec_drop("UPDATE demographics SET age = 31 WHERE id = 900", ())
+        .unwrap();
+    delete(&mut conn, 900);
+    conn.exec_drop(raw_insert, (904, 30, "Q", "CA", "US"))
+        .unwrap();
+    let mut bad = 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        assert_eq!(
+            feed.recv_timeout(Duration::from_millis(100)).unwrap(),
+            vec![],
+            "no row that converts changed"
+        );
+        bad += feed.take_skipped();
+    }
+    let (table, skipped) = read_table_counting(&db.config).unwrap();
+    assert_eq!((bad, skipped), (2, 2));
+    assert_eq!(table.len(), rows.len() + 1);
 }
 
 #[test]

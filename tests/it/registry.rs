@@ -485,6 +485,8 @@ fn producer_and_reader_use_the_registry() {
         // The test's events are from 2023: no bound on their age.
         max_event_age_ms: 0,
         max_future_skew_ms: 300_000,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
     assert_eq!(config.validate(), Ok(()));
@@ -560,6 +562,8 @@ fn a_bad_registry_url_fails_validation_and_a_refusal_fails_the_producer() {
         max_message_bytes: 65_536,
         max_event_age_ms: 2_592_000_000,
         max_future_skew_ms: 300_000,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
     let message = config.validate().expect_err("not a URL");

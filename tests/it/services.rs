@@ -76,6 +76,8 @@ pub fn kafka_config(
         max_message_bytes: 65_536,
         max_event_age_ms: 2_592_000_000,
         max_future_skew_ms: 300_000,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
         properties: Default::default(),
     }
 }

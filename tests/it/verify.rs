@@ -21,6 +21,21 @@ use shopflow::verify::series::{Family, SeriesKey};
 
 const TICK: u64 = 250;
 
+/// The counters the sources keep (the pipeline's reader, the demographics source): verify takes
+/// them from its own reading of the sources, never from the ledger.
+const SOURCE_COUNTERS: [Counter; 10] = [
+    Counter::MalformedFraming,
+    Counter::MalformedUnknownSchema,
+    Counter::MalformedTruncated,
+    Counter::MalformedInvalidValue,
+    Counter::MalformedOversize,
+    Counter::RejectedNegative,
+    Counter::RejectedTooOld,
+    Counter::RejectedFuture,
+    Counter::RejectedImplausible,
+    Counter::DemographicsSkipped,
+];
+
 /// A random scenario: parameters, inputs at their ticks (events, demographic changes, malformed
 /// messages), and each event's partition.
 struct Scenario {
@@ -139,8 +154,7 @@ fn scenario(seed: u64) -> Scenario {
             inputs.push((tick, Input::Event(event)));
         }
         if rng.random_range(0..6) == 0 {
-            let counter =
-                [Counter::MalformedFraming, Counter::MalformedTruncated][rng.random_range(0..2)];
+            let counter = SOURCE_COUNTERS[rng.random_range(0..SOURCE_COUNTERS.len())];
             inputs.push((
                 tick,
                 Input::Counter(counter, rng.random_range(1..3i64) as isize),
@@ -182,8 +196,9 @@ fn scenario(seed: u64) -> Scenario {
 }
 
 /// What verify reads of a scenario: the events as Kafka messages timestamped within `tolerance`
-/// of their true arrival tick (in offset order per partition), the malformed counts, and the
-/// table at the end.
+/// of their true arrival tick (in offset order per partition; some of those whose event time is
+/// their arrival tick written without one, as the pipeline then gives them that tick), the
+/// sources' counts, and the table at the end.
 fn sources(
     scenario: &Scenario,
     tolerance: u64,
@@ -206,8 +221,12 @@ fn sources(
                     true => [-(tolerance as i64), tolerance as i64][rng.random_range(0..2)],
                     false => rng.random_range(0..=2 * tolerance) as i64 - tolerance as i64,
                 };
+                let mut event = event.clone();
+                if event.event_time.0 == *tick && rng.random_bool(0.3) {
+                    event.event_time = EventTimeMs(0);
+                }
                 arrivals.push(Arrival {
-                    event: event.clone(),
+                    event,
                     partition,
                     offset: *offset,
                     timestamp_ms: Some((*tick as i64 + jitter) as u64),
@@ -393,8 +412,8 @@ fn totals(clicks: i64, purchases: i64, units: i64, revenue_cents: i64) -> Totals
     Totals {
         clicks,
         purchases,
-        units,
-        revenue_cents,
+        units: units.into(),
+        revenue_cents: revenue_cents.into(),
     }
 }
 
@@ -579,9 +598,13 @@ fn comparison_reports_wrong_missing_and_unexpected_rows_and_ignores_zero_ones() 
     let counters = tally(Family::Counters);
     assert_eq!(
         (counters.compared, counters.mismatched, counters.skipped),
-        (12, 1, [(Skip::NearOrderHorizon, 1)].into_iter().collect())
+        (
+            Counter::ALL.len() as u64 - 1,
+            1,
+            [(Skip::NearOrderHorizon, 1)].into_iter().collect()
+        )
     );
-    assert_eq!(comparison.compared(), 6 + 1 + 12);
+    assert_eq!(comparison.compared(), 6 + 1 + Counter::ALL.len() as u64 - 1);
     assert!(!comparison.is_match());
     let report = comparison.render("60s", 2);
     assert!(
@@ -763,21 +786,186 @@ fn arrival_times_near_the_horizon_a_close_or_each_other_leave_rows_undetermined(
 
 #[test]
 fn rows_that_share_a_series_after_escaping_are_undetermined() {
-    // A bell character is dropped from tag values: "a\u{7}b" and "ab" land in one series.
-    let table = vec![user(1, "a\u{7}b"), user(2, "ab")];
+    // Distinct text values stay distinct tags, but a state and country literally named "unknown"
+    // land in the series of users without demographics (user 2 is not in the table).
+    let table = vec![Demographic {
+        country: "unknown".into(),
+        ..user(1, "unknown")
+    }];
     let arrivals = vec![
         arrival(click(1, 1, 1, 100_000), 0, 0, 100_000),
         arrival(click(2, 2, 1, 100_000), 0, 1, 100_000),
     ];
     let expected = recompute::recompute(arrivals, &BTreeMap::new(), &table, settings(0));
     let state = SeriesKey::of(&AggregateKey {
-        dimension: Dimension::State(Some(("US".into(), "ab".into()))),
+        dimension: Dimension::State(None),
         window: None,
     });
     assert_eq!(expected.skip_reason(&state), Some(Skip::SharedSeries));
     assert_eq!(
-        described(&expected).get("country,country=US,window=all"),
+        described(&expected).get("campaign,campaign=1,window=all"),
         Some(&totals(2, 0, 0, 0))
+    );
+}
+
+/// Every counter a source keeps is taken from verify's reading of the sources: none is left to
+/// the ledger's replay, which never sees what the sources reject.
+#[test]
+fn every_counter_the_sources_keep_is_recomputed() {
+    let sources: BTreeMap<Counter, i64> = SOURCE_COUNTERS
+        .iter()
+        .zip(1..)
+        .map(|(counter, n)| (*counter, n))
+        .collect();
+    let arrivals = vec![arrival(click(1, 1, 1, 100_000), 0, 0, 100_000)];
+    let expected = recompute::recompute(arrivals, &sources, &[user(1, "CA")], settings(0));
+    for counter in Counter::ALL {
+        let want = match sources.get(&counter) {
+            Some(n) => *n,
+            None if counter == Counter::EventsIn => 1,
+            None => 0,
+        };
+        assert_eq!(expected.counters[&counter], Ok(want), "{counter:?}");
+    }
+    // And the comparison finds InfluxDB holding them equal.
+    let found = Found {
+        rows: expected
+            .rows
+            .iter()
+            .map(|(key, totals)| (key.clone(), FoundRow::of(totals)))
+            .collect(),
+        counters: expected
+            .counters
+            .iter()
+            .map(|(counter, value)| (*counter, value.expect("determined")))
+            .collect(),
+        foreign_windows: BTreeMap::new(),
+    };
+    let comparison = compare::compare(&expected, &found);
+    assert!(comparison.is_match(), "{:#?}", comparison.mismatches);
+}
+
+/// An event without an event time is windowed by its arrival tick, as the pipeline does: it
+/// leaves undetermined only the windows its arrival may fall in, and none when that is one
+/// window; only a message without a timestamp leaves every window row undetermined.
+#[test]
+fn an_event_without_event_time_leaves_only_its_possible_windows_undetermined() {
+    let arrivals = vec![
+        arrival(click(1, 1, 1, 100_000), 0, 0, 100_000),
+        // Arrived between 128 s and 132 s: window [120 s, 180 s) whichever.
+        arrival(click(2, 2, 2, 0), 0, 1, 130_000),
+        // Arrived between 177 s and 181 s: window 120 s or 180 s.
+        arrival(click(3, 3, 3, 0), 0, 2, 179_000),
+    ];
+    let table = vec![user(1, "CA"), user(2, "CA"), user(3, "NY")];
+    let none = BTreeMap::new();
+    let expected = recompute::recompute(arrivals.clone(), &none, &table, settings(2_000));
+    assert_eq!(expected.windows_undetermined, None);
+    let skip = |key: SeriesKey| expected.skip_reason(&key);
+    assert_eq!(skip(campaign_key(1, Some(60_000))), None);
+    assert_eq!(skip(campaign_key(2, Some(120_000))), None);
+    assert_eq!(
+        skip(campaign_key(3, Some(120_000))),
+        Some(Skip::NoEventTime)
+    );
+    assert_eq!(
+        skip(campaign_key(3, Some(180_000))),
+        Some(Skip::NoEventTime)
+    );
+    let rows = described(&expected);
+    assert_eq!(
+        rows.get("campaign,campaign=1,window=60s @60000"),
+        Some(&totals(1, 0, 0, 0))
+    );
+    assert_eq!(
+        rows.get("campaign,campaign=2,window=60s @120000"),
+        Some(&totals(1, 0, 0, 0))
+    );
+    assert_eq!(
+        rows.get("campaign,campaign=2,window=all"),
+        Some(&totals(1, 0, 0, 0))
+    );
+    assert_eq!(expected.counters[&Counter::EventsIn], Ok(3));
+
+    // Exact arrival times determine every window.
+    let exact = recompute::recompute(arrivals.clone(), &none, &table, settings(0));
+    assert!(exact.undetermined.is_empty() && exact.windows_undetermined.is_none());
+    assert_eq!(
+        described(&exact).get("campaign,campaign=3,window=60s @120000"),
+        Some(&totals(1, 0, 0, 0))
+    );
+
+    // No timestamp: its arrival could be any time.
+    let mut untimed = arrivals;
+    untimed[2].timestamp_ms = None;
+    let unknown = recompute::recompute(untimed, &none, &table, settings(2_000));
+    assert_eq!(unknown.windows_undetermined, Some(Skip::NoEventTime));
+}
+
+/// 5,000 purchases of the largest total the source decodes sum beyond 64 bits: verify keeps the
+/// exact sum, compares what the sink writes (clamped to InfluxDB's integers), and calls a
+/// wrapped value wrong.
+#[test]
+#[allow(
+    clippy::useless_conversion,
+    reason = "written to compile with 64-bit fields, where it fails"
+)]
+fn sums_beyond_64_bits_are_recomputed_exactly() {
+    let cents = shopflow::sources::avro::MAX_CENTS;
+    let arrivals: Vec<Arrival> = (0..5_000u64)
+        .map(|n| {
+            let purchase = Event {
+                order_id: OrderId(n),
+                tag: Tag::Purchased,
+                user_id: UserId(1),
+                campaign_id: CampaignId(1),
+                total: Cents(cents),
+                units: i32::MAX as u32,
+                event_time: EventTimeMs(100_000),
+            };
+            arrival(purchase, 0, n as i64, 100_000)
+        })
+        .collect();
+    let expected = recompute::recompute(arrivals, &BTreeMap::new(), &[user(1, "CA")], settings(0));
+    let all_time = &expected.rows[&campaign_key(1, None)];
+    // (Written to hold for 64-bit fields too, where it fails.)
+    assert_eq!(
+        i128::try_from(all_time.revenue_cents).expect("exact"),
+        5_000 * i128::from(cents)
+    );
+    assert_eq!(
+        i128::try_from(all_time.units).expect("exact"),
+        5_000 * i128::from(i32::MAX)
+    );
+    assert_eq!(all_time.purchases, 5_000);
+    let found = |revenue_cents: i64| Found {
+        rows: expected
+            .rows
+            .iter()
+            .map(|(key, totals)| {
+                let mut row = FoundRow::of(totals);
+                if *key == campaign_key(1, None) {
+                    row.revenue_cents = Some(revenue_cents);
+                }
+                (key.clone(), row)
+            })
+            .collect(),
+        counters: expected
+            .counters
+            .iter()
+            .map(|(counter, value)| (*counter, value.expect("determined")))
+            .collect(),
+        foreign_windows: BTreeMap::new(),
+    };
+    assert!(compare::compare(&expected, &found(i64::MAX)).is_match());
+    let wrapped = (5_000 * i128::from(cents)) as i64;
+    assert!(wrapped < 0);
+    let comparison = compare::compare(&expected, &found(wrapped));
+    assert_eq!(
+        comparison.mismatches.len(),
+        1,
+        "{:#?}",
+        comparison.mismatches
     );
 }
 
@@ -1156,4 +1344,185 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("database not found"), "{stderr}");
+}
+
+/// The pipeline and `verify` on real services, with every kind of message the reader rejects,
+/// events without an event time, purchases whose sum exceeds 64 bits (the total's bound off),
+/// and demographics rows that do not convert: the pipeline counts each rejection and each
+/// skipped row (naming its id in the log), writes the clamped sums, and `verify` agrees on every
+/// counter and row.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
+    use std::process::Command;
+
+    use mysql::prelude::Queryable;
+    use shopflow::generators::demographics;
+    use shopflow::sources::kafka::{self, EventProducer};
+    use shopflow::sources::mysql as source;
+
+    use crate::services::unique;
+
+    let test_database = crate::services::TestDatabase::create("shopflow_verify_counters");
+    let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
+    let users = 50u32;
+    source::load_demographics(
+        &mysql_config,
+        demographics::table(5, users),
+        u64::from(users),
+    )
+    .expect("loaded");
+    let invalid = [(900u32, "Q"), (901, "Z"), (902, "?")];
+    let mut conn = pool.get_conn().expect("a connection");
+    for (id, gender) in invalid {
+        conn.exec_drop(
+            format!(
+                "INSERT INTO `{database}`.demographics (id, age, gender, state, country) \
+                 VALUES (?, 30, ?, 'CA', 'US')"
+            ),
+            (id, gender),
+        )
+        .expect("an invalid row");
+    }
+    let topic = unique("shopflow-verify-counters").replace('_', "-");
+    let kafka = crate::services::kafka_config(&brokers, &topic, 2);
+    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+
+    let now = shopflow::runtime::now_ms();
+    let event = |order: u64, tag: Tag, total: i64, units: u32, event_time: u64| Event {
+        order_id: OrderId(order),
+        tag,
+        user_id: UserId((order % u64::from(users)) as u32),
+        campaign_id: CampaignId((order % 3) as u32),
+        total: Cents(total),
+        units,
+        event_time: EventTimeMs(event_time),
+    };
+    let mut producer = EventProducer::new(&kafka).expect("a producer");
+    let mut send = |e: &Event| producer.send(e, shopflow::runtime::now_ms()).expect("sent");
+    // 5,000 purchases of the largest total: 2^51 cents each, 1.1e19 in all, on campaign 7.
+    let huge = 5_000u64;
+    for n in 0..huge {
+        send(&Event {
+            campaign_id: CampaignId(7),
+            ..event(
+                n,
+                Tag::Purchased,
+                shopflow::sources::avro::MAX_CENTS,
+                1,
+                now,
+            )
+        });
+    }
+    // Clicks and purchases, some without an event time.
+    for n in 10_000..10_200u64 {
+        let time = if n % 4 == 0 { 0 } else { now - 5_000 };
+        send(&event(n, Tag::Click, 0, 0, time));
+        if n % 2 == 0 {
+            send(&event(n, Tag::Purchased, 4_200, 2, time));
+        }
+    }
+    // What the reader rejects, by counter.
+    let rejected = [
+        (
+            Counter::RejectedNegative,
+            event(20_000, Tag::Purchased, -100, 1, now),
+        ),
+        (
+            Counter::RejectedNegative,
+            event(20_001, Tag::Purchased, 100, u32::MAX, now),
+        ),
+        (
+            Counter::RejectedImplausible,
+            event(20_002, Tag::Purchased, 100, 2_000_000, now),
+        ),
+        (Counter::RejectedTooOld, event(20_003, Tag::Click, 0, 0, 1)),
+        (
+            Counter::RejectedFuture,
+            event(20_004, Tag::Click, 0, 0, now + 86_400_000),
+        ),
+    ];
+    for (_, e) in &rejected {
+        send(e);
+    }
+    producer
+        .send_raw(b"k", &vec![0u8; 70_000], shopflow::runtime::now_ms())
+        .expect("sent");
+    let malformed = crate::services::send_malformed(&mut producer);
+    producer
+        .flush(std::time::Duration::from_secs(10))
+        .expect("flushed");
+
+    let settings = [
+        ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
+        ("SHOPFLOW__KAFKA__TOPIC", topic.as_str()),
+        ("SHOPFLOW__KAFKA__GROUP_ID", topic.as_str()),
+        // No bound on totals, so that the huge purchases count; units stay bounded.
+        ("SHOPFLOW__KAFKA__MAX_ORDER_CENTS", "0"),
+        ("SHOPFLOW__MYSQL__URL", mysql_config.url.as_str()),
+        ("SHOPFLOW__INFLUX__URL", influx_url.as_str()),
+        ("SHOPFLOW__INFLUX__DATABASE", database.as_str()),
+        ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+        ("RUST_LOG", "info"),
+    ];
+    let shopflow = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+        command.args(args).envs(settings);
+        command
+    };
+    let run = shopflow(&["run", "-w", "2", "--until-caught-up", "--start", "earliest"])
+        .output()
+        .expect("shopflow runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // Each skipped row is logged with its id and why, at most once a second: the snapshot's
+    // first at least.
+    assert!(
+        stderr.contains("skipping a demographics row") && stderr.contains("id 900: gender"),
+        "{stderr}"
+    );
+
+    let answer = influx_query(&influx_url, &database, "SELECT LAST(*) FROM \"pipeline\"");
+    let series = &answer["results"][0]["series"][0];
+    let columns: Vec<&str> = series["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c.as_str().expect("a name"))
+        .collect();
+    let counter = |counter: Counter| {
+        let at = columns
+            .iter()
+            .position(|c| *c == format!("last_{}", counter.name()))
+            .unwrap_or_else(|| panic!("{counter:?} written: {answer}"));
+        series["values"][0][at].as_i64().expect("an integer")
+    };
+    assert_eq!(counter(Counter::DemographicsSkipped), invalid.len() as i64);
+    for kind in [
+        Counter::RejectedNegative,
+        Counter::RejectedImplausible,
+        Counter::RejectedTooOld,
+        Counter::RejectedFuture,
+    ] {
+        let want = rejected.iter().filter(|(c, _)| *c == kind).count() as i64;
+        assert_eq!(counter(kind), want, "{kind:?}");
+    }
+    assert_eq!(counter(Counter::MalformedOversize), 1);
+    assert_eq!(counter(Counter::EventsIn), huge as i64 + 300);
+    let (_, [_, purchases, _, revenue_cents], _) =
+        last_all_time(&influx_url, &database, "campaign", "AND \"campaign\" = '7'");
+    assert_eq!(purchases, huge as i64);
+    assert_eq!(revenue_cents, i64::MAX, "clamped, not wrapped");
+
+    let output = shopflow(&["verify", "--arrival-tolerance", "20s"])
+        .output()
+        .expect("verify runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let rejections = rejected.len() as i64 + 1 + malformed;
+    assert!(
+        stdout.contains(&format!("({} events, {rejections} malformed)", huge + 300)),
+        "{stdout}"
+    );
 }

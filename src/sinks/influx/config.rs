@@ -57,7 +57,8 @@ pub struct InfluxConfig {
     pub batch_lines: usize,
     /// Whether request bodies are gzip-compressed.
     pub gzip: bool,
-    /// The timeout of one HTTP request (connecting included), in milliseconds.
+    /// The timeout of one HTTP request (connecting included), in milliseconds; also bounds the
+    /// start check ([`check_at_start`](super::service::check_at_start)).
     pub timeout_ms: u64,
     /// How often a failed write is retried (connection errors, timeouts, 429, 5xx) before the sink
     /// fails; 0 for never.
@@ -68,6 +69,11 @@ pub struct InfluxConfig {
     pub max_backoff_ms: u64,
     /// Whether the sink runs `CREATE DATABASE` (v1 only; a no-op when it exists) at start.
     pub create_database: bool,
+    /// A file to which every line InfluxDB refuses is appended, after a `# HTTP <status>:
+    /// <message>` comment line; empty (the default) for none. Refused lines are counted
+    /// (`sink_rejected_lines`) and logged either way.
+    #[serde(default)]
+    pub rejects_file: PathBuf,
 }
 
 impl InfluxConfig {
@@ -207,7 +213,13 @@ fn resolve(
 
 /// Parses the base URL: `http` or `https`, a host, no credentials, no query or fragment.
 fn parse_base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("not a URL ({e}): {text:?}"))?;
+    // The text may hold credentials, refused below once it parses.
+    let url = Url::parse(text).map_err(|e| {
+        format!(
+            "not a URL ({e}): {:?}",
+            crate::config::redact_url(text).as_ref()
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "must be an http or https URL, not {:?}",
@@ -336,6 +348,7 @@ max-retries = 40
 initial-backoff-ms = 100
 max-backoff-ms = 10000
 create-database = true
+rejects-file = ""
 "#;
 
     #[derive(Deserialize)]

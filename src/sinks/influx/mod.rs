@@ -10,9 +10,14 @@
 //! - [`service`]: the HTTP client ([`InfluxClient`]): one [`InfluxClient::write`] is one write
 //!   request, at millisecond precision, optionally gzip-compressed. Connection errors, timeouts,
 //!   429, 408 and 5xx answers are retried with exponential backoff and full jitter (each retry
-//!   logged at `warn` with the attempt and the reason, never a credential), up to `max-retries`;
-//!   any other non-2xx answer is fatal at once and the [`WriteError`] carries InfluxDB's own
-//!   message. It also runs `CREATE DATABASE` (v1, the name quoted and escaped) and `/ping`.
+//!   logged at `warn` with the attempt and the reason, never a credential), up to `max-retries`.
+//!   Lines InfluxDB refuses (400 or 422 saying a line does not parse, a field type conflicts or
+//!   the write was partial; 413 too large) are found by halving the body, counted (`rejected_lines`), logged at most
+//!   once a second and appended to `rejects-file`; the others are written and the request is
+//!   done. Any other non-2xx answer (401, 403, 404 database not found, ...) is fatal at once and
+//!   the [`WriteError`] carries InfluxDB's own message. It also runs `CREATE DATABASE` (v1, the
+//!   name quoted and escaped) and `/ping`, and [`check_at_start`] checks the server once, within
+//!   `timeout-ms`, before a run.
 //! - [`sink`]: [`InfluxSink`], the [`Sink`](crate::sinks::Sink). `write_batch` encodes a batch
 //!   with the line-protocol [`Encoder`](crate::sinks::line_protocol::Encoder), cuts it into
 //!   requests of at most `batch-lines` lines and hands them, through a bounded queue of
@@ -38,5 +43,7 @@ pub mod service;
 pub mod sink;
 
 pub use config::{Api, InfluxConfig, MAX_BATCH_LINES, Secret};
-pub use service::{InfluxClient, SetupError, SinkStats, StatsSnapshot, WriteError};
+pub use service::{
+    Checked, InfluxClient, SetupError, SinkStats, StatsSnapshot, WriteError, check_at_start,
+};
 pub use sink::{InfluxSink, MAX_IN_FLIGHT, QUEUE_REQUESTS};

@@ -1,9 +1,10 @@
 //! The HTTP client: one call of [`InfluxClient::write`] is one write of a line-protocol body, retried
 //! with backoff while the failure is transient, and classified when it is not.
 
+use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
@@ -19,6 +20,8 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 500;
 /// How often an interrupted backoff checks whether it was cancelled.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
+/// At most one log line per this interval about refused lines; the others are counted in it.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A request to InfluxDB failed.
 ///
@@ -26,7 +29,9 @@ const SLEEP_SLICE: Duration = Duration::from_millis(50);
 /// [`Timeout`](WriteError::Timeout), [`Transport`](WriteError::Transport) and
 /// [`Unavailable`](WriteError::Unavailable) (5xx, 429, 408). Fatal: [`Rejected`](WriteError::Rejected)
 /// (any other non-2xx status, with InfluxDB's own message), [`Invalid`](WriteError::Invalid) and
-/// [`RetriesExhausted`](WriteError::RetriesExhausted). No variant carries a credential.
+/// [`RetriesExhausted`](WriteError::RetriesExhausted). A write answered with a refusal of some of
+/// its lines ([`WriteError::refuses_lines`]) is not an error of the write: those lines are
+/// counted and skipped, the others written. No variant carries a credential.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// InfluxDB refused the request (4xx other than 408 and 429, or an unexpected status); sending
@@ -82,6 +87,33 @@ impl WriteError {
         )
     }
 
+    /// Whether InfluxDB refused lines of the body rather than the request: 400 or 422 saying it
+    /// could not parse a line, wrote only part of the body, or found lines whose field types
+    /// conflict (`unable to parse`, `failed to parse`, `partial write`, `field type conflict`),
+    /// or 413 (the body too large, so it is split). A 4xx caused by the request itself (401 and
+    /// 403 authentication, 404 database not found, 400 `gzip: invalid header`, ...) is not: the
+    /// same request would fail for every line.
+    pub fn refuses_lines(&self) -> bool {
+        match self {
+            WriteError::Rejected { status: 413, .. } => true,
+            WriteError::Rejected {
+                status: 400 | 422,
+                message,
+            } => {
+                let message = message.to_ascii_lowercase();
+                [
+                    "unable to parse",
+                    "failed to parse",
+                    "partial write",
+                    "field type conflict",
+                ]
+                .iter()
+                .any(|m| message.contains(m))
+            }
+            _ => false,
+        }
+    }
+
     /// The HTTP status InfluxDB answered with, if it answered (of the last attempt).
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -114,6 +146,64 @@ pub enum SetupError {
     /// The writer thread could not be started.
     #[error("cannot start the InfluxDB writer thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// InfluxDB did not answer the start check within `timeout-ms`, or refused it.
+    #[error("InfluxDB at {url} failed the start check: {source}")]
+    StartCheck {
+        /// The base URL, without credentials.
+        url: String,
+        /// Why.
+        source: WriteError,
+    },
+}
+
+/// How the start check ([`check_at_start`]) ended, when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// InfluxDB answered (and the database exists, when `create-database` is set).
+    Ready,
+    /// A stop (Ctrl-C, SIGTERM) came while waiting for InfluxDB: the run should end cleanly.
+    Stopped,
+}
+
+/// Checks once, within `timeout-ms`, that InfluxDB answers: `CREATE DATABASE` when
+/// `create-database` is set (a no-op when it exists), else `GET /ping`; no retry, so an
+/// unreachable server fails the start at once with one line naming its URL (without
+/// credentials). Returns [`Checked::Stopped`] as soon as `stop` is set meanwhile, without waiting
+/// for the answer, so a stop during the check ends the process cleanly.
+pub fn check_at_start(config: &InfluxConfig, stop: &AtomicBool) -> Result<Checked, SetupError> {
+    let client = InfluxClient::new(config)?;
+    let url = without_credentials(&client.base_url);
+    let create = config.create_database;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("influx-check".into())
+        .spawn(move || {
+            let _ = sender.send(client.check(create));
+        })?;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Checked::Stopped);
+        }
+        match receiver.recv_timeout(SLEEP_SLICE) {
+            Ok(Ok(())) => return Ok(Checked::Ready),
+            Ok(Err(source)) => return Err(SetupError::StartCheck { url, source }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(SetupError::StartCheck {
+                    url,
+                    source: WriteError::Invalid("the check thread ended without an answer".into()),
+                });
+            }
+        }
+    }
+}
+
+/// A URL as text without its user and password, whatever it holds.
+fn without_credentials(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 /// The sink's counters: cheap to share (`Arc`), updated with relaxed atomics, read with
@@ -125,6 +215,7 @@ pub struct SinkStats {
     attempts: AtomicU64,
     retries: AtomicU64,
     failed: AtomicU64,
+    rejected_lines: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
 }
@@ -142,6 +233,9 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Write requests given up on (fatal error or retries exhausted).
     pub failed: u64,
+    /// Lines InfluxDB refused (`sink_rejected_lines`): counted, logged and skipped; the other
+    /// lines of their requests are written.
+    pub rejected_lines: u64,
     /// Requests queued for or being written by the writer thread now.
     pub in_flight: u64,
     /// The most requests ever in flight: at most the queue capacity plus one.
@@ -159,6 +253,7 @@ impl SinkStats {
             attempts: get(&self.attempts),
             retries: get(&self.retries),
             failed: get(&self.failed),
+            rejected_lines: get(&self.rejected_lines),
             in_flight: get(&self.in_flight),
             max_in_flight: get(&self.max_in_flight),
         }
@@ -172,6 +267,11 @@ impl SinkStats {
     /// Retries so far.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Lines InfluxDB refused so far.
+    pub fn rejected_lines(&self) -> u64 {
+        self.rejected_lines.load(Ordering::Relaxed)
     }
 
     pub(super) fn add_in_flight(&self) {
@@ -226,6 +326,7 @@ pub struct InfluxClient {
     http: Client,
     api: Api,
     database: String,
+    base_url: Url,
     write_url: Url,
     query_url: Url,
     ping_url: Url,
@@ -234,6 +335,17 @@ pub struct InfluxClient {
     timeout_ms: u64,
     backoff: Backoff,
     stats: Arc<SinkStats>,
+    rejects: Rejects,
+}
+
+/// Where refused lines go: a rate-limited log, and the rejects file when one is set.
+struct Rejects {
+    /// `influx.rejects-file`, opened for appending.
+    file: Option<Mutex<File>>,
+    /// When the last log line about refused lines was written.
+    logged_at: Mutex<Option<Instant>>,
+    /// Refused lines since that log line.
+    unlogged: AtomicU64,
 }
 
 impl std::fmt::Debug for InfluxClient {
@@ -295,10 +407,24 @@ impl InfluxClient {
             .user_agent(concat!("shopflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SetupError::Client(error_chain(&e)))?;
+        let file = if config.rejects_file.as_os_str().is_empty() {
+            None
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.rejects_file)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "influx.rejects-file",
+                    message: format!("cannot open {}: {e}", config.rejects_file.display()),
+                })?;
+            Some(Mutex::new(file))
+        };
         Ok(InfluxClient {
             http,
             api: config.api,
             database: config.database.clone(),
+            base_url: base.clone(),
             write_url,
             query_url: endpoint("query"),
             ping_url: endpoint("ping"),
@@ -311,6 +437,11 @@ impl InfluxClient {
                 max_ms: config.max_backoff_ms,
             },
             stats: Arc::new(SinkStats::default()),
+            rejects: Rejects {
+                file,
+                logged_at: Mutex::new(None),
+                unlogged: AtomicU64::new(0),
+            },
         })
     }
 
@@ -325,7 +456,10 @@ impl InfluxClient {
     }
 
     /// Writes `body` (line protocol, millisecond timestamps) as one request, retrying transient
-    /// failures. Blocks for up to `max-retries` backoffs.
+    /// failures. Blocks for up to `max-retries` backoffs. Lines InfluxDB refuses
+    /// ([`WriteError::refuses_lines`]) are found by halving the body, counted in
+    /// [`StatsSnapshot::rejected_lines`], logged and skipped; the others are written, and the
+    /// write succeeds.
     pub fn write(&self, body: &[u8]) -> Result<(), WriteError> {
         let lines = body
             .split(|&b| b == b'\n')
@@ -336,15 +470,131 @@ impl InfluxClient {
 
     /// [`InfluxClient::write`] of a body known to hold `lines` lines; stops retrying once
     /// `cancel` is set.
+    ///
+    /// When InfluxDB refuses lines of the body ([`WriteError::refuses_lines`]: a line it cannot
+    /// parse, a field type conflict, a body too large), the body is halved and each half written
+    /// again, in order, down to the single lines it refuses. Each of those is counted, logged at
+    /// most once a second with InfluxDB's message, and appended to `rejects-file` when one is
+    /// set; every other line is written, and the request is done (`Ok`). Writing a line again is
+    /// harmless: every point is an absolute value at a fixed time, and halves go in order, so the
+    /// last write of a point is still its last line. Any other error fails the request.
     pub(super) fn write_lines(
         &self,
         body: &[u8],
         lines: u64,
         cancel: &AtomicBool,
     ) -> Result<(), WriteError> {
-        let body = if self.gzip { gzip(body) } else { body.to_vec() };
         let stats = &self.stats;
-        let result = self.with_retries("write", cancel, true, || {
+        let result = match self.post(body, cancel) {
+            Ok(()) => Ok(0),
+            Err(error) if error.refuses_lines() => {
+                let spans = line_spans(body);
+                self.write_halves(body, &spans, cancel, error)
+            }
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(rejected) => {
+                SinkStats::count(&stats.requests, 1);
+                SinkStats::count(&stats.lines_written, lines.saturating_sub(*rejected));
+            }
+            Err(_) => SinkStats::count(&stats.failed, 1),
+        }
+        result.map(drop)
+    }
+
+    /// Writes the lines `spans` of `body`, which InfluxDB refused in part with `refusal`: one line
+    /// is rejected; more are halved and each half written (halved again while refused). Returns
+    /// how many lines were rejected.
+    fn write_halves(
+        &self,
+        body: &[u8],
+        spans: &[(usize, usize)],
+        cancel: &AtomicBool,
+        refusal: WriteError,
+    ) -> Result<u64, WriteError> {
+        match spans {
+            // No line to blame: the request itself was refused.
+            [] => Err(refusal),
+            [(start, end)] => {
+                self.reject(&body[*start..*end], &refusal);
+                Ok(1)
+            }
+            _ => {
+                let (left, right) = spans.split_at(spans.len() / 2);
+                let mut rejected = 0;
+                for half in [left, right] {
+                    let text = &body[half[0].0..half[half.len() - 1].1];
+                    rejected += match self.post(text, cancel) {
+                        Ok(()) => 0,
+                        Err(error) if error.refuses_lines() => {
+                            self.write_halves(body, half, cancel, error)?
+                        }
+                        Err(error) => return Err(error),
+                    };
+                }
+                Ok(rejected)
+            }
+        }
+    }
+
+    /// Counts a line InfluxDB refused, logs it (at most once a second) and appends it to the
+    /// rejects file, if any.
+    fn reject(&self, line: &[u8], refusal: &WriteError) {
+        SinkStats::count(&self.stats.rejected_lines, 1);
+        let (status, message) = match refusal {
+            WriteError::Rejected { status, message } => (*status, message.as_str()),
+            _ => (0, "no message"),
+        };
+        let mut file_error = None;
+        if let Some(file) = &self.rejects.file {
+            let line = String::from_utf8_lossy(line);
+            let entry = format!(
+                "# HTTP {status}: {}\n{}\n",
+                message.replace('\n', "\\n"),
+                line.trim_end_matches('\n')
+            );
+            // One write per entry: appends from several processes do not interleave.
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            file_error = file.write_all(entry.as_bytes()).err();
+        }
+        let unlogged = self.rejects.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut logged_at = self
+            .rejects
+            .logged_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if logged_at.is_some_and(|at| at.elapsed() < REJECT_LOG_INTERVAL) {
+            return;
+        }
+        *logged_at = Some(Instant::now());
+        self.rejects.unlogged.store(0, Ordering::Relaxed);
+        let total = self.stats.rejected_lines();
+        let message = shorten(message);
+        match file_error {
+            None => tracing::warn!(
+                status,
+                %message,
+                since_last_log = unlogged,
+                sink_rejected_lines = total,
+                "InfluxDB refused a line; it is skipped and counted, the others are written"
+            ),
+            Some(error) => tracing::error!(
+                status,
+                %message,
+                since_last_log = unlogged,
+                sink_rejected_lines = total,
+                %error,
+                "InfluxDB refused a line, and the rejects file cannot be written"
+            ),
+        }
+    }
+
+    /// One write request of `body`, gzip-compressed when configured, retrying transient
+    /// failures.
+    fn post(&self, body: &[u8], cancel: &AtomicBool) -> Result<(), WriteError> {
+        let body = if self.gzip { gzip(body) } else { body.to_vec() };
+        self.with_retries("write", cancel, true, || {
             let request = self
                 .http
                 .post(self.write_url.clone())
@@ -355,20 +605,28 @@ impl InfluxClient {
                 request
             };
             self.send(request.body(body.clone())).map(drop)
-        });
-        match &result {
-            Ok(()) => {
-                SinkStats::count(&stats.requests, 1);
-                SinkStats::count(&stats.lines_written, lines);
-            }
-            Err(_) => SinkStats::count(&stats.failed, 1),
+        })
+    }
+
+    /// One `CREATE DATABASE` (when `create`) or `GET /ping`, no retry, within `timeout-ms`.
+    fn check(&self, create: bool) -> Result<(), WriteError> {
+        if create {
+            self.create_database_once()
+        } else {
+            self.ping().map(drop)
         }
-        result
     }
 
     /// Runs `CREATE DATABASE "<database>"` (v1; a no-op when it exists), retrying transient
     /// failures. The name is quoted and escaped, so it is always one identifier.
     pub fn create_database(&self) -> Result<(), WriteError> {
+        self.with_retries("create database", &AtomicBool::new(false), false, || {
+            self.create_database_once()
+        })
+    }
+
+    /// One `CREATE DATABASE` request, no retry.
+    fn create_database_once(&self) -> Result<(), WriteError> {
         if self.api != Api::V1 {
             return Err(WriteError::Invalid(
                 "create-database needs api = \"v1\"".into(),
@@ -379,22 +637,20 @@ impl InfluxClient {
         let mut form = Url::parse("http://form.invalid/").expect("a valid URL");
         form.query_pairs_mut().append_pair("q", &statement);
         let form = form.query().unwrap_or_default().to_owned();
-        self.with_retries("create database", &AtomicBool::new(false), false, || {
-            let request = self
-                .http
-                .post(self.query_url.clone())
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(form.clone());
-            let text = read_text(self.send(request)?);
-            // A statement's error comes back as 200 with `"error"` in its result.
-            match json_string_field(&text, "error") {
-                Some(message) => Err(WriteError::Rejected {
-                    status: 200,
-                    message,
-                }),
-                None => Ok(()),
-            }
-        })
+        let request = self
+            .http
+            .post(self.query_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form);
+        let text = read_text(self.send(request)?);
+        // A statement's error comes back as 200 with `"error"` in its result.
+        match json_string_field(&text, "error") {
+            Some(message) => Err(WriteError::Rejected {
+                status: 200,
+                message,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Runs a read-only InfluxQL query on the database (v1 `GET /query`, millisecond epochs,
@@ -498,7 +754,10 @@ impl InfluxClient {
                 Err(error) => error,
             };
             if !error.is_retryable() {
-                tracing::error!(%error, "InfluxDB {what} failed; not retrying");
+                // A refusal of lines is the caller's to count and log, once a second.
+                if !error.refuses_lines() {
+                    tracing::error!(%error, "InfluxDB {what} failed; not retrying");
+                }
                 return Err(error);
             }
             if cancel.load(Ordering::Relaxed) {
@@ -548,6 +807,32 @@ fn sleep_unless(delay: Duration, cancel: &AtomicBool) {
         }
         std::thread::sleep((until - now).min(SLEEP_SLICE));
     }
+}
+
+/// The non-empty lines of `body`, each as `(start, end)` with its line break included.
+fn line_spans(body: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < body.len() {
+        let end = body[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |i| start + i + 1);
+        if body[start..end].iter().any(|&b| b != b'\n') {
+            spans.push((start, end));
+        }
+        start = end;
+    }
+    spans
+}
+
+/// At most [`MAX_MESSAGE_CHARS`] characters of `message`, for a log line.
+fn shorten(message: &str) -> String {
+    let mut text: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    if text.len() < message.len() {
+        text.push('…');
+    }
+    text
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {

@@ -358,6 +358,10 @@ impl Sink for InfluxSink {
         self.acknowledged.clone()
     }
 
+    fn rejected_lines(&self) -> u64 {
+        self.stats.rejected_lines()
+    }
+
     /// Waits until everything queued is written, then ends the writer; the first fatal error, if
     /// any, is returned (every time it is called), or that the sink was cancelled.
     fn finish(&mut self) -> Result<(), SinkError> {
