@@ -14,11 +14,16 @@
 //!    fingerprint of what it reads, and its clock (process 0's is the run's start everywhere);
 //!    both sides check the other's before going on, so peers that disagree fail at once with a
 //!    message saying how;
-//! 3. once connected to everyone, sends [`READY`] on every connection and waits for every peer's,
-//!    so that no process starts its dataflow while another is still failing to connect;
-//! 4. hands the connected sockets to timely's `initialize_networking_from_sockets`, which writes
+//! 3. opens a second connection to every process it dials, the control link, on which the
+//!    processes' [`watchdog`]s tell each other how they end (a heartbeat while running, then a
+//!    goodbye or the reason they failed), so that a cluster fails as one;
+//! 4. once connected to everyone, sends [`READY`] on every data connection and waits for every
+//!    peer's, so that no process starts its dataflow while another is still failing to connect;
+//! 5. hands the data connections to timely's `initialize_networking_from_sockets`, which writes
 //!    and reads timely's own message framing from the next byte on. timely's 8-byte index prefix
 //!    is part of the setup this module replaces, so nothing else precedes that framing.
+
+pub mod watchdog;
 
 use std::any::Any;
 use std::io::{ErrorKind, Read, Write};
@@ -36,12 +41,13 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::runtime::{EventSource, Plan, now_ms};
+use watchdog::{Failure, Watchdog};
 
 /// The first bytes of every handshake: not a shopflow process otherwise.
 pub const MAGIC: [u8; 8] = *b"SHOPFLOW";
 
 /// The version of this handshake and of the data exchanged after it; peers must run the same.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What a process sends on every connection once it has checked every peer's handshake.
 pub const READY: [u8; 8] = *b"READY\r\n\0";
@@ -202,6 +208,9 @@ pub struct Handshake {
     /// The sender's wall clock when it began connecting, in ms since the epoch: process 0's is
     /// the cluster's start (see [`Communication::start_ms`]).
     pub clock_ms: u64,
+    /// Whether the dialing side opens the control link (see [`watchdog`]) rather than the data
+    /// connection; the accepting side's answer always says `false`.
+    pub control: bool,
 }
 
 /// A handshake's bytes could not be read as one.
@@ -219,15 +228,22 @@ pub enum DecodeError {
 
 impl Handshake {
     /// The length of a handshake on the wire.
-    pub const LEN: usize = 72;
+    pub const LEN: usize = 76;
 
-    /// The wire format, big-endian: magic, version (u32), process, processes, threads (u32
-    /// each), tick, window, lateness, horizon (u64 each), inputs fingerprint (u64), clock (u64).
+    /// The wire format, big-endian: magic, version (u32), process, processes, threads, control
+    /// (u32 each), tick, window, lateness, horizon (u64 each), inputs fingerprint (u64), clock
+    /// (u64).
     pub fn encode(&self) -> [u8; Handshake::LEN] {
         let mut bytes = [0u8; Handshake::LEN];
         bytes[..8].copy_from_slice(&MAGIC);
-        let small = [VERSION, u32_of(self.process), u32_of(self.processes)];
-        for (i, v) in small.into_iter().chain([u32_of(self.threads)]).enumerate() {
+        let small = [
+            VERSION,
+            u32_of(self.process),
+            u32_of(self.processes),
+            u32_of(self.threads),
+            u32::from(self.control),
+        ];
+        for (i, v) in small.into_iter().enumerate() {
             bytes[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_be_bytes());
         }
         let a = &self.agreement;
@@ -240,7 +256,7 @@ impl Handshake {
             self.clock_ms,
         ];
         for (i, v) in large.into_iter().enumerate() {
-            bytes[24 + 8 * i..32 + 8 * i].copy_from_slice(&v.to_be_bytes());
+            bytes[28 + 8 * i..36 + 8 * i].copy_from_slice(&v.to_be_bytes());
         }
         bytes
     }
@@ -257,7 +273,7 @@ impl Handshake {
         };
         let large = |i: usize| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[24 + 8 * i..32 + 8 * i]);
+            b.copy_from_slice(&bytes[28 + 8 * i..36 + 8 * i]);
             u64::from_be_bytes(b)
         };
         if small(0) != VERSION {
@@ -275,6 +291,7 @@ impl Handshake {
                 inputs: large(4),
             },
             clock_ms: large(5),
+            control: small(4) != 0,
         })
     }
 
@@ -342,6 +359,7 @@ pub struct Communication {
     guard: Box<dyn Any + Send>,
     worker: WorkerConfig,
     start_ms: u64,
+    watchdog: Arc<Watchdog>,
 }
 
 impl Communication {
@@ -350,6 +368,11 @@ impl Communication {
     /// starts its simulated time here, so that every process generates its share of one stream.
     pub fn start_ms(&self) -> u64 {
         self.start_ms
+    }
+
+    /// This process's watchdog: the run's failures, here and in the other processes.
+    pub fn watchdog(&self) -> Arc<Watchdog> {
+        Arc::clone(&self.watchdog)
     }
 }
 
@@ -377,6 +400,7 @@ pub fn connect(
             guard,
             worker,
             start_ms: now_ms(),
+            watchdog: Watchdog::alone(0),
         });
     };
     let hello = Handshake {
@@ -385,8 +409,15 @@ pub fn connect(
         threads,
         agreement,
         clock_ms: now_ms(),
+        control: false,
     };
-    let (sockets, start_ms) = connect_all(&addresses, &hello, timeout)?;
+    let Connected {
+        data: sockets,
+        control,
+        start_ms,
+    } = connect_all(&addresses, &hello, timeout)?;
+    let watchdog = Watchdog::watch(process, control, &addresses)
+        .map_err(|e| ClusterError::Start(format!("cannot watch the other processes: {e}")))?;
     let hooks = Hooks::default();
     let local =
         ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
@@ -398,19 +429,23 @@ pub fn connect(
         guard: Box::new(Links(Some(guard))),
         worker,
         start_ms,
+        watchdog,
     })
 }
 
-/// `timely::execute` on connected communication: runs `func` on every local worker.
+/// `timely::execute` on connected communication: runs `func` on every local worker. A worker's
+/// error or panic is the run's failure, told to the [`Watchdog`] at once (a panic on a broken
+/// connection only as a symptom: the watchdog learns its cause from the control links).
 pub fn execute<T, F>(communication: Communication, func: F) -> Result<Guards<T>, String>
 where
     T: Send + 'static,
-    F: Fn(&mut Worker) -> T + Send + Sync + 'static,
+    F: Fn(&mut Worker) -> Result<T, String> + Send + Sync + 'static,
 {
     let Communication {
         allocators,
         guard,
         worker,
+        watchdog,
         ..
     } = communication;
     let cluster = allocators
@@ -419,11 +454,24 @@ where
     let panics = Arc::new(Mutex::new(Vec::new()));
     let noted = Arc::clone(&panics);
     let inner = timely::execute::execute_from(allocators, guard, worker, move |worker| {
+        let index = worker.index();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| func(worker))) {
-            Ok(result) => result,
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(error)) => {
+                watchdog.fail(Failure::Local(error.clone()));
+                Err(error)
+            }
             Err(payload) => {
+                let message = watchdog::panic_message(payload.as_ref());
+                if cluster && watchdog::is_broken_connection("", &message) {
+                    watchdog.broke(&message);
+                } else {
+                    watchdog.fail(Failure::Local(format!(
+                        "worker {index} panicked: {message}"
+                    )));
+                }
                 let mut noted = noted.lock().unwrap_or_else(|p| p.into_inner());
-                noted.push(panic_message(payload.as_ref()));
+                noted.push(message);
                 drop(noted);
                 std::panic::resume_unwind(payload)
             }
@@ -438,7 +486,7 @@ where
 
 /// The running workers, as timely's guards, with the messages of the panics that ended any.
 pub struct Guards<T: Send + 'static> {
-    inner: WorkerGuards<T>,
+    inner: WorkerGuards<Result<T, String>>,
     panics: Arc<Mutex<Vec<String>>>,
     cluster: bool,
 }
@@ -447,13 +495,10 @@ impl<T: Send + 'static> Guards<T> {
     /// Waits for the workers and returns what each returned, or why it failed: the panic's own
     /// message (timely reports only `Any { .. }`), and in a cluster, a connection to another
     /// process lost during the run as such.
-    pub fn join(self) -> Vec<Result<T, String>> {
+    pub fn join(self) -> Vec<Result<Result<T, String>, String>> {
         let results = self.inner.join();
         let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
-        let lost = self.cluster
-            && panics
-                .iter()
-                .any(|m| m.contains("MergeQueue poisoned") || m.contains("timely communication"));
+        let lost = self.cluster && panics.iter().any(|m| watchdog::is_broken_connection("", m));
         let why = if lost {
             "lost the connection to another process during the run (see the other processes' errors)"
                 .to_owned()
@@ -467,15 +512,6 @@ impl<T: Send + 'static> Guards<T> {
             .map(|r| r.map_err(|e| if why.is_empty() { e } else { why.clone() }))
             .collect()
     }
-}
-
-/// A panic's message, when it has one.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// timely's send and receive threads. When a peer dies mid-run they panic, and timely's guard
@@ -493,15 +529,25 @@ impl Drop for Links {
     }
 }
 
-/// Connects process `hello.process` to every other one of `addresses` (one per process), checks
-/// every peer's handshake, and waits until every peer is connected to everyone: the sockets, one
-/// per process in order and `None` for this one, ready for timely, and process 0's clock. Gives
-/// up after `timeout`.
+/// The connections of one process to every other, as [`connect_all`] leaves them: one per process
+/// in order, `None` for this one.
+pub struct Connected {
+    /// timely's data connections, ready for its framing.
+    pub data: Vec<Option<TcpStream>>,
+    /// The control links, for the [`watchdog`].
+    pub control: Vec<Option<TcpStream>>,
+    /// Process 0's clock when it began connecting: the run's start.
+    pub start_ms: u64,
+}
+
+/// Connects process `hello.process` to every other one of `addresses` (one per process) twice,
+/// for data and for control, checks every peer's handshake, and waits until every peer is
+/// connected to everyone. Gives up after `timeout`.
 pub fn connect_all(
     addresses: &[String],
     hello: &Handshake,
     timeout: Duration,
-) -> Result<(Vec<Option<TcpStream>>, u64), ClusterError> {
+) -> Result<Connected, ClusterError> {
     let me = hello.process;
     let deadline = Instant::now() + timeout;
     let listener = TcpListener::bind(addresses[me].as_str())
@@ -512,7 +558,11 @@ pub fn connect_all(
             reason: describe(&e),
         })?;
     tracing::info!(process = me, address = %addresses[me], "connecting to the other processes");
-    let mut links: Vec<Option<TcpStream>> = addresses.iter().map(|_| None).collect();
+    // Per process, the data connection and the control link.
+    let mut links: [Vec<Option<TcpStream>>; 2] = [
+        addresses.iter().map(|_| None).collect(),
+        addresses.iter().map(|_| None).collect(),
+    ];
     let mut start_ms = hello.clock_ms;
     // Per process before this one: when to try next, the pause after that, the last error.
     let mut attempts: Vec<(Instant, Duration, String)> = (0..me)
@@ -524,13 +574,10 @@ pub fn connect_all(
             )
         })
         .collect();
-    loop {
-        let missing = |links: &[Option<TcpStream>]| {
-            (0..addresses.len()).find(|&j| j != me && links[j].is_none())
-        };
-        let Some(first_missing) = missing(&links) else {
-            break;
-        };
+    let complete = |links: &[Vec<Option<TcpStream>>; 2], j: usize| {
+        j == me || (links[0][j].is_some() && links[1][j].is_some())
+    };
+    while let Some(first_missing) = (0..addresses.len()).find(|&j| !complete(&links, j)) {
         let now = Instant::now();
         if now >= deadline {
             let (process, address) = (first_missing, addresses[first_missing].clone());
@@ -552,9 +599,9 @@ pub fn connect_all(
         loop {
             match listener.accept() {
                 Ok((stream, from)) => {
-                    let (process, stream) = accept(stream, from, hello, &links, deadline)?;
-                    tracing::info!(process, %from, "process connected");
-                    links[process] = Some(stream);
+                    let (process, control, stream) = accept(stream, from, hello, &links, deadline)?;
+                    tracing::info!(process, %from, control, "process connected");
+                    links[usize::from(control)][process] = Some(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e)
@@ -572,36 +619,44 @@ pub fn connect_all(
             }
         }
         for (process, (next, backoff, last_error)) in attempts.iter_mut().enumerate() {
-            if links[process].is_some() || *next > Instant::now() {
+            if complete(&links, process) || *next > Instant::now() {
                 continue;
             }
             let address = &addresses[process];
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(MIN_WAIT, MAX_BACKOFF);
-            match dial(address, wait) {
-                Ok(stream) => {
-                    let (stream, theirs) = greet(stream, process, address, hello, deadline)?;
-                    if process == 0 {
-                        start_ms = theirs.clock_ms;
-                    }
-                    tracing::info!(process, %address, "connected to process");
-                    links[process] = Some(stream);
+            // The data connection first, then the control link: the peer accepts them in order.
+            for control in [false, true] {
+                if links[usize::from(control)][process].is_some() {
+                    continue;
                 }
-                Err(e) => {
-                    if *backoff == FIRST_BACKOFF {
-                        tracing::info!(process, %address, error = %e, "waiting for process");
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .clamp(MIN_WAIT, MAX_BACKOFF);
+                match dial(address, wait) {
+                    Ok(stream) => {
+                        let mine = Handshake { control, ..*hello };
+                        let (stream, theirs) = greet(stream, process, address, &mine, deadline)?;
+                        if process == 0 {
+                            start_ms = theirs.clock_ms;
+                        }
+                        tracing::info!(process, %address, control, "connected to process");
+                        links[usize::from(control)][process] = Some(stream);
                     }
-                    *last_error = e;
-                    *next = Instant::now() + *backoff;
-                    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+                    Err(e) => {
+                        if *backoff == FIRST_BACKOFF {
+                            tracing::info!(process, %address, error = %e, "waiting for process");
+                        }
+                        *last_error = e;
+                        *next = Instant::now() + *backoff;
+                        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
                 }
             }
         }
         let next_attempt = attempts
             .iter()
             .enumerate()
-            .filter(|(j, _)| links[*j].is_none())
+            .filter(|(j, _)| !complete(&links, *j))
             .map(|(_, (next, _, _))| *next)
             .min()
             .unwrap_or(deadline);
@@ -612,8 +667,9 @@ pub fn connect_all(
         std::thread::sleep(pause);
     }
     drop(listener);
-    barrier(&mut links, addresses, deadline)?;
-    for stream in links.iter().flatten() {
+    let [mut data, control] = links;
+    barrier(&mut data, addresses, deadline)?;
+    for stream in data.iter().flatten() {
         let prepared = stream
             .set_read_timeout(None)
             .and_then(|()| stream.set_write_timeout(None))
@@ -623,7 +679,11 @@ pub fn connect_all(
         }
     }
     tracing::info!(process = me, start_ms, "connected to every process");
-    Ok((links, start_ms))
+    Ok(Connected {
+        data,
+        control,
+        start_ms,
+    })
 }
 
 /// One connection attempt to every address `address` resolves to; the error as a phrase.
@@ -670,14 +730,15 @@ fn greet(
 }
 
 /// The accepting side: sends this process's handshake, reads and checks the peer's, which must
-/// be a process after this one not yet connected. Returns the peer's index.
+/// be a process after this one not yet connected this way (`links`: data, control). Returns the
+/// peer's index and whether this is its control link.
 fn accept(
     mut stream: TcpStream,
     from: SocketAddr,
     hello: &Handshake,
-    links: &[Option<TcpStream>],
+    links: &[Vec<Option<TcpStream>>; 2],
     deadline: Instant,
-) -> Result<(usize, TcpStream), ClusterError> {
+) -> Result<(usize, bool, TcpStream), ClusterError> {
     let peer = format!("a connection from {from}");
     let handshake = |problem: String| ClusterError::Handshake {
         peer: peer.clone(),
@@ -705,12 +766,12 @@ fn accept(
             "claims to be process {them} of a cluster of {}",
             hello.processes
         )
-    } else if links[them].is_some() {
+    } else if links[usize::from(theirs.control)][them].is_some() {
         format!(
             "claims to be process {them}, which is already connected: are two processes started with -p {them}?"
         )
     } else {
-        return Ok((them, stream));
+        return Ok((them, theirs.control, stream));
     };
     Err(handshake(problem))
 }
@@ -839,6 +900,7 @@ mod tests {
                 inputs: 7,
             },
             clock_ms: 1_700_000_000_000,
+            control: process == 1,
         }
     }
 

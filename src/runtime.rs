@@ -21,6 +21,7 @@ use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::vec::Input as _;
 
 use crate::checkpoint::{self, WorkerCheckpoint};
+use crate::cluster::watchdog::{self, Ending, Failure, Watchdog};
 use crate::cluster::{self, Agreement, ClusterError};
 use crate::config::Config;
 use crate::generators::demographics;
@@ -51,6 +52,10 @@ pub enum RunError {
     /// The processes of a cluster could not connect, or disagree.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The run failed elsewhere (another process failed or was lost), or here without its
+    /// threads ending in time.
+    #[error(transparent)]
+    Failed(#[from] Failure),
     /// The checkpoint directory cannot be used: unwritable, or another pipeline's.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -285,6 +290,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let timeout = Duration::from_millis(plan.config.engine.connect_timeout_ms);
     let timely_config = plan.workers.timely_config()?;
     let communication = cluster::connect(timely_config, Agreement::of(&plan), timeout)?;
+    let watchdog = communication.watchdog();
     let local_workers = plan.workers.threads_per_process();
     let process = plan.workers.process;
     let knobs = plan.config.generator.clone();
@@ -346,6 +352,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let (sender, receiver) = std::sync::mpsc::channel::<(usize, Progress)>();
     let sender = Mutex::new(sender);
     let sink_status = Arc::clone(&status);
+    // A failed run does not wait for the sink: its retries and its full queue give up at once.
+    if let Some(cancel) = sink.canceller() {
+        watchdog.on_failure(cancel);
+    }
+    let sink_watchdog = Arc::clone(&watchdog);
     let sink_thread = std::thread::Builder::new()
         .name("shopflow-sink".into())
         .spawn(move || -> Result<u64, SinkError> {
@@ -358,10 +369,11 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 &sink_status,
                 written,
             );
-            if result.is_err() {
+            if let Err(error) = &result {
                 // Stop the sources: nothing they read could be written.
                 sink_status.sink_failed.store(true, Ordering::Relaxed);
                 sink_status.stop.store(true, Ordering::Relaxed);
+                sink_watchdog.fail(Failure::Local(error.to_string()));
             }
             result?;
             sink.finish()?;
@@ -372,6 +384,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     let worker_status = Arc::clone(&status);
     // Set when a worker fails: the others stop instead of waiting for it forever.
     let failed = Arc::new(AtomicBool::new(false));
+    watchdog.on_failure(stop_on_failure(&status, &failed));
     let guards = cluster::execute(communication, move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
@@ -537,6 +550,10 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         let peers = peers as u64;
 
         loop {
+            // A failed run ends at once: no checkpoint boundary will complete.
+            if failure.others_failed() {
+                break;
+            }
             if status.stop.load(Ordering::Relaxed)
                 || stop.duration.is_some_and(|d| started.elapsed() >= d)
             {
@@ -820,21 +837,54 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
     })
     .map_err(RunError::Dataflow)?;
 
-    let results = guards.join();
-    let written = sink_thread
-        .join()
-        .map_err(|_| RunError::Dataflow("the sink thread panicked".into()))??;
-    for result in results {
-        result
-            .map_err(RunError::Dataflow)?
-            .map_err(RunError::Source)?;
-    }
-    Ok(Report {
+    let ending = watchdog::conclude(guards, sink_thread, &watchdog);
+    let outcome = outcome(ending, &watchdog).map(|written| Report {
         events: status.generated.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         batches: status.batches.load(Ordering::Relaxed),
         written,
-    })
+    });
+    // The other processes learn how this one ended: a goodbye, or why it failed.
+    watchdog.end(outcome.as_ref().err().map(ToString::to_string).as_deref());
+    outcome
+}
+
+/// What the run's threads ended with, as the run's result (the lines written): a failure
+/// elsewhere (or of the connections to elsewhere) first, since this process's own errors are
+/// then its consequences.
+fn outcome(
+    ending: Ending<(), Result<u64, SinkError>>,
+    watchdog: &Watchdog,
+) -> Result<u64, RunError> {
+    let failure = watchdog.failure_within(Duration::from_secs(1));
+    if let Some(failure) = failure.filter(|f| !matches!(f, Failure::Local(_))) {
+        return Err(failure.into());
+    }
+    let Ending::Joined { workers, sink } = ending else {
+        return Err(watchdog
+            .failure()
+            .unwrap_or_else(|| Failure::Local("the run's threads were left behind".into()))
+            .into());
+    };
+    let written = sink.map_err(|_| RunError::Dataflow("the sink thread panicked".into()))??;
+    for result in workers {
+        result
+            .map_err(RunError::Dataflow)?
+            .map_err(RunError::Source)?;
+    }
+    Ok(written)
+}
+
+/// The watchdog's hook: a failed run, here or elsewhere, stops every local worker.
+fn stop_on_failure(
+    status: &Arc<Status>,
+    failed: &Arc<AtomicBool>,
+) -> impl Fn() + Send + Sync + 'static {
+    let (status, failed) = (Arc::clone(status), Arc::clone(failed));
+    move || {
+        failed.store(true, Ordering::Relaxed);
+        status.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Armed while a worker runs: if the worker ends any other way than by [`disarm`](Self::disarm)

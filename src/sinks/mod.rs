@@ -25,6 +25,9 @@ pub enum SinkError {
     },
 }
 
+/// Makes a sink give up at once, from any thread (see [`Sink::canceller`]).
+pub type Canceller = Box<dyn Fn() + Send + Sync>;
+
 /// How far a sink's writes are acknowledged: every timestamp before [`below`](Self::below) is
 /// durably in the sink (for InfluxDB: every line of it answered with a 2xx, or refused and
 /// counted). Shared with the workers, which commit Kafka offsets and write checkpoints only
@@ -69,6 +72,13 @@ pub trait Sink: Send {
     /// Lines the destination refused so far: counted, logged and skipped, the others written.
     fn rejected_lines(&self) -> u64 {
         0
+    }
+    /// What makes the sink give up at once when the run has failed, called from another thread:
+    /// its retries stop, a [`write_batch`](Sink::write_batch) blocked on a full queue returns an
+    /// error, and [`finish`](Sink::finish) fails instead of waiting for what is queued. `None`
+    /// for a sink that never blocks for long.
+    fn canceller(&self) -> Option<Canceller> {
+        None
     }
 }
 

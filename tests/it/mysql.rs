@@ -21,14 +21,14 @@ use shopflow::sources::mysql::{
 type Updates = Vec<(Demographic, isize)>;
 
 /// A database of its own on the test server, dropped at the end.
-struct TestDb {
+pub(crate) struct TestDb {
     server: String,
-    name: String,
-    config: MysqlConfig,
+    pub(crate) name: String,
+    pub(crate) config: MysqlConfig,
 }
 
 impl TestDb {
-    fn new() -> TestDb {
+    pub(crate) fn new() -> TestDb {
         let server = std::env::var("SHOPFLOW_TEST_MYSQL_URL").expect(
             "SHOPFLOW_TEST_MYSQL_URL (mysql://user:password@host:port) names the test server",
         );
@@ -164,7 +164,7 @@ fn assert_feed_matches_table(
     assert!(*state == table, "snapshot + feed equals the table");
 }
 
-fn load_small(db: &TestDb, seed: u64, users: u32) -> Vec<Demographic> {
+pub(crate) fn load_small(db: &TestDb, seed: u64, users: u32) -> Vec<Demographic> {
     let rows: Vec<_> = demographics::table(seed, users).collect();
     load_demographics(&db.config, rows.iter().cloned(), u64::from(users)).unwrap();
     rows
@@ -651,15 +651,15 @@ fn truncate_stops_the_feed_with_an_error() {
 }
 
 /// A TCP proxy to the test server that can be cut off: its port then refuses connections.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     stop: Arc<AtomicBool>,
     sockets: Arc<Mutex<Vec<TcpStream>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proxy {
-    fn to(upstream: String) -> Proxy {
+    pub(crate) fn to(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -699,7 +699,7 @@ impl Proxy {
     }
 
     /// Closes every connection and the port.
-    fn cut(&mut self) {
+    pub(crate) fn cut(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(acceptor) = self.acceptor.take() {
             acceptor.join().unwrap();

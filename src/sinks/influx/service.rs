@@ -760,7 +760,15 @@ impl InfluxClient {
                 }
                 return Err(error);
             }
-            if attempts > self.backoff.max_retries || cancel.load(Ordering::Relaxed) {
+            if cancel.load(Ordering::Relaxed) {
+                // The run failed elsewhere and said so: this is not news.
+                tracing::debug!(attempts, %error, "InfluxDB {what} failed; cancelled");
+                return Err(WriteError::RetriesExhausted {
+                    attempts,
+                    last: Box::new(error),
+                });
+            }
+            if attempts > self.backoff.max_retries {
                 tracing::error!(attempts, %error, "InfluxDB {what} failed; giving up");
                 return Err(WriteError::RetriesExhausted {
                     attempts,

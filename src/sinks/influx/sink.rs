@@ -12,7 +12,7 @@ use dataflows::output::Batch;
 use super::config::InfluxConfig;
 use super::service::{InfluxClient, SetupError, SinkStats, WriteError};
 use crate::sinks::line_protocol::{Encoder, RuntimeMetrics, encode_runtime};
-use crate::sinks::{Acknowledged, Sink, SinkError};
+use crate::sinks::{Acknowledged, Canceller, Sink, SinkError};
 
 /// How many requests wait for the writer at most. With the one being written, at most
 /// [`MAX_IN_FLIGHT`] requests (each at most `batch-lines` lines) are held: when InfluxDB is slow
@@ -284,7 +284,11 @@ fn write_loop(
         };
         stats.sub_in_flight(1);
         if let Err(error) = result {
-            tracing::error!(%error, lines = request.lines, "InfluxDB sink stopped");
+            if shared.abandon.load(Ordering::Relaxed) {
+                tracing::debug!(%error, lines = request.lines, "InfluxDB sink cancelled");
+            } else {
+                tracing::error!(%error, lines = request.lines, "InfluxDB sink stopped");
+            }
             *shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
             return;
         }
@@ -320,6 +324,20 @@ impl Sink for InfluxSink {
         self.stats.retries()
     }
 
+    /// Stops the writer's retries and its queue, dropping what is queued; the write under way
+    /// ends after its current attempt.
+    fn canceller(&self) -> Option<Canceller> {
+        let (queue, shared, stats) = (
+            Arc::clone(&self.queue),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.stats),
+        );
+        Some(Box::new(move || {
+            shared.abandon.store(true, Ordering::Relaxed);
+            queue.stop(&stats);
+        }))
+    }
+
     /// Queues the mark behind what was handed over: the writer acknowledges it once InfluxDB has
     /// answered every request before it.
     fn complete_below(&mut self, below: Tick) -> Result<(), SinkError> {
@@ -345,13 +363,16 @@ impl Sink for InfluxSink {
     }
 
     /// Waits until everything queued is written, then ends the writer; the first fatal error, if
-    /// any, is returned (every time it is called).
+    /// any, is returned (every time it is called), or that the sink was cancelled.
     fn finish(&mut self) -> Result<(), SinkError> {
         self.finished = true;
         self.queue.close();
         self.join()?;
         match self.fatal() {
             Some(error) => Err(self.write_error(error)),
+            None if self.shared.abandon.load(Ordering::Relaxed) => {
+                Err(self.error(std::io::Error::other("cancelled: the run failed")))
+            }
             None => Ok(()),
         }
     }
