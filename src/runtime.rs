@@ -480,6 +480,9 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
         demographics_in.flush();
         segments_in.advance_to(tick);
         counters_in.advance_to(tick);
+        // Before the restored contributions enter: they are the first timestamp's, as the
+        // segments, counters and orders restored beside them (an input session starts at 0).
+        restored_in.advance_to(tick);
         // The restored segments, retracted at the end of the first tick when the demographics
         // as their source holds them now enter: the first tick's output is the checkpoint's.
         let mut restored_segments = Vec::new();

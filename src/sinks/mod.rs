@@ -69,16 +69,16 @@ pub trait Sink: Send {
     fn retries(&self) -> u64 {
         0
     }
+    /// Lines the destination refused so far: counted, logged and skipped, the others written.
+    fn rejected_lines(&self) -> u64 {
+        0
+    }
     /// What makes the sink give up at once when the run has failed, called from another thread:
     /// its retries stop, a [`write_batch`](Sink::write_batch) blocked on a full queue returns an
     /// error, and [`finish`](Sink::finish) fails instead of waiting for what is queued. `None`
     /// for a sink that never blocks for long.
     fn canceller(&self) -> Option<Canceller> {
         None
-    }
-    /// Lines the destination refused so far: counted, logged and skipped, the others written.
-    fn rejected_lines(&self) -> u64 {
-        0
     }
 }
 

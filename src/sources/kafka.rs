@@ -752,7 +752,14 @@ impl PartitionReader {
             ));
             if let Some((producer, topic)) = &self.dead_letter {
                 let origin = (self.topic.as_str(), partition, offset);
-                dead_letter(producer, topic, payload, message.key(), &rejected, origin);
+                dead_letter(
+                    producer,
+                    topic,
+                    message.payload(),
+                    message.key(),
+                    &rejected,
+                    origin,
+                );
             }
         }
         polled.malformed = malformed.into_iter().collect();
@@ -1059,17 +1066,46 @@ struct Rejected {
 }
 
 /// Copies a rejected message to the dead-letter topic, saying why and where it came from.
+/// The most payload bytes a dead letter copies: with its headers it stays under the 1 MB that
+/// brokers and producers take by default (`message.max.bytes`); a larger payload is cut there,
+/// and its headers say so.
+pub const DEAD_LETTER_MAX_PAYLOAD: usize = 512 * 1024;
+
+/// Copies a rejected message to the dead-letter topic, with why and where from in its headers:
+/// a payload over [`DEAD_LETTER_MAX_PAYLOAD`] cut to it (`shopflow.truncated` = `true`,
+/// `shopflow.payload-bytes` its whole size), a null payload marked (`shopflow.payload` = `null`).
 fn dead_letter(
     producer: &BaseProducer<LogContext>,
     topic: &str,
-    payload: &[u8],
+    payload: Option<&[u8]>,
     key: Option<&[u8]>,
     rejected: &Rejected,
     (source, partition, offset): (&str, i32, i64),
 ) {
     let partition_text = partition.to_string();
     let offset_text = offset.to_string();
-    let headers = OwnedHeaders::new()
+    let whole = payload.map_or(0, <[u8]>::len);
+    let size_text = whole.to_string();
+    let copied = payload.map(|p| &p[..p.len().min(DEAD_LETTER_MAX_PAYLOAD)]);
+    let mut headers = OwnedHeaders::new();
+    if payload.is_none() {
+        headers = headers.insert(Header {
+            key: "shopflow.payload",
+            value: Some("null"),
+        });
+    }
+    if whole > DEAD_LETTER_MAX_PAYLOAD {
+        headers = headers
+            .insert(Header {
+                key: "shopflow.truncated",
+                value: Some("true"),
+            })
+            .insert(Header {
+                key: "shopflow.payload-bytes",
+                value: Some(&size_text),
+            });
+    }
+    let headers = headers
         .insert(Header {
             key: "shopflow.reason",
             value: Some(rejected.reason),
@@ -1094,10 +1130,12 @@ fn dead_letter(
             key: "shopflow.offset",
             value: Some(&offset_text),
         });
-    let record = BaseRecord::to(topic)
-        .payload(payload)
+    let mut record = BaseRecord::to(topic)
         .key(key.unwrap_or(&[]))
         .headers(headers);
+    if let Some(copied) = copied {
+        record = record.payload(copied);
+    }
     if let Err((e, _)) = producer.send(record) {
         tracing::warn!(topic = %topic, "cannot copy a rejected message to the dead-letter topic: {e}");
     }

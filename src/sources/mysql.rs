@@ -1370,12 +1370,22 @@ struct Follower {
 
 /// What a stream has read since the last commit.
 struct StreamState {
-    /// The binlog file being read.
+    /// The binlog file being read: the file each event's `log_pos` is an offset in.
     file: String,
     /// Updates of the open transaction.
     pending: Vec<(Demographic, isize)>,
     /// The open transaction's change in rows that do not convert.
     pending_skipped: i64,
+    /// Whether the stream's format description arrived: the crate reads the events before it
+    /// as if they carried no checksum.
+    described: bool,
+    /// A rotate read before the format description (the artificial one opening every stream):
+    /// its raw file name, which may end in the event's checksum, and its position.
+    early_rotate: Option<(Vec<u8>, u64)>,
+    /// The position once the stream was open (after its opening rotate).
+    opened_at: BinlogPosition,
+    /// Whether the server said with a heartbeat that it had nothing more to send.
+    caught_up: bool,
 }
 
 impl StreamState {
@@ -1477,40 +1487,43 @@ impl Follower {
         }
     }
 
-    /// Reads a stream until it ends; also says whether it delivered more than its first event
-    /// (the connection worked).
+    /// Reads a stream until it ends; also says whether it worked: it moved the position or
+    /// reached the end of the binlog (a heartbeat), so that the retries start over.
     fn follow(&mut self, mut stream: Stream) -> (StreamEnd, bool) {
         let mut state = StreamState {
             file: self.committed.file.clone(),
             pending: Vec::new(),
             pending_skipped: 0,
+            described: false,
+            early_rotate: None,
+            opened_at: self.committed.clone(),
+            caught_up: false,
         };
-        let mut worked = false;
         let mut first = stream.first.take();
-        loop {
+        let end = loop {
             if self.stopped() {
-                return (StreamEnd::Stopped, worked);
+                break StreamEnd::Stopped;
             }
             let event = match first.take() {
                 Some(event) => event,
                 None => match stream.events.next() {
-                    Some(Ok(event)) => {
-                        worked = true;
-                        event
-                    }
+                    Some(Ok(event)) => event,
                     Some(Err(e)) if is_fatal(&e) => {
-                        return (StreamEnd::Fatal(self.binlog_error(e.to_string())), worked);
+                        break StreamEnd::Fatal(self.binlog_error(e.to_string()));
                     }
-                    Some(Err(e)) => return (StreamEnd::Lost(e.to_string()), worked),
-                    None => return (StreamEnd::Lost(stream_ended().to_string()), worked),
+                    Some(Err(e)) => break StreamEnd::Lost(e.to_string()),
+                    None => break StreamEnd::Lost(stream_ended().to_string()),
                 },
             };
             match self.event(&event, &stream.events, &mut state) {
                 Ok(true) => {}
-                Ok(false) => return (StreamEnd::Stopped, worked),
-                Err(end) => return (end, worked),
+                Ok(false) => break StreamEnd::Stopped,
+                Err(end) => break end,
             }
-        }
+        };
+        // A stream that fails again and again at the same place, without moving the position,
+        // must count against the retries: it would otherwise loop forever, applying nothing.
+        (end, state.caught_up || self.committed != state.opened_at)
     }
 
     fn binlog_error(&self, message: impl Into<String>) -> MysqlError {
@@ -1565,18 +1578,32 @@ impl Follower {
             pos: u64::from(header.log_pos()),
         };
         match data {
-            // The artificial rotate opening a stream (log_pos 0) names the file asked for, and
-            // the crate reads it before the format description says whether events end in a
-            // checksum, which then trails the name: only real rotates are read.
-            EventData::RotateEvent(rotate) if header.log_pos() != 0 => {
-                state.file = rotate.name().into_owned();
-                if state.idle() {
-                    self.set_committed(BinlogPosition {
-                        file: state.file.clone(),
-                        pos: rotate.position(),
-                    });
+            // Every rotate names the file the next events come from, and their offsets are in
+            // it: the real one ending a file (log_pos > 0), and the artificial ones (log_pos 0)
+            // the server sends when it opens a file, at the start of the stream (the file asked
+            // for) and whenever it moves on to the next file (after a FLUSH BINARY LOGS or a
+            // restart, whose file ends without a rotate). The crate reads the one opening the
+            // stream before the format description says whether events end in a checksum, so
+            // its name is read once that is known.
+            EventData::RotateEvent(rotate) if !state.described => {
+                state.early_rotate = Some((rotate.name_raw().to_vec(), rotate.position()));
+            }
+            EventData::RotateEvent(rotate) => {
+                self.rotate(state, rotate.name_raw(), rotate.position());
+            }
+            EventData::FormatDescriptionEvent(description) => {
+                state.described = true;
+                if let Some((mut name, pos)) = state.early_rotate.take() {
+                    if description.footer().get_checksum_alg()
+                        == Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32))
+                    {
+                        name.truncate(name.len().saturating_sub(4));
+                    }
+                    self.rotate(state, &name, pos);
+                    state.opened_at = self.committed.clone();
                 }
             }
+            EventData::HeartbeatEvent => state.caught_up = true,
             EventData::TableMapEvent(map)
                 if self.is_ours(&map) && map.columns_count() != self.layout.columns as u64 =>
             {
@@ -1665,6 +1692,21 @@ impl Follower {
         }
         self.set_committed(position);
         Ok(true)
+    }
+
+    /// Follows a rotate to `name`, where the stream goes on at `pos`.
+    fn rotate(&mut self, state: &mut StreamState, name: &[u8], pos: u64) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if name != state.file {
+            tracing::info!(from = %state.file, to = %name, pos, "the binlog moved to another file");
+        }
+        state.file = name;
+        if state.idle() {
+            self.set_committed(BinlogPosition {
+                file: state.file.clone(),
+                pos,
+            });
+        }
     }
 
     fn set_committed(&mut self, position: BinlogPosition) {

@@ -281,6 +281,144 @@ fn each_kind_of_bad_message_is_counted_apart_and_dead_lettered() {
     assert_eq!(letters, expected);
 }
 
+/// A message too large for the dead-letter topic (3 MB, over the 1 MB brokers and producers
+/// take by default) is copied cut to what fits, its headers saying so and how large it was; a
+/// null payload is copied marked as null, apart from an empty one.
+#[test]
+fn an_oversize_message_is_dead_lettered_cut_and_a_null_payload_marked() {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let config = KafkaConfig {
+        brokers: "127.0.0.1:1".into(),
+        topic: "faults-large-input".into(),
+        partitions: 1,
+        group_id: "faults-large-input".into(),
+        start: StartPosition::Earliest,
+        schema_id: avro::DEFAULT_SCHEMA_ID,
+        schema_registry_url: String::new(),
+        dead_letter_topic: "faults-large-dead-letters".into(),
+        max_poll_messages: 1_000,
+        max_message_bytes: 1_024,
+        max_event_age_ms: 30 * 86_400_000,
+        max_future_skew_ms: 300_000,
+        max_order_cents: 1_000_000_000,
+        max_units: 1_000_000,
+        properties: BTreeMap::new(),
+    };
+    let embedded = EmbeddedKafka::start(&config).expect("the mock cluster");
+    let config = embedded.config().clone();
+    let large: Vec<u8> = (0..3 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("message.max.bytes", "20000000")
+        .create()
+        .expect("a producer");
+    for record in [
+        BaseRecord::to(&config.topic)
+            .key("big")
+            .payload(large.as_slice()),
+        BaseRecord::to(&config.topic).key("null"),
+        BaseRecord::to(&config.topic).key("empty").payload(&[][..]),
+    ] {
+        producer.send(record).map_err(|(e, _)| e).expect("sent");
+    }
+    producer.flush(Duration::from_secs(20)).expect("flushed");
+
+    let mut reader = PartitionReader::open(&config, 0, 1, None).expect("a reader");
+    let mut counted: BTreeMap<Counter, isize> = BTreeMap::new();
+    let mut messages = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while messages < 3 {
+        assert!(Instant::now() < deadline, "read {messages} messages");
+        let polled = reader.poll(1_000, |_| panic!("no event")).expect("polled");
+        messages += polled.messages;
+        for (counter, n) in polled.malformed {
+            *counted.entry(counter).or_default() += n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        counted,
+        BTreeMap::from([
+            (Counter::MalformedOversize, 1),
+            (Counter::MalformedFraming, 2)
+        ])
+    );
+    drop(reader);
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", "faults-large-dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a consumer");
+    consumer
+        .subscribe(&[&config.dead_letter_topic])
+        .expect("subscribed");
+    // Per letter: its key, its payload (None for null), and its shopflow.payload, .truncated and
+    // .payload-bytes headers.
+    type Letter = (String, Option<Vec<u8>>, [Option<String>; 3]);
+    let mut letters: Vec<Letter> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters.len() < 3 {
+        assert!(Instant::now() < deadline, "{} dead letters", letters.len());
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let header = |name: &str| {
+                message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+            };
+            letters.push((
+                String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                message.payload().map(<[u8]>::to_vec),
+                [
+                    header("shopflow.payload"),
+                    header("shopflow.truncated"),
+                    header("shopflow.payload-bytes"),
+                ],
+            ));
+        }
+    }
+    let cut = shopflow::sources::kafka::DEAD_LETTER_MAX_PAYLOAD;
+    // By key (the producer may send them in any order); payloads compared, not printed.
+    letters.sort_by(|a, b| a.0.cmp(&b.0));
+    let summary: Vec<(String, Option<usize>, bool, [Option<String>; 3])> = letters
+        .into_iter()
+        .map(|(key, payload, headers)| {
+            let expected: Option<&[u8]> = match key.as_str() {
+                "big" => Some(&large[..cut]),
+                "empty" => Some(&[]),
+                _ => None,
+            };
+            let equal = payload.as_deref() == expected;
+            (key, payload.map(|p| p.len()), equal, headers)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "big".to_owned(),
+                Some(cut),
+                true,
+                [None, Some("true".into()), Some(large.len().to_string())],
+            ),
+            ("empty".to_owned(), Some(0), true, [None, None, None]),
+            (
+                "null".to_owned(),
+                None,
+                true,
+                [Some("null".into()), None, None]
+            ),
+        ]
+    );
+}
+
 /// A re-assignment, which the reader makes when its partitions stall after a broker restart,
 /// resumes at the first message not yet polled: nothing is skipped and nothing read twice.
 #[test]
