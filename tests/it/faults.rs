@@ -387,7 +387,10 @@ fn an_oversize_message_is_dead_lettered_cut_and_a_null_payload_marked() {
     let cut = shopflow::sources::kafka::DEAD_LETTER_MAX_PAYLOAD;
     // By key (the producer may send them in any order); payloads compared, not printed.
     letters.sort_by(|a, b| a.0.cmp(&b.0));
-    let summary: Vec<(String, Option<usize>, bool, [Option<String>; 3])> = letters
+    // Per letter: its key, its payload's length, whether the payload is the one expected, and
+    // its headers.
+    type Summary = (String, Option<usize>, bool, [Option<String>; 3]);
+    let summary: Vec<Summary> = letters
         .into_iter()
         .map(|(key, payload, headers)| {
             let expected: Option<&[u8]> = match key.as_str() {
