@@ -14,9 +14,9 @@ use crate::cli::{
 use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
-use crate::runtime::{self, DemographicSource, EventSource, Plan, RunError, Status, Stop, Workers};
+use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
 use crate::sinks::influx::{self, InfluxSink};
-use crate::sinks::{Discard, LineProtocolWriter, Sink, SinkError};
+use crate::sinks::{Discard, LineProtocolWriter, Sink};
 use crate::sources::embedded::EmbeddedKafka;
 use crate::sources::kafka::{self, EventProducer};
 use crate::sources::mysql;
@@ -58,6 +58,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     let output = process_output(&config.output.line_protocol, &workers);
     let sink = LineProtocolWriter::create(&output, config.engine.window_ms)?;
+    let reader_gone = sink.reader_gone();
 
     let status = Arc::new(Status::default());
     let interrupt = Arc::new(AtomicBool::new(false));
@@ -142,9 +143,11 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // A reader of standard output that has gone (`| head`) ends the demo, quietly.
-    if let Err(RunError::Sink(SinkError::Io { source, .. })) = &result
-        && source.kind() == std::io::ErrorKind::BrokenPipe
+    // A reader of standard output that has gone (`| head`) ends the demo, quietly. The flag,
+    // not the run's error: a failed run whose threads do not end within the watchdog's grace
+    // reports the failure as text.
+    if result.is_err()
+        && reader_gone.load(Ordering::Relaxed)
         && LineProtocolWriter::is_stdout(&output)
     {
         return Ok(());

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dataflows::model::Tick;
 use dataflows::output::Batch;
@@ -117,6 +117,8 @@ pub struct LineProtocolWriter {
     buffer: String,
     lines: u64,
     acknowledged: Acknowledged,
+    /// Set when a write failed because the reader of the pipe is gone.
+    reader_gone: Arc<AtomicBool>,
 }
 
 impl LineProtocolWriter {
@@ -138,6 +140,7 @@ impl LineProtocolWriter {
             buffer: String::new(),
             lines: 0,
             acknowledged: Acknowledged::default(),
+            reader_gone: Arc::default(),
         })
     }
 
@@ -146,7 +149,15 @@ impl LineProtocolWriter {
         path.as_os_str() == "-"
     }
 
+    /// Set once a write found its reader gone (`| head`): see [`reader_gone`](Self::reader_gone).
+    pub fn reader_gone(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reader_gone)
+    }
+
     fn io(&self, source: std::io::Error) -> SinkError {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            self.reader_gone.store(true, Ordering::Relaxed);
+        }
         SinkError::Io {
             target: self.target.clone(),
             source,
