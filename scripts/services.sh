@@ -506,7 +506,9 @@ start_kafka() {
     if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
         if [ ! -s "$KAFKA_DIR/cluster.id" ]; then
             # A Kafka Uuid: 16 random bytes, URL-safe base64 without padding (22 chars).
-            head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$KAFKA_DIR/cluster.id"
+            # Never starting with `-`, which `kafka-storage format -t` takes for an option (1 time
+            # in 64 it failed the start).
+            head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' | sed 's/^-/A/' >"$KAFKA_DIR/cluster.id"
         fi
         cluster_id=$(cat "$KAFKA_DIR/cluster.id")
         say "kafka: formatting storage $KAFKA_DIR/data (cluster id $cluster_id)"
