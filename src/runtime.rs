@@ -869,13 +869,15 @@ fn outcome(
             .unwrap_or_else(|| Failure::Local("the run's threads were left behind".into()))
             .into());
     };
-    let written = sink.map_err(|_| RunError::Dataflow("the sink thread panicked".into()))??;
+    // The workers' errors first: a worker that fails (a source that gives up) cancels the sink,
+    // whose error then only follows from it; a failing sink ends the workers without an error.
     for result in workers {
         result
             .map_err(RunError::Dataflow)?
             .map_err(RunError::Source)?;
     }
-    Ok(written)
+    sink.map_err(|_| RunError::Dataflow("the sink thread panicked".into()))?
+        .map_err(RunError::from)
 }
 
 /// The watchdog's hook: a failed run, here or elsewhere, stops every local worker.
