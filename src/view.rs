@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dataflows::model::{Counter, Dimension, OutputKey, OutputValue, Totals};
+use dataflows::model::{Counter, CounterOrigin, Dimension, OutputKey, OutputValue, Totals};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::runtime::{LiveTable, Status, now_ms};
@@ -135,24 +135,7 @@ pub fn events_processed(table: &LiveTable) -> u64 {
 /// Whether `counter` counts source messages (each in exactly one such counter), as opposed to
 /// what happened to events already counted in `events_in`.
 fn counts_a_message(counter: Counter) -> bool {
-    // No wildcard: a new counter must say which it is.
-    match counter {
-        Counter::EventsIn
-        | Counter::MalformedFraming
-        | Counter::MalformedUnknownSchema
-        | Counter::MalformedTruncated
-        | Counter::MalformedInvalidValue
-        | Counter::MalformedOversize
-        | Counter::RejectedNegative
-        | Counter::RejectedTooOld
-        | Counter::RejectedFuture
-        | Counter::RejectedImplausible => true,
-        Counter::Duplicates
-        | Counter::DemographicsSkipped
-        | Counter::LateForWindow
-        | Counter::RefundsApplied
-        | Counter::RefundsUnmatched => false,
-    }
+    counter == Counter::EventsIn || counter.origin() == CounterOrigin::RejectedMessage
 }
 
 fn counter(table: &LiveTable, counter: Counter) -> i64 {

@@ -443,6 +443,18 @@ pub enum Counter {
     DemographicsSkipped,
 }
 
+/// Where a [`Counter`] is kept: see [`Counter::origin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterOrigin {
+    /// The dataflow's order ledger, over the events that entered it.
+    Ledger,
+    /// The event source: a message it read and did not hand on (each such message in exactly one
+    /// of these counters).
+    RejectedMessage,
+    /// The demographics source: rows of its table that do not convert.
+    DemographicsTable,
+}
+
 impl Counter {
     /// Every counter, in declaration order (the dataflow indexes arrays by `counter as usize`).
     pub const ALL: [Counter; 15] = [
@@ -462,6 +474,29 @@ impl Counter {
         Counter::RejectedImplausible,
         Counter::DemographicsSkipped,
     ];
+
+    /// Who keeps the counter: the dataflow's ledger, or a source apart from it (and so what
+    /// `verify` recounts from the sources, and which counters count source messages). Listed one
+    /// by one, so that a new counter needs a decision here.
+    pub fn origin(self) -> CounterOrigin {
+        match self {
+            Counter::EventsIn
+            | Counter::Duplicates
+            | Counter::LateForWindow
+            | Counter::RefundsApplied
+            | Counter::RefundsUnmatched => CounterOrigin::Ledger,
+            Counter::MalformedFraming
+            | Counter::MalformedUnknownSchema
+            | Counter::MalformedTruncated
+            | Counter::MalformedInvalidValue
+            | Counter::MalformedOversize
+            | Counter::RejectedNegative
+            | Counter::RejectedTooOld
+            | Counter::RejectedFuture
+            | Counter::RejectedImplausible => CounterOrigin::RejectedMessage,
+            Counter::DemographicsSkipped => CounterOrigin::DemographicsTable,
+        }
+    }
 
     /// The field name in the `pipeline` measurement.
     pub fn name(self) -> &'static str {

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashMap};
 use dataflows::Params;
 use dataflows::aggregates::dimensions;
 use dataflows::model::{
-    AggregateKey, CampaignId, Counter, Demographic, Dimension, Event, EventTimeMs, Segment, Slot,
-    Tag, Tick, Totals, UserId,
+    AggregateKey, CampaignId, Counter, CounterOrigin, Demographic, Dimension, Event, EventTimeMs,
+    Segment, Slot, Tag, Tick, Totals, UserId,
 };
 use dataflows::orders::Ledger;
 use dataflows::windows::WindowSpec;
@@ -520,23 +520,11 @@ pub fn recompute(
     let counters = Counter::ALL
         .iter()
         .map(|&counter| {
-            // Listed one by one, so that a new counter needs a decision here.
-            let value = match counter {
-                Counter::EventsIn
-                | Counter::Duplicates
-                | Counter::LateForWindow
-                | Counter::RefundsApplied
-                | Counter::RefundsUnmatched => counted.get(&counter).copied().unwrap_or(0),
-                Counter::MalformedFraming
-                | Counter::MalformedUnknownSchema
-                | Counter::MalformedTruncated
-                | Counter::MalformedInvalidValue
-                | Counter::MalformedOversize
-                | Counter::RejectedNegative
-                | Counter::RejectedTooOld
-                | Counter::RejectedFuture
-                | Counter::RejectedImplausible
-                | Counter::DemographicsSkipped => sources.get(&counter).copied().unwrap_or(0),
+            let value = match counter.origin() {
+                CounterOrigin::Ledger => counted.get(&counter).copied().unwrap_or(0),
+                CounterOrigin::RejectedMessage | CounterOrigin::DemographicsTable => {
+                    sources.get(&counter).copied().unwrap_or(0)
+                }
             };
             let value = match counter_skips.get(&counter) {
                 Some(skip) => Err(*skip),

@@ -699,6 +699,12 @@ impl Pipeline {
         }
     }
 
+    /// SIGKILL, as a crash: nothing is flushed or committed.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Ctrl-C, as a user stops it, then waits: it writes everything it read, and exits 0.
     fn interrupt(&mut self) {
         let sent = Command::new("kill")
@@ -1990,8 +1996,7 @@ fn an_influxdb_outage_then_a_kill_never_commits_or_checkpoints_ahead_of_influxdb
     }
     let committed = committed_total(&scenario.kafka);
     let checkpointed = checkpointed_total(&dir, &scenario.kafka, &timeless());
-    let _ = pipeline.child.kill();
-    let _ = pipeline.child.wait();
+    pipeline.kill();
     influxdb.start();
     let acknowledged = influx_state(&scenario.influx_url, &scenario.database)
         .expect("InfluxDB answers")
@@ -2012,13 +2017,7 @@ fn an_influxdb_outage_then_a_kill_never_commits_or_checkpoints_ahead_of_influxdb
     let mut pipeline = Pipeline::start(&env);
     let sent = producer.join().expect("the producer");
     assert_eq!(sent, events);
-    let table = source::read_table(&scenario.mysql).expect("the table");
-    let want = oracle(
-        &timeless_inputs(&table, &generator, events, &BTreeMap::new()),
-        timeless(),
-    );
-    let got = settle_and_compare(&scenario, &mut pipeline, &want, Duration::from_secs(120));
-    assert_eq!(got.counter(Counter::EventsIn), events as i64);
+    settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
 }
 
 /// Killed before its first checkpoint: the restart has no state, and must count the topic from
@@ -2030,24 +2029,18 @@ fn a_kill_before_the_first_checkpoint_loses_nothing() {
     let _services = exclusive();
     let (seed, users) = (79, 3_000);
     let scenario = Scenario::new("faults_early_kill", seed, users);
-    let state = tempfile::tempdir().expect("a working directory");
+    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+    let root = checkpoints.path().display().to_string();
     let env = scenario.pipeline_env(
         timeless(),
         &[
             ("SHOPFLOW__ENGINE__TICK_MS", "250"),
             // The first checkpoint is never reached before the kill.
             ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "3600000"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
         ],
     );
-    let start = |env: &[(String, String)]| {
-        let mut env = env.to_vec();
-        env.push((
-            "SHOPFLOW__ENGINE__CHECKPOINT_DIR".into(),
-            state.path().join("shopflow-state").display().to_string(),
-        ));
-        Pipeline::start(&env)
-    };
-    let mut pipeline = start(&env);
+    let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);
     let (rate, events) = (2_000.0, 20_000u64);
     let generator =
@@ -2058,24 +2051,17 @@ fn a_kill_before_the_first_checkpoint_loses_nothing() {
         influx_state(&scenario.influx_url, &scenario.database)
             .is_some_and(|s| s.counter(Counter::EventsIn) >= 3_000)
     });
-    let _ = pipeline.child.kill();
-    let _ = pipeline.child.wait();
+    pipeline.kill();
     let committed = committed_total(&scenario.kafka);
     assert_eq!(
         committed, 0,
         "no offset is committed before a checkpoint holds the state it covers"
     );
 
-    let mut pipeline = start(&env);
+    let mut pipeline = Pipeline::start(&env);
     let sent = producer.join().expect("the producer");
     assert_eq!(sent, events);
-    let table = source::read_table(&scenario.mysql).expect("the table");
-    let want = oracle(
-        &timeless_inputs(&table, &generator, events, &BTreeMap::new()),
-        timeless(),
-    );
-    let got = settle_and_compare(&scenario, &mut pipeline, &want, Duration::from_secs(120));
-    assert_eq!(got.counter(Counter::EventsIn), events as i64);
+    settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
 }
 
 /// Users moved to a segment of their own after a checkpoint (the pipeline writes its rows), the
@@ -2143,8 +2129,7 @@ fn rows_written_after_the_restored_checkpoint_and_no_longer_supported_are_remove
             })
         },
     );
-    let _ = pipeline.child.kill();
-    let _ = pipeline.child.wait();
+    pipeline.kill();
     let newest = shopflow::checkpoint::latest(&dir)
         .expect("readable")
         .map(|f| f.tick);
@@ -2155,15 +2140,28 @@ fn rows_written_after_the_restored_checkpoint_and_no_longer_supported_are_remove
         .expect("deleted");
 
     let mut pipeline = Pipeline::start(&env);
+    let got = settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
+    assert!(
+        !got.rows.keys().any(|k| k.contains("Atlantis")),
+        "no row of the deleted users' country is left"
+    );
+}
+
+/// Once every event produced is in the topic, waits until InfluxDB equals the oracle over them
+/// and the table as it is now, then stops the pipeline and compares again (see
+/// [`settle_and_compare`]); every event counted once.
+fn settle_on_the_oracle(
+    scenario: &Scenario,
+    pipeline: &mut Pipeline,
+    generator: &EventGenerator,
+    events: u64,
+) -> State {
     let table = source::read_table(&scenario.mysql).expect("the table");
     let want = oracle(
-        &timeless_inputs(&table, &generator, events, &BTreeMap::new()),
+        &timeless_inputs(&table, generator, events, &BTreeMap::new()),
         timeless(),
     );
-    assert!(
-        !want.rows.keys().any(|k| k.contains("Atlantis")),
-        "the oracle has no row of the deleted users' country"
-    );
-    let got = settle_and_compare(&scenario, &mut pipeline, &want, Duration::from_secs(60));
+    let got = settle_and_compare(scenario, pipeline, &want, Duration::from_secs(120));
     assert_eq!(got.counter(Counter::EventsIn), events as i64);
+    got
 }
