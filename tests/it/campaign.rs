@@ -52,10 +52,10 @@ use shopflow::generators::events::EventGenerator;
 use shopflow::sources::kafka::{EventProducer, KafkaConfig};
 use shopflow::sources::mysql as source;
 
-use crate::faults::{
-    Scenario, State, committed_lag, exclusive, influx_state, knobs, oracle, services, timeless,
-    timeless_inputs, topic_messages,
-};
+use crate::support::influx::{self, State};
+use crate::support::kafka::{committed_lag, topic_messages};
+use crate::support::scenario::{Scenario, knobs, oracle, timeless, timeless_inputs};
+use crate::support::services::{exclusive, services};
 
 /// Rounds when `SHOPFLOW_CAMPAIGN_ROUNDS` is not set: CI's share (seeds 1 to 4: 5.5 minutes here).
 const DEFAULT_ROUNDS: u64 = 4;
@@ -699,10 +699,9 @@ impl Round {
                 "SELECT count(consumer_lag) FROM runtime WHERE time >= {}ms",
                 run.started_ms
             );
-            let written =
-                crate::faults::influx_query(&self.scenario.influx_url, &self.scenario.database, &q)
-                    .and_then(|a| a["results"][0]["series"][0]["values"][0][1].as_i64())
-                    .is_some_and(|n| n > 0);
+            let written = influx::query(&self.scenario.influx_url, &self.scenario.database, &q)
+                .and_then(|a| a["results"][0]["series"][0]["values"][0][1].as_i64())
+                .is_some_and(|n| n > 0);
             if written {
                 return;
             }
@@ -1023,7 +1022,7 @@ fn carry_out(round: &mut Round, steps: &[Step]) {
     let lag = committed_lag(&round.scenario.kafka);
     let mut got = None;
     for _ in 0..20 {
-        got = influx_state(&round.scenario.influx_url, &round.scenario.database);
+        got = influx::state(&round.scenario.influx_url, &round.scenario.database);
         if got.is_some() {
             break;
         }
@@ -1047,7 +1046,7 @@ fn catch_up(round: &mut Round, want: &State, events: u64) {
     let mut unchanged_since = Instant::now();
     loop {
         round.pause(Duration::from_millis(500));
-        let got = influx_state(&round.scenario.influx_url, &round.scenario.database);
+        let got = influx::state(&round.scenario.influx_url, &round.scenario.database);
         if got.as_ref().is_some_and(|got| got.matches(want)) {
             round.note(format!(
                 "caught up: InfluxDB equals the oracle after {:.1}s",
@@ -1164,7 +1163,7 @@ fn check_services_match() {
         ("SHOPFLOW_TEST_INFLUX_URL", "SHOPFLOW_INFLUX_PORT", 8087),
         ("SHOPFLOW_TEST_KAFKA_BROKERS", "SHOPFLOW_KAFKA_PORT", 9093),
     ] {
-        let url = crate::services::env(url_var);
+        let url = crate::support::services::env(url_var);
         let stopped = std::env::var(port_var)
             .ok()
             .and_then(|p| p.parse::<u16>().ok())

@@ -21,7 +21,8 @@ use shopflow::generators::events::{EventGenerator, Pace};
 use shopflow::sources::kafka::{self, EventProducer, KafkaConfig};
 
 use crate::cli::{assert_same_state, final_state, reference_lines_from, temp_env_config};
-use crate::services::unique;
+use crate::support::influx;
+use crate::support::services::unique;
 
 /// A `shopflow` process started by a test; killed if the test ends first.
 struct Running {
@@ -764,7 +765,7 @@ fn produce_scenario(kafka: &KafkaConfig, start_ms: u64, events: u64) {
     )
     .expect("produced");
     assert_eq!(sent, events);
-    assert_eq!(crate::services::send_malformed(&mut producer), 4);
+    assert_eq!(crate::support::services::send_malformed(&mut producer), 4);
     producer.flush(Duration::from_secs(30)).expect("flushed");
 }
 
@@ -816,7 +817,7 @@ fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
     let cluster = MockCluster::new(1).expect("the mock cluster");
     let topic = unique("shopflow-cluster").replace('_', "-");
     cluster.create_topic(&topic, 4, 1).expect("the topic");
-    let kafka = crate::services::kafka_config(&cluster.bootstrap_servers(), &topic, 4);
+    let kafka = crate::support::services::kafka_config(&cluster.bootstrap_servers(), &topic, 4);
     let events = 12_000u64;
     // Ten minutes ago: no window is near closing (a day of allowed lateness).
     let start_ms = shopflow::runtime::now_ms() - 600_000;
@@ -898,17 +899,7 @@ fn two_processes_through_embedded_kafka_equal_one_process_and_the_reference() {
 /// every all-time series, every window point, the newest value of every `pipeline` counter
 /// (`runtime`, the engine's wall-clock figures, left out). All-zero rows are removals.
 fn influx_state(url: &str, database: &str) -> BTreeMap<String, String> {
-    let client = reqwest::blocking::Client::new();
-    let query = |q: &str| -> serde_json::Value {
-        let params = [("db", database), ("q", q), ("epoch", "ms")];
-        let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
-        let body = client
-            .get(url)
-            .send()
-            .and_then(|r| r.text())
-            .expect("InfluxDB answers");
-        serde_json::from_str(&body).expect("JSON")
-    };
+    let query = |q: &str| influx::answer(url, database, q);
     let answer = query("SHOW MEASUREMENTS");
     let measurements: Vec<String> = answer["results"][0]["series"][0]["values"]
         .as_array()
@@ -983,15 +974,11 @@ fn influx_state(url: &str, database: &str) -> BTreeMap<String, String> {
 
 /// The `process` tag values of the `runtime` points in `database`: which processes wrote.
 fn writing_processes(url: &str, database: &str) -> BTreeSet<String> {
-    let params = [
-        ("db", database),
-        ("q", "SHOW TAG VALUES FROM runtime WITH KEY = \"process\""),
-    ];
-    let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
-    let body = reqwest::blocking::get(url)
-        .and_then(|r| r.text())
-        .expect("InfluxDB answers");
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let answer = influx::answer(
+        url,
+        database,
+        "SHOW TAG VALUES FROM runtime WITH KEY = \"process\"",
+    );
     answer["results"][0]["series"][0]["values"]
         .as_array()
         .map(|rows| {
@@ -1008,7 +995,7 @@ fn writing_processes(url: &str, database: &str) -> BTreeSet<String> {
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn two_processes_on_real_services_write_what_one_process_writes() {
-    use crate::services::{Cleanup, env};
+    use crate::support::services::{Cleanup, env};
     use mysql::prelude::Queryable;
     use shopflow::sources::mysql::{self as source, MysqlConfig};
 
@@ -1039,7 +1026,7 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
     .expect("loaded");
 
     let topic = unique("shopflow-cluster").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
+    let kafka = crate::support::services::kafka_config(&brokers, &topic, 4);
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let events = 12_000u64;
     let start_ms = shopflow::runtime::now_ms() - 600_000;
@@ -1217,7 +1204,7 @@ fn embedded_scenario(
     let cluster = MockCluster::new(1).expect("the mock cluster");
     let topic = unique("shopflow-cluster").replace('_', "-");
     cluster.create_topic(&topic, 4, 1).expect("the topic");
-    let kafka = crate::services::kafka_config(&cluster.bootstrap_servers(), &topic, 4);
+    let kafka = crate::support::services::kafka_config(&cluster.bootstrap_servers(), &topic, 4);
     produce_scenario(&kafka, shopflow::runtime::now_ms() - 600_000, events);
     let env = vec![
         ("SHOPFLOW__KAFKA__BROKERS".to_owned(), kafka.brokers.clone()),

@@ -1634,7 +1634,7 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     use shopflow::sources::kafka::{self, EventProducer};
 
     let started_ms = shopflow::runtime::now_ms();
-    let db = crate::services::TestDatabase::create("shopflow_dash");
+    let db = crate::support::services::TestDatabase::create("shopflow_dash");
     let (influx_url, brokers, database, pool, mysql) = db.parts();
     let topic = database.replace('_', "-");
 
@@ -1667,7 +1667,7 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     kafka.group_id = topic.clone();
     kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let mut producer = EventProducer::new(&kafka).expect("a producer");
-    crate::services::send_malformed(&mut producer);
+    crate::support::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
 
     // The pipeline, while the producer sends events in real time (one batch per tick).

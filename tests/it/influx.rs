@@ -23,6 +23,8 @@ use shopflow::sinks::influx::{
 use shopflow::sinks::line_protocol::Encoder;
 use shopflow::sinks::{Sink, SinkError};
 
+use crate::support;
+
 /// A completed timestamp, and the start of a 60 s window before it.
 const T: u64 = 1_700_000_000_000;
 const W: u64 = 1_699_999_980_000;
@@ -146,32 +148,7 @@ fn influx_url() -> String {
 
 /// Runs InfluxQL; `GET` for reads, `POST` for the rest. Panics on any error.
 fn influxql(db: Option<&str>, q: &str) -> Value {
-    let mut url = reqwest::Url::parse(&format!("{}/query", influx_url())).unwrap();
-    {
-        let mut query = url.query_pairs_mut();
-        if let Some(db) = db {
-            query.append_pair("db", db);
-        }
-        query.append_pair("epoch", "ms").append_pair("q", q);
-    }
-    let client = reqwest::blocking::Client::new();
-    let read = q.starts_with("SELECT") || q.starts_with("SHOW");
-    let request = if read {
-        client.get(url)
-    } else {
-        client.post(url)
-    };
-    let response = request.send().expect("InfluxDB answers");
-    let status = response.status();
-    let text = response.text().unwrap();
-    assert!(status.is_success(), "{q}: {status} {text}");
-    let value: Value = serde_json::from_str(&text).unwrap();
-    assert!(
-        value["results"][0].get("error").is_none(),
-        "{q}: {}",
-        value["results"][0]["error"]
-    );
-    value
+    support::influx::checked(&influx_url(), db, q)
 }
 
 /// Every row of a query's result, as column → value, all series together.
@@ -1000,27 +977,6 @@ fn refused_lines_are_found_by_halving_counted_and_appended_to_the_rejects_file()
     assert!(error.contains("influx.rejects-file"), "{error}");
 }
 
-/// Log output, captured for one thread's subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[test]
 fn refused_lines_are_logged_at_most_once_a_second_with_influxdbs_message_and_no_secret() {
     let server = Responder::answering(|_, body| {
@@ -1040,13 +996,8 @@ fn refused_lines_are_logged_at_most_once_a_second_with_influxdbs_message_and_no_
         ..config(&server.url, "shop")
     })
     .unwrap();
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .finish();
     let started = Instant::now();
-    tracing::subscriber::with_default(subscriber, || {
+    let text = support::logs::logged(tracing::Level::INFO, || {
         let body: String = (0..100)
             .map(|i| {
                 if i % 5 == 0 {
@@ -1065,7 +1016,6 @@ fn refused_lines_are_logged_at_most_once_a_second_with_influxdbs_message_and_no_
         client.write(b"m x=1i 1\nbad\n").unwrap();
     });
     assert_eq!(client.stats().snapshot().rejected_lines, 21);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].contains("WARN"), "{text}");

@@ -9,7 +9,7 @@ use dataflows::Params;
 use dataflows::harness::Input;
 use dataflows::model::{
     AggregateKey, CampaignId, Cents, Counter, Demographic, Dimension, Event, EventTimeMs, Gender,
-    OrderId, OutputKey, OutputValue, Tag, Tick, Totals, UserId,
+    OrderId, OutputKey, OutputValue, Tag, Totals, UserId,
 };
 use dataflows::reference;
 use dataflows::windows::WindowSpec;
@@ -19,7 +19,9 @@ use shopflow::verify::compare::{self, Difference, Found, FoundRow, MismatchKey};
 use shopflow::verify::recompute::{self, Arrival, Expected, Settings, Skip, Stats};
 use shopflow::verify::series::{Family, SeriesKey};
 
-const TICK: u64 = 250;
+use crate::support::random::{self, FollowUps, Generated, Shape};
+
+use crate::support::influx;
 
 /// The counters the sources keep (the pipeline's reader, the demographics source): verify takes
 /// them from its own reading of the sources, never from the ledger.
@@ -36,163 +38,22 @@ const SOURCE_COUNTERS: [Counter; 10] = [
     Counter::DemographicsSkipped,
 ];
 
+/// The scenarios here: each event on a partition, follow-ups of earlier orders of any tag, bad
+/// messages in every counter the sources keep.
+const SHAPE: Shape = Shape {
+    horizons: &[750, 1_500, 3_000, 1_000_000],
+    partitions: true,
+    states: ["CA", "NY", "TX", "a,b=c d\"e\nf\\"],
+    ticks_below: 40,
+    events_below: 10,
+    follow_ups: FollowUps::AnyTag,
+    counters: &SOURCE_COUNTERS,
+};
+
 /// A random scenario: parameters, inputs at their ticks (events, demographic changes, malformed
 /// messages), and each event's partition.
-struct Scenario {
-    params: Params,
-    inputs: Vec<(Tick, Input)>,
-    /// The partition of each event input, in input order.
-    partitions: Vec<i32>,
-}
-
-fn scenario(seed: u64) -> Scenario {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let params = Params {
-        windows: WindowSpec {
-            size_ms: [500, 1_000, 2_000][rng.random_range(0..3)],
-            allowed_lateness_ms: [0, 500, 1_500, 4_000][rng.random_range(0..4)],
-        },
-        order_horizon_ms: [750, 1_500, 3_000, 1_000_000][rng.random_range(0..4)],
-    };
-    let users = rng.random_range(2..12u32);
-    let campaigns = rng.random_range(1..5u32);
-    // Keyed by user like `produce`, or spread at random so an order's events cross partitions.
-    let by_user = rng.random_bool(0.5);
-    let states = ["CA", "NY", "TX", "a,b=c d\"e\nf\\"];
-    let countries = ["US", "CA", "DE"];
-    let row = |rng: &mut StdRng, id: u32| Demographic {
-        id: UserId(id),
-        age: rng.random_range(10..95),
-        gender: Gender::ALL[rng.random_range(0..4)],
-        state: states[rng.random_range(0..states.len())].into(),
-        country: countries[rng.random_range(0..countries.len())].into(),
-    };
-
-    let start: Tick = 10_000;
-    let mut inputs = Vec::new();
-    let mut partitions = Vec::new();
-    let mut table: BTreeMap<u32, Demographic> = BTreeMap::new();
-    for id in 0..users {
-        if rng.random_bool(0.8) {
-            let r = row(&mut rng, id);
-            table.insert(id, r.clone());
-            inputs.push((start, Input::Demographic(r, 1)));
-        }
-    }
-    let ticks = rng.random_range(4..40u64);
-    let mut sent: Vec<Event> = Vec::new();
-    let mut next_order = 0u64;
-    for step in 0..ticks {
-        let tick = start + step * TICK;
-        for _ in 0..rng.random_range(0..10) {
-            let choice = rng.random_range(0..100);
-            let event = if choice < 15 && !sent.is_empty() {
-                // A second delivery of an earlier event.
-                sent[rng.random_range(0..sent.len())].clone()
-            } else if choice < 35 && !sent.is_empty() {
-                // A click, purchase or refund of an earlier order (a refund may come first, a
-                // second click or purchase may differ from the first), or of an order never seen.
-                let earlier = sent[rng.random_range(0..sent.len())].clone();
-                let tag = [Tag::Click, Tag::Purchased, Tag::Purchased, Tag::Refunded]
-                    [rng.random_range(0..4)];
-                let order = if rng.random_bool(0.1) {
-                    OrderId(10_000 + next_order)
-                } else {
-                    earlier.order_id
-                };
-                let click = tag == Tag::Click;
-                Event {
-                    order_id: order,
-                    tag,
-                    campaign_id: if click && rng.random_bool(0.5) {
-                        CampaignId(rng.random_range(0..campaigns))
-                    } else {
-                        earlier.campaign_id
-                    },
-                    total: Cents(if click {
-                        0
-                    } else {
-                        rng.random_range(1..50_000)
-                    }),
-                    units: if click { 0 } else { rng.random_range(1..6) },
-                    event_time: EventTimeMs(tick - rng.random_range(0..2_000)),
-                    ..earlier
-                }
-            } else {
-                next_order += 1;
-                let lateness = match rng.random_range(0..10) {
-                    0..=5 => rng.random_range(0..TICK),
-                    6..=8 => rng.random_range(0..6_000),
-                    _ => 0,
-                };
-                let future = if rng.random_range(0..20) == 0 {
-                    rng.random_range(1..3_000)
-                } else {
-                    0
-                };
-                let purchase = rng.random_bool(0.4);
-                Event {
-                    order_id: OrderId(next_order),
-                    tag: if purchase { Tag::Purchased } else { Tag::Click },
-                    user_id: UserId(rng.random_range(0..users + 3)),
-                    campaign_id: CampaignId(rng.random_range(0..campaigns)),
-                    total: Cents(if purchase {
-                        rng.random_range(1..50_000)
-                    } else {
-                        0
-                    }),
-                    units: if purchase { rng.random_range(1..6) } else { 0 },
-                    event_time: EventTimeMs(tick - lateness + future),
-                }
-            };
-            sent.push(event.clone());
-            partitions.push(if by_user {
-                (event.user_id.0 % 3) as i32
-            } else {
-                rng.random_range(0..3)
-            });
-            inputs.push((tick, Input::Event(event)));
-        }
-        if rng.random_range(0..6) == 0 {
-            let counter = SOURCE_COUNTERS[rng.random_range(0..SOURCE_COUNTERS.len())];
-            inputs.push((
-                tick,
-                Input::Counter(counter, rng.random_range(1..3i64) as isize),
-            ));
-        }
-        // Demographic changes: moves, birthdays, deletions, and rows for unknown users.
-        for _ in 0..rng.random_range(0..3) {
-            let id = rng.random_range(0..users + 3);
-            match table.get(&id).cloned() {
-                Some(old) => {
-                    inputs.push((tick, Input::Demographic(old.clone(), -1)));
-                    if rng.random_bool(0.75) {
-                        let mut new = row(&mut rng, id);
-                        if rng.random_bool(0.3) {
-                            new = Demographic {
-                                age: old.age.saturating_add(1),
-                                ..old
-                            };
-                        }
-                        inputs.push((tick, Input::Demographic(new.clone(), 1)));
-                        table.insert(id, new);
-                    } else {
-                        table.remove(&id);
-                    }
-                }
-                None => {
-                    let new = row(&mut rng, id);
-                    inputs.push((tick, Input::Demographic(new.clone(), 1)));
-                    table.insert(id, new);
-                }
-            }
-        }
-    }
-    Scenario {
-        params,
-        inputs,
-        partitions,
-    }
+fn scenario(seed: u64) -> Generated {
+    random::generate(seed, &SHAPE)
 }
 
 /// What verify reads of a scenario: the events as Kafka messages timestamped within `tolerance`
@@ -200,7 +61,7 @@ fn scenario(seed: u64) -> Scenario {
 /// their arrival tick written without one, as the pipeline then gives them that tick), the
 /// sources' counts, and the table at the end.
 fn sources(
-    scenario: &Scenario,
+    scenario: &Generated,
     tolerance: u64,
     seed: u64,
 ) -> (Vec<Arrival>, BTreeMap<Counter, i64>, Vec<Demographic>) {
@@ -283,7 +144,7 @@ fn check(seed: u64, tolerance: u64, coverage: &mut Coverage) {
     let (arrivals, malformed, table) = sources(&scenario, tolerance, seed);
     let settings = Settings {
         params: scenario.params,
-        tick_ms: TICK,
+        tick_ms: random::TICK,
         tolerance_ms: tolerance,
         now_ms: as_of,
     };
@@ -1023,33 +884,6 @@ fn parse_report(stdout: &str) -> (Tallies, Vec<String>) {
     (families, mismatches)
 }
 
-/// Runs InfluxQL on the database; the answer's JSON.
-fn influx_query(url: &str, database: &str, statement: &str) -> serde_json::Value {
-    let params = [("db", database), ("q", statement), ("epoch", "ms")];
-    let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
-    let body = reqwest::blocking::Client::new()
-        .post(url)
-        .send()
-        .and_then(|r| r.text())
-        .expect("InfluxDB answers");
-    serde_json::from_str(&body).expect("JSON")
-}
-
-/// Writes line protocol with millisecond timestamps.
-fn influx_write(url: &str, database: &str, lines: &str) {
-    let url = reqwest::Url::parse_with_params(
-        &format!("{url}/write"),
-        &[("db", database), ("precision", "ms")],
-    )
-    .expect("a URL");
-    let response = reqwest::blocking::Client::new()
-        .post(url)
-        .body(lines.to_owned())
-        .send()
-        .expect("InfluxDB answers");
-    assert!(response.status().is_success(), "{:?}", response.text());
-}
-
 /// The last point of one all-time series: its tags and `[clicks, purchases, units, revenue_cents]`
 /// and conversion.
 fn last_all_time(
@@ -1058,7 +892,7 @@ fn last_all_time(
     measurement: &str,
     filter: &str,
 ) -> (BTreeMap<String, String>, [i64; 4], f64) {
-    let answer = influx_query(
+    let answer = influx::answer(
         url,
         database,
         &format!(
@@ -1090,24 +924,18 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     use std::time::Duration;
 
     use shopflow::generators::demographics;
-    use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+    use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
     use shopflow::sources::kafka::{self, EventProducer};
     use shopflow::sources::mysql as source;
 
-    use crate::services::unique;
+    use crate::support::scenario::knobs;
 
-    let test_database = crate::services::TestDatabase::create("shopflow_verify");
+    let test_database = crate::support::services::TestDatabase::create("shopflow_verify");
     let (influx_url, brokers, database, _, mysql_config) = test_database.parts();
     let (seed, users, new_users) = (31, 20_000u32, 300u32);
-    source::load_demographics(
-        &mysql_config,
-        demographics::table(seed, users),
-        u64::from(users),
-    )
-    .expect("loaded");
-    let topic = unique("shopflow-verify").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    test_database.load_demographics(seed, users);
+    let kafka = test_database.topic("shopflow-verify", 4);
+    let topic = kafka.topic.clone();
 
     // `run` and `verify` read the same configuration, as a user's deployment would: the default
     // window, lateness (2 minutes) and order horizon (10 minutes), a 250 ms tick.
@@ -1138,22 +966,9 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     // 12,000 events in 4 s, late (up to 3 minutes), refunded, duplicated, of unknown users, while
     // 150 demographic changes happen; then malformed messages.
     let knobs = GeneratorKnobs {
-        seed,
-        events_per_second: 3_000.0,
-        users,
         new_users,
-        campaigns: 20,
-        campaign_zipf_exponent: 1.1,
-        conversion_share: 0.3,
-        funnel_span: 20,
-        median_order_cents: 4_000,
-        late_share: 0.1,
         max_lateness_ms: 180_000,
-        refund_share: 0.1,
-        duplicate_share: 0.03,
-        unknown_user_share: 0.05,
-        demographic_changes_per_second: 0.0,
-        pace: Pace::Realtime,
+        ..knobs(seed, users, 3_000.0)
     };
     let events = 12_000u64;
     let generator =
@@ -1178,7 +993,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     )
     .expect("produced");
     assert_eq!(sent, events);
-    let malformed = crate::services::send_malformed(&mut producer);
+    let malformed = crate::support::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
     assert_eq!(changer.join().expect("the changer").changes, 150);
     let output = pipeline.wait_with_output().expect("the pipeline ends");
@@ -1229,7 +1044,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
              revenue_cents={cents}i,conversion={conversion} {time}\n"
         )
     };
-    influx_write(&influx_url, &database, &line(clicks + 1, later));
+    influx::write(&influx_url, &database, &line(clicks + 1, later));
     let (code, stdout, stderr) = verify();
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(
@@ -1241,7 +1056,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         "{stdout}"
     );
     assert!(stdout.contains("\nverify: MISMATCH: 1 of "), "{stdout}");
-    influx_write(&influx_url, &database, &line(clicks, later + 1));
+    influx::write(&influx_url, &database, &line(clicks, later + 1));
 
     // A series deleted.
     let (tags, values, conversion) = last_all_time(
@@ -1251,7 +1066,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         "AND \"campaign\" = '1'",
     );
     let country = tags["country"].clone();
-    let _ = influx_query(
+    let _ = influx::answer(
         &influx_url,
         &database,
         &format!(
@@ -1269,7 +1084,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         )],
         "{stdout}"
     );
-    influx_write(
+    influx::write(
         &influx_url,
         &database,
         &format!(
@@ -1280,7 +1095,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     );
 
     // A series added, and a window's point overwritten.
-    let answer = influx_query(
+    let answer = influx::answer(
         &influx_url,
         &database,
         "SELECT LAST(clicks) FROM \"campaign\" WHERE \"window\" <> 'all' AND \"campaign\" = '0'",
@@ -1289,7 +1104,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         .as_u64()
         .expect("the newest window of campaign 0");
     let (window_clicks, label) = {
-        let answer = influx_query(
+        let answer = influx::answer(
             &influx_url,
             &database,
             &format!(
@@ -1306,7 +1121,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
                 .to_owned(),
         )
     };
-    influx_write(
+    influx::write(
         &influx_url,
         &database,
         &format!(
@@ -1357,21 +1172,12 @@ fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
     use std::process::Command;
 
     use mysql::prelude::Queryable;
-    use shopflow::generators::demographics;
-    use shopflow::sources::kafka::{self, EventProducer};
-    use shopflow::sources::mysql as source;
+    use shopflow::sources::kafka::EventProducer;
 
-    use crate::services::unique;
-
-    let test_database = crate::services::TestDatabase::create("shopflow_verify_counters");
+    let test_database = crate::support::services::TestDatabase::create("shopflow_verify_counters");
     let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
     let users = 50u32;
-    source::load_demographics(
-        &mysql_config,
-        demographics::table(5, users),
-        u64::from(users),
-    )
-    .expect("loaded");
+    test_database.load_demographics(5, users);
     let invalid = [(900u32, "Q"), (901, "Z"), (902, "?")];
     let mut conn = pool.get_conn().expect("a connection");
     for (id, gender) in invalid {
@@ -1384,9 +1190,8 @@ fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
         )
         .expect("an invalid row");
     }
-    let topic = unique("shopflow-verify-counters").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 2);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let kafka = test_database.topic("shopflow-verify-counters", 2);
+    let topic = kafka.topic.clone();
 
     let now = shopflow::runtime::now_ms();
     let event = |order: u64, tag: Tag, total: i64, units: u32, event_time: u64| Event {
@@ -1448,7 +1253,7 @@ fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
     producer
         .send_raw(b"k", &vec![0u8; 70_000], shopflow::runtime::now_ms())
         .expect("sent");
-    let malformed = crate::services::send_malformed(&mut producer);
+    let malformed = crate::support::services::send_malformed(&mut producer);
     producer
         .flush(std::time::Duration::from_secs(10))
         .expect("flushed");
@@ -1482,7 +1287,7 @@ fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
         "{stderr}"
     );
 
-    let answer = influx_query(&influx_url, &database, "SELECT LAST(*) FROM \"pipeline\"");
+    let answer = influx::answer(&influx_url, &database, "SELECT LAST(*) FROM \"pipeline\"");
     let series = &answer["results"][0]["series"][0];
     let columns: Vec<&str> = series["columns"]
         .as_array()
