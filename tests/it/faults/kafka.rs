@@ -68,7 +68,15 @@ fn repeated_kafka_outages_stall_nothing_and_sigterm_ends_the_run() {
     let started = Instant::now();
     let (seed, users) = (89, 5_000);
     let scenario = Scenario::new("faults_outages", seed, users);
-    let env = scenario.pipeline_env(timeless(), &[("SHOPFLOW__ENGINE__TICK_MS", "250")]);
+    // The run starts with the broker down and waits for it; Kafka's start takes 10 to 40 s here,
+    // over a minute when the machine is loaded: the wait must outlast it.
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "300000"),
+        ],
+    );
     let broker = Stopped::stop("kafka");
     let mut pipeline = Pipeline::start(&env);
     std::thread::sleep(Duration::from_secs(4));
