@@ -47,7 +47,7 @@ use crate::generators::demographics::Changes;
 pub const PASSWORD_ENV: &str = "SHOPFLOW_MYSQL_PASSWORD";
 
 /// The table's DDL; the table name is substituted after validation.
-const DDL: &str = include_str!("../../config/mysql/demographics.sql");
+const DDL: &str = include_str!("../../../config/mysql/demographics.sql");
 /// The statement of [`DDL`] that names the table.
 const DDL_CREATE: &str = "CREATE TABLE IF NOT EXISTS demographics";
 
