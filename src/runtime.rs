@@ -715,6 +715,14 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                 }
                 None => {}
             }
+            // The first tick after a restore ends before the first boundary, whatever the clock
+            // or a stop says: the demographics read at start enter in the second, so they are in
+            // every worker's state at every boundary. Were the first tick to reach the boundary
+            // (a stop during it jumps there), the run would end there with the checkpoint's
+            // demographics as its last output and its last checkpoint.
+            if demographics_wait && next_checkpoint - 1 > tick {
+                end = end.min(next_checkpoint - 1);
+            }
             // Every worker's inputs stop exactly at each checkpoint boundary.
             tick = end.min(next_checkpoint);
             events_in.advance_to(tick);
