@@ -353,10 +353,12 @@ impl Observed {
     pub fn completed(&self, below: Tick) {
         {
             let mut recent = lock(&self.recent);
-            if below > recent.completed_below {
-                recent.completed_below = below;
-                recent.completed_advanced_ms = now_ms();
+            // Called on every progress message: nothing to do unless the frontier moved.
+            if below <= recent.completed_below {
+                return;
             }
+            recent.completed_below = below;
+            recent.completed_advanced_ms = now_ms();
         }
         let done: Vec<Closed> = {
             let mut closed = lock(&self.closed);
@@ -408,4 +410,62 @@ pub fn counters(table: &LiveTable) -> Vec<(&'static str, i64)> {
             (counter.name(), n)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflows::model::{AggregateKey, CampaignId, EventTimeMs};
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    use super::*;
+
+    fn batch(time: Tick, window: u64) -> Batch {
+        Batch {
+            time,
+            changes: vec![Change {
+                key: OutputKey::Aggregate(AggregateKey {
+                    dimension: Dimension::Campaign(CampaignId(1)),
+                    window: Some(EventTimeMs(window)),
+                }),
+                value: Some(OutputValue::Totals(Totals::click())),
+            }],
+        }
+    }
+
+    /// A stream client that does not read loses the oldest ticks and is told so (the server
+    /// sends it a `reset`); the sink thread never waits for it. Without clients nothing is kept.
+    #[test]
+    fn a_client_that_falls_behind_is_told_and_never_waited_for() {
+        let observed = Observed::default();
+        let table = LiveTable::default();
+        let mut slow = observed.subscribe();
+        let ticks = STREAM_BUFFER_TICKS as u64 + 5;
+        for time in 0..ticks {
+            observed.record(&batch(time, 0), &table);
+        }
+        assert_eq!(slow.try_recv().err(), Some(TryRecvError::Lagged(5)));
+        let next = slow.try_recv().expect("the oldest tick kept");
+        assert_eq!(next.time, 5);
+        drop(slow);
+        observed.record(&batch(ticks, 0), &table);
+        let late = observed.subscribe();
+        assert_eq!(late.len(), 0, "no client, no message kept");
+    }
+
+    /// The recent windows are bounded: the oldest go, and a late change to one gone is not kept.
+    #[test]
+    fn recent_windows_are_bounded() {
+        let observed = Observed::default();
+        lock(&observed.recent).capacity = 3;
+        let table = LiveTable::default();
+        for (time, window) in [(1, 10), (2, 20), (3, 30), (4, 40), (5, 10)] {
+            observed.record(&batch(time, window), &table);
+        }
+        let recent = lock(&observed.recent);
+        assert_eq!(
+            recent.windows.keys().copied().collect::<Vec<_>>(),
+            [20, 30, 40]
+        );
+        assert_eq!(recent.time, Some(5));
+    }
 }
