@@ -17,22 +17,27 @@ use crate::cli::{final_state, text};
 struct Demo {
     child: Child,
     url: String,
+    /// The first line it printed.
+    announcement: String,
     stderr: mpsc::Receiver<String>,
 }
 
 impl Demo {
-    /// `shopflow demo` with `args` and `--http 127.0.0.1:0`, once it has said where it listens.
+    /// `shopflow demo` with `args` and `--http 127.0.0.1:0` (unless `env` sets `http.listen`),
+    /// once it has said where it listens.
     fn start(args: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
         command
             .arg("demo")
             .args(args)
-            .args(["--http", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
+        }
+        if !env.iter().any(|(key, _)| *key == "SHOPFLOW__HTTP__LISTEN") {
+            command.args(["--http", "127.0.0.1:0"]);
         }
         let mut child = command.spawn().expect("the binary starts");
         let stderr = child.stderr.take().expect("a pipe");
@@ -58,6 +63,7 @@ impl Demo {
         Demo {
             child,
             url,
+            announcement: first,
             stderr: lines,
         }
     }
@@ -716,4 +722,96 @@ fn http_off_and_a_bad_address() {
         "{}",
         text(&run.stderr)
     );
+}
+
+/// Each process of a cluster serves its own: two processes on one host, each asked for the same
+/// busy port, each get a server of their own, say which, and report their own place in the
+/// cluster and their own workers.
+#[test]
+fn each_process_of_a_cluster_serves_its_own() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ports: Vec<u16> = {
+        let held: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().expect("an address").port())
+            .collect()
+    };
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}\n"))
+            .collect::<String>(),
+    )
+    .expect("the hostfile");
+    // A port both are told to use, held busy here: both fall back to one of their own.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy = busy.local_addr().expect("an address");
+    let demos: Vec<Demo> = (0..2)
+        .map(|process| {
+            let output = dir.path().join("cluster.lp");
+            let process = process.to_string();
+            Demo::start(
+                &[
+                    "--source",
+                    "generator",
+                    "--rate",
+                    "200",
+                    "--duration",
+                    "300s",
+                    "-w",
+                    "1",
+                    "-n",
+                    "2",
+                    "-p",
+                    &process,
+                    "--hostfile",
+                    hosts.to_str().expect("UTF-8"),
+                    "-o",
+                    output.to_str().expect("UTF-8"),
+                ],
+                &[
+                    ("SHOPFLOW__GENERATOR__USERS", "1000"),
+                    ("SHOPFLOW__HTTP__LISTEN", &busy.to_string()),
+                ],
+            )
+        })
+        .collect();
+    assert_ne!(demos[0].url, demos[1].url);
+    for demo in &demos {
+        assert!(
+            demo.announcement.contains(&format!("({busy} was busy)")),
+            "{}",
+            demo.announcement
+        );
+    }
+    for (process, demo) in demos.iter().enumerate() {
+        let pipeline = demo.wait_for("/api/pipeline", Duration::from_secs(60), |v| {
+            v["time"].is_u64()
+        });
+        let p = &pipeline["process"];
+        assert_eq!(
+            (
+                p["process"].as_u64(),
+                p["processes"].as_u64(),
+                p["workers"].as_u64()
+            ),
+            (Some(process as u64), Some(2), Some(1)),
+            "{pipeline}"
+        );
+        let (_, metrics) = demo.get("/metrics");
+        assert!(
+            metrics.contains(&format!("process=\"{process}\"")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "shopflow_worker_busy_seconds_count{{worker=\"{process}\"}}"
+            )),
+            "each process its own worker (global index {process})"
+        );
+    }
 }
