@@ -276,8 +276,9 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
     let status = Arc::new(Status::default());
     stop_on_interrupt(&status)?;
-    // Before waiting for InfluxDB: /health and /ready answer (not ready) meanwhile.
-    let _server = crate::http::start(args.http.listen(&config), &status, &config.http, true)?;
+    // Before waiting for InfluxDB, so that /health and /ready answer (not ready) meanwhile; said
+    // once InfluxDB answered, so that a start that fails says only why.
+    let server = crate::http::start(args.http.listen(&config), &status, &config.http, false)?;
     let sink: Box<dyn Sink> = match config.output.sink {
         SinkKind::Influxdb => {
             if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
@@ -296,6 +297,9 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             config.engine.window_ms,
         )?),
     };
+    if let Some(server) = &server {
+        eprintln!("{}", server.announcement());
+    }
     let plan = Plan {
         events: EventSource::Kafka {
             config: config.kafka.clone(),

@@ -2318,8 +2318,11 @@ fn http_ready_and_health_through_a_broker_stop_and_start() {
     wait_for("the server's URL", Duration::from_secs(30), || {
         pipeline.assert_running();
         let log = pipeline.log();
-        let first = log.lines().next().unwrap_or("");
-        match first.split_whitespace().find(|w| w.starts_with("http://")) {
+        let said = log
+            .lines()
+            .find(|l| l.starts_with("dashboard, metrics and API at "))
+            .unwrap_or("");
+        match said.split_whitespace().find(|w| w.starts_with("http://")) {
             Some(found) => {
                 url = found.trim_end_matches('/').to_owned();
                 true
