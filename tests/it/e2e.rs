@@ -8,14 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use dataflows::model::Event;
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-use shopflow::sources::kafka::{self, EventProducer};
+use shopflow::sources::kafka::EventProducer;
 use shopflow::sources::mysql as source;
 
 use crate::support::influx;
@@ -196,6 +195,25 @@ pub(crate) fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, 
     (rows, counters)
 }
 
+/// Fails the test, naming the first differing rows, unless InfluxDB's rows equal the SQL oracle's.
+pub(crate) fn assert_same_rows(expected: &Rows, got: &Rows) {
+    let differing: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| format!("{k}: influx {:?}, sql {:?}", got.get(k), expected.get(k)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of {} rows differ: {:#?}",
+        differing.len(),
+        expected.len(),
+        &differing[..differing.len().min(15)]
+    );
+}
+
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn pipeline_on_real_services_equals_sql_group_by() {
@@ -246,16 +264,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
         })
     };
     let mut producer = EventProducer::new(&kafka).expect("a producer");
-    let never = AtomicBool::new(false);
-    let sent = kafka::produce_generated(
-        &mut producer,
-        &generator,
-        Some(events),
-        None,
-        &never,
-        |_| {},
-    )
-    .expect("produced");
+    let sent = crate::support::kafka::produce(&mut producer, &generator, events);
     assert_eq!(sent, events);
     // Malformed messages: counted, and nothing else changes.
     crate::support::services::send_malformed(&mut producer);
@@ -287,21 +296,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
         expected.keys().any(|k| k.contains("=unknown")),
         "unknown users took part"
     );
-    let differing: Vec<String> = expected
-        .keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| expected.get(*k) != got.get(*k))
-        .map(|k| format!("{k}: influx {:?}, sql {:?}", got.get(k), expected.get(k)))
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "{} of {} rows differ: {:#?}",
-        differing.len(),
-        expected.len(),
-        &differing[..differing.len().min(15)]
-    );
+    assert_same_rows(&expected, &got);
 
     let count = |name: &str| counters.get(name).copied().unwrap_or(0);
     assert_eq!(count("events_in"), events as i64, "{counters:?}");

@@ -5,17 +5,16 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 use shopflow::checkpoint;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-use shopflow::sources::kafka::{self, EventProducer};
+use shopflow::sources::kafka::EventProducer;
 use shopflow::sources::mysql as source;
 
-use crate::e2e::{all_events, influx_rows, load_events, oracle};
+use crate::e2e::{all_events, assert_same_rows, influx_rows, load_events, oracle};
 use crate::support::scenario::knobs;
 
 /// `shopflow run` on the test's topic, database and checkpoint directory.
@@ -100,16 +99,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
         let (kafka, generator) = (kafka.clone(), generator.clone());
         std::thread::spawn(move || {
             let mut producer = EventProducer::new(&kafka).expect("a producer");
-            let never = AtomicBool::new(false);
-            let sent = kafka::produce_generated(
-                &mut producer,
-                &generator,
-                Some(events),
-                None,
-                &never,
-                |_| {},
-            )
-            .expect("produced");
+            let sent = crate::support::kafka::produce(&mut producer, &generator, events);
             producer.flush(Duration::from_secs(10)).expect("flushed");
             sent
         })
@@ -176,21 +166,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
     let expected = oracle(&mut conn, 60_000);
     let (got, counters) = influx_rows(&influx_url, &database);
     assert!(expected.len() > 1_000, "{} rows", expected.len());
-    let differing: Vec<String> = expected
-        .keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| expected.get(*k) != got.get(*k))
-        .map(|k| format!("{k}: influx {:?}, sql {:?}", got.get(k), expected.get(k)))
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "{} of {} rows differ: {:#?}",
-        differing.len(),
-        expected.len(),
-        &differing[..differing.len().min(15)]
-    );
+    assert_same_rows(&expected, &got);
     // Every event counted once, though the restarts re-read what followed their checkpoints.
     assert_eq!(
         counters.get("events_in"),

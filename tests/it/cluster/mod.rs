@@ -198,16 +198,7 @@ fn produce_scenario(kafka: &KafkaConfig, start_ms: u64, events: u64) {
     knobs.pace = Pace::Unbounded;
     let generator = EventGenerator::new(knobs, start_ms).expect("valid knobs");
     let mut producer = EventProducer::new(kafka).expect("a producer");
-    let never = AtomicBool::new(false);
-    let sent = kafka::produce_generated(
-        &mut producer,
-        &generator,
-        Some(events),
-        None,
-        &never,
-        |_| {},
-    )
-    .expect("produced");
+    let sent = crate::support::kafka::produce(&mut producer, &generator, events);
     assert_eq!(sent, events);
     assert_eq!(crate::support::services::send_malformed(&mut producer), 4);
     producer.flush(Duration::from_secs(30)).expect("flushed");

@@ -72,17 +72,16 @@ pub fn produce_in_background(
     let (config, generator) = (config.clone(), generator.clone());
     std::thread::spawn(move || {
         let mut producer = EventProducer::new(&config).expect("a producer");
-        let never = AtomicBool::new(false);
-        kafka::produce_generated(
-            &mut producer,
-            &generator,
-            Some(events),
-            None,
-            &never,
-            |_| {},
-        )
-        .expect("produced")
+        produce(&mut producer, &generator, events)
     })
+}
+
+/// Sends generated events `0..events` through `producer`, each at its arrival time (at once when
+/// the generator's pace is unbounded); how many it sent.
+pub fn produce(producer: &mut EventProducer, generator: &EventGenerator, events: u64) -> u64 {
+    let never = AtomicBool::new(false);
+    kafka::produce_generated(producer, generator, Some(events), None, &never, |_| {})
+        .expect("produced")
 }
 
 /// The group's committed offsets, summed over the topic's partitions (0 where none).

@@ -93,12 +93,11 @@ fn last_all_time(
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
     use std::process::Command;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use shopflow::generators::demographics;
     use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-    use shopflow::sources::kafka::{self, EventProducer};
+    use shopflow::sources::kafka::EventProducer;
     use shopflow::sources::mysql as source;
 
     use crate::support::scenario::knobs;
@@ -156,15 +155,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         })
     };
     let mut producer = EventProducer::new(&kafka).expect("a producer");
-    let sent = kafka::produce_generated(
-        &mut producer,
-        &generator,
-        Some(events),
-        None,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .expect("produced");
+    let sent = crate::support::kafka::produce(&mut producer, &generator, events);
     assert_eq!(sent, events);
     let malformed = crate::support::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
