@@ -436,10 +436,11 @@ pub fn connect(
 /// `timely::execute` on connected communication: runs `func` on every local worker. A worker's
 /// error or panic is the run's failure, told to the [`Watchdog`] at once (a panic on a broken
 /// connection only as a symptom: the watchdog learns its cause from the control links).
-pub fn execute<T, F>(communication: Communication, func: F) -> Result<Guards<T>, String>
+pub fn execute<T, E, F>(communication: Communication, func: F) -> Result<Guards<T, E>, String>
 where
     T: Send + 'static,
-    F: Fn(&mut Worker) -> Result<T, String> + Send + Sync + 'static,
+    E: std::fmt::Display + Send + 'static,
+    F: Fn(&mut Worker) -> Result<T, E> + Send + Sync + 'static,
 {
     let Communication {
         allocators,
@@ -458,7 +459,7 @@ where
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| func(worker))) {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(error)) => {
-                watchdog.fail(Failure::Local(error.clone()));
+                watchdog.fail(Failure::Local(error.to_string()));
                 Err(error)
             }
             Err(payload) => {
@@ -485,17 +486,17 @@ where
 }
 
 /// The running workers, as timely's guards, with the messages of the panics that ended any.
-pub struct Guards<T: Send + 'static> {
-    inner: WorkerGuards<Result<T, String>>,
+pub struct Guards<T: Send + 'static, E: Send + 'static = String> {
+    inner: WorkerGuards<Result<T, E>>,
     panics: Arc<Mutex<Vec<String>>>,
     cluster: bool,
 }
 
-impl<T: Send + 'static> Guards<T> {
+impl<T: Send + 'static, E: Send + 'static> Guards<T, E> {
     /// Waits for the workers and returns what each returned, or why it failed: the panic's own
     /// message (timely reports only `Any { .. }`), and in a cluster, a connection to another
     /// process lost during the run as such.
-    pub fn join(self) -> Vec<Result<Result<T, String>, String>> {
+    pub fn join(self) -> Vec<Result<Result<T, E>, String>> {
         let results = self.inner.join();
         let panics = self.panics.lock().unwrap_or_else(|p| p.into_inner());
         let lost = self.cluster && panics.iter().any(|m| watchdog::is_broken_connection("", m));

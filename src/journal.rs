@@ -23,7 +23,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use dataflows::model::{AggregateKey, OutputKey, Tick};
-use dataflows::output::Batch;
+use dataflows::output::{Batch, Change};
+use dataflows::windows::WindowSpec;
 use rustc_hash::FxHashSet;
 
 /// The journal could not be written or read.
@@ -153,9 +154,13 @@ pub fn written_since(
     checkpoints: &Path,
     since: Option<Tick>,
 ) -> Result<FxHashSet<AggregateKey>, JournalError> {
-    let dir = checkpoints.join("journal");
+    read_since(&checkpoints.join("journal"), since)
+}
+
+/// [`written_since`] in the journal directory `dir`.
+fn read_since(dir: &Path, since: Option<Tick>) -> Result<FxHashSet<AggregateKey>, JournalError> {
     let mut keys = FxHashSet::default();
-    for (start, path) in segments(&dir)? {
+    for (start, path) in segments(dir)? {
         if since.is_some_and(|since| start < since) {
             continue;
         }
@@ -177,14 +182,112 @@ pub fn written_since(
     Ok(keys)
 }
 
+/// The runtime's side of the journal: the journal of the rows this process writes, and the rows
+/// to clear in the run's first output (see the module's documentation).
+pub struct Written {
+    journal: Journal,
+    clear: Option<Clear>,
+}
+
+/// Rows a run before this one wrote after the restored checkpoint's boundary (or at all, with
+/// none): those this process's workers keep and that its first output does not hold are written
+/// as removals in it.
+struct Clear {
+    /// The run's first timestamp.
+    at: Tick,
+    keys: Vec<AggregateKey>,
+}
+
+impl Written {
+    /// Takes over `journal`, and reads what earlier runs wrote from `since` (the restored
+    /// checkpoint's boundary; everything for `None`): the rows for which `keeps` holds (those
+    /// this process's workers own) and whose window is still open at `first`, the run's first
+    /// timestamp, are cleared there unless the run writes them.
+    pub fn open(
+        journal: Journal,
+        since: Option<Tick>,
+        first: Tick,
+        windows: WindowSpec,
+        keeps: impl Fn(&AggregateKey) -> bool,
+    ) -> Result<Written, JournalError> {
+        let mut keys: Vec<_> = read_since(&journal.dir, since)?
+            .into_iter()
+            .filter(|key| keeps(key))
+            // A window closed by now keeps its values, as any window that closed while the
+            // pipeline was down.
+            .filter(|key| {
+                key.window.is_none_or(|start| {
+                    start
+                        .0
+                        .saturating_add(windows.size_ms + windows.allowed_lateness_ms)
+                        > first
+                })
+            })
+            .collect();
+        keys.sort();
+        if !keys.is_empty() {
+            tracing::info!(
+                rows = keys.len(),
+                "rows written before the restart, checked against the restored state"
+            );
+        }
+        Ok(Written {
+            journal,
+            clear: Some(Clear { at: first, keys }),
+        })
+    }
+
+    /// The run's first timestamp while its removals are still to be written: it is written even
+    /// with no output of its own, as it carries them.
+    pub fn clearing_at(&self) -> Option<Tick> {
+        self.clear.as_ref().map(|clear| clear.at)
+    }
+
+    /// At the run's first timestamp, adds a removal for every row to clear that `changes` does
+    /// not write.
+    pub fn clear_absent(&mut self, time: Tick, changes: &mut Vec<Change>) {
+        if self.clear.as_ref().is_none_or(|clear| clear.at != time) {
+            return;
+        }
+        let clear = self.clear.take().expect("checked above");
+        let present: FxHashSet<&AggregateKey> = changes
+            .iter()
+            .filter_map(|change| match &change.key {
+                OutputKey::Aggregate(key) => Some(key),
+                OutputKey::Counter(_) => None,
+            })
+            .collect();
+        let absent: Vec<Change> = clear
+            .keys
+            .into_iter()
+            .filter(|key| !present.contains(key))
+            .map(|key| Change {
+                key: OutputKey::Aggregate(key),
+                value: None,
+            })
+            .collect();
+        if !absent.is_empty() {
+            tracing::info!(
+                rows = absent.len(),
+                "rows written before the restart that the restored state does not hold: removed"
+            );
+        }
+        changes.extend(absent);
+    }
+
+    /// Records the keys `batch` writes (see [`Journal::record`]): call before handing the batch
+    /// to the sink.
+    pub fn record(&mut self, batch: &Batch) -> Result<(), JournalError> {
+        self.journal.record(batch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
     use dataflows::model::{
         AgeBand, CampaignId, Dimension, EventTimeMs, Gender, Name, OutputValue, Totals,
     };
-    use dataflows::output::Change;
-
-    use super::*;
 
     fn key(n: u32, window: Option<u64>) -> AggregateKey {
         AggregateKey {

@@ -7,26 +7,53 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::AsCollection;
-use differential_dataflow::input::Input as _;
-use timely::dataflow::InputHandleVec;
-use timely::dataflow::operators::generic::operator::empty;
-use timely::dataflow::operators::vec::Input as _;
-
-use crate::model::{Counter, Demographic, Event, Tick};
+use crate::Params;
+pub use crate::inputs::Input;
+use crate::inputs::{Inputs, RoundRobin};
+use crate::model::{Demographic, Tick};
 use crate::output::{Batch, Change, Progress, emit_batches};
 use crate::state::State;
-use crate::{Params, Restored, analytics, analytics_with_state};
 
-/// One recorded input.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Input {
-    /// An event delivery.
-    Event(Event),
-    /// A demographics change: `+1` inserts the row, `-1` deletes it; an update is both.
-    Demographic(Demographic, isize),
-    /// A source-side counter increment (a malformed message).
-    Counter(Counter, isize),
+/// The batches the workers emit, collected.
+type Reports = Arc<Mutex<Vec<Progress>>>;
+
+/// Each worker's state captured at a boundary, with the worker's index.
+type States = Vec<(usize, State)>;
+
+/// Keeps what a worker emits in `reports`.
+fn collect_into(reports: &Reports) -> impl FnMut(Progress) + 'static {
+    let reports = Arc::clone(reports);
+    move |progress| {
+        reports
+            .lock()
+            .expect("no reporter panicked while holding the lock")
+            .push(progress)
+    }
+}
+
+/// Everything the workers emitted, merged per timestamp: once they have all finished, a
+/// poisoned lock only means one of them panicked, which `join` has reported.
+fn merged(reports: &Reports) -> Result<Vec<Batch>, String> {
+    Ok(merge(std::mem::take(
+        &mut *reports.lock().map_err(|e| e.to_string())?,
+    )))
+}
+
+/// Replays `inputs` (sorted by tick) from the inputs' current time on: each tick's inputs once
+/// every earlier tick is closed and stepped.
+fn replay(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut Inputs,
+    recorded: &[(Tick, Input)],
+    spread: &mut RoundRobin,
+) {
+    for (tick, input) in recorded {
+        if *tick > inputs.time() {
+            inputs.advance_to(*tick);
+            worker.step();
+        }
+        inputs.replay(input, spread);
+    }
 }
 
 /// Runs the graph with `workers` threads over `inputs`, each at its tick, and returns the batches
@@ -35,59 +62,23 @@ pub fn run(inputs: &[(Tick, Input)], params: Params, workers: usize) -> Result<V
     let mut inputs = inputs.to_vec();
     inputs.sort_by_key(|(tick, _)| *tick);
     let inputs = Arc::new(inputs);
-    let reports: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let reports: Reports = Arc::default();
     let collected = Arc::clone(&reports);
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
-        let reports = Arc::clone(&collected);
-        let mut events_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in) = worker.dataflow::<Tick, _, _>(|scope| {
-            let events = scope.input_from(&mut events_in);
-            let (demographics_in, demographics) = scope.new_collection();
-            let (counters_in, counters) = scope.new_collection();
-            let rows = analytics(events, demographics, counters, params);
-            emit_batches(rows, move |progress| {
-                reports
-                    .lock()
-                    .expect("no reporter panicked while holding the lock")
-                    .push(progress)
-            });
-            (demographics_in, counters_in)
+        let mut spread = RoundRobin::new(worker.index(), worker.peers());
+        let mut graph = worker.dataflow::<Tick, _, _>(|scope| {
+            let (graph, rows, _handles) = Inputs::analytics(scope, params);
+            emit_batches(rows, collect_into(&collected));
+            graph
         });
-        let mut event_index = 0usize;
-        for (tick, input) in inputs.iter() {
-            if *tick > *events_in.time() {
-                events_in.advance_to(*tick);
-                demographics_in.advance_to(*tick);
-                demographics_in.flush();
-                counters_in.advance_to(*tick);
-                counters_in.flush();
-                worker.step();
-            }
-            match input {
-                Input::Event(event) => {
-                    if event_index % peers == index {
-                        events_in.send(event.clone());
-                    }
-                    event_index += 1;
-                }
-                Input::Demographic(row, diff) if index == 0 => {
-                    demographics_in.update(row.clone(), *diff)
-                }
-                Input::Counter(counter, n) if index == 0 => counters_in.update(*counter, *n),
-                Input::Demographic(..) | Input::Counter(..) => {}
-            }
-        }
+        replay(worker, &mut graph, &inputs, &mut spread);
     })?;
     guards
         .join()
         .into_iter()
         .collect::<Result<Vec<()>, String>>()?;
-
-    let reports = std::mem::take(&mut *reports.lock().map_err(|e| e.to_string())?);
-    Ok(merge(reports))
+    merged(&reports)
 }
 
 /// Runs the graph as a crash and restart would: `before` workers take the inputs before
@@ -106,63 +97,44 @@ pub fn run_restarted(
     inputs.sort_by_key(|(tick, _)| *tick);
     let (first, rest): (Vec<_>, Vec<_>) = inputs.into_iter().partition(|(t, _)| *t < boundary);
 
-    // The first run, up to the boundary.
-    let first = Arc::new(first);
-    let first_inputs = Arc::clone(&first);
-    let reports: Arc<Mutex<Vec<Progress>>> = Arc::default();
-    let states: Arc<Mutex<Vec<(usize, State)>>> = Arc::default();
-    let (collected, captured) = (Arc::clone(&reports), Arc::clone(&states));
-    let guards = timely::execute(timely::Config::process(before), move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
-        let reports = Arc::clone(&collected);
-        let mut events_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in, probe, mut handles) = worker
-            .dataflow::<Tick, _, _>(|scope| {
-                let events = scope.input_from(&mut events_in);
-                let (demographics_in, demographics) = scope.new_collection();
-                let (counters_in, counters) = scope.new_collection();
-                let restored = Restored {
-                    contributions: empty(scope).as_collection(),
-                    segments: empty(scope).as_collection(),
-                    orders: empty(scope),
-                };
-                let (rows, handles) =
-                    analytics_with_state(events, demographics, counters, restored, params);
-                let (probe, rows) = rows.probe();
-                emit_batches(rows, move |progress| {
-                    reports
-                        .lock()
-                        .expect("no reporter panicked while holding the lock")
-                        .push(progress)
-                });
-                (demographics_in, counters_in, probe, handles)
-            });
-        let mut event_index = 0usize;
-        for (tick, input) in first_inputs.iter() {
-            if *tick > *events_in.time() {
-                events_in.advance_to(*tick);
-                demographics_in.advance_to(*tick);
-                demographics_in.flush();
-                counters_in.advance_to(*tick);
-                counters_in.flush();
-                worker.step();
-            }
-            send(
-                input,
-                index,
-                peers,
-                &mut event_index,
-                &mut events_in,
-                &mut demographics_in,
-                &mut counters_in,
-            );
+    // The demographics table at the boundary, as the source re-reads it.
+    let mut table: BTreeMap<Demographic, isize> = BTreeMap::new();
+    for (_, input) in first.iter() {
+        if let Input::Demographic(row, diff) = input {
+            *table.entry(row.clone()).or_default() += diff;
         }
-        events_in.advance_to(boundary);
-        demographics_in.advance_to(boundary);
-        demographics_in.flush();
-        counters_in.advance_to(boundary);
-        counters_in.flush();
+    }
+    table.retain(|_, n| *n != 0);
+
+    let (mut batches, states) = run_until(first, params, before, boundary)?;
+    batches.retain(|b| b.time < boundary);
+    batches.extend(run_restored(rest, params, after, boundary, states, table)?);
+    Ok(batches)
+}
+
+/// The first run of [`run_restarted`]: the inputs before `boundary`, and each worker's state
+/// captured there, in worker order.
+fn run_until(
+    first: Vec<(Tick, Input)>,
+    params: Params,
+    workers: usize,
+    boundary: Tick,
+) -> Result<(Vec<Batch>, States), String> {
+    let first = Arc::new(first);
+    let reports: Reports = Arc::default();
+    let states: Arc<Mutex<States>> = Arc::default();
+    let (collected, captured) = (Arc::clone(&reports), Arc::clone(&states));
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let mut spread = RoundRobin::new(index, worker.peers());
+        let (mut graph, probe, mut handles) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (graph, rows, handles) = Inputs::analytics(scope, params);
+            let (probe, rows) = rows.probe();
+            emit_batches(rows, collect_into(&collected));
+            (graph, probe, handles)
+        });
+        replay(worker, &mut graph, &first, &mut spread);
+        graph.advance_to(boundary);
         while probe.less_than(&boundary) {
             worker.step();
         }
@@ -176,153 +148,68 @@ pub fn run_restarted(
         .join()
         .into_iter()
         .collect::<Result<Vec<()>, String>>()?;
-    let mut batches: Vec<Batch> = merge(std::mem::take(
-        &mut *reports.lock().map_err(|e| e.to_string())?,
-    ))
-    .into_iter()
-    .filter(|b| b.time < boundary)
-    .collect();
+    let batches = merged(&reports)?;
     let mut states = std::mem::take(&mut *states.lock().map_err(|e| e.to_string())?);
     states.sort_by_key(|(index, _)| *index);
+    Ok((batches, states))
+}
 
-    // The demographics table at the boundary, as the source re-reads it.
-    let mut table: BTreeMap<Demographic, isize> = BTreeMap::new();
-    for (_, input) in first.iter() {
-        if let Input::Demographic(row, diff) = input {
-            *table.entry(row.clone()).or_default() += diff;
-        }
-    }
-    table.retain(|_, n| *n != 0);
-
-    // The second run, restored at the boundary.
+/// The second run of [`run_restarted`]: `states` restored at `boundary` on `workers` workers,
+/// the demographics `table` re-read, then the `rest` of the inputs.
+fn run_restored(
+    rest: Vec<(Tick, Input)>,
+    params: Params,
+    workers: usize,
+    boundary: Tick,
+    states: States,
+    table: BTreeMap<Demographic, isize>,
+) -> Result<Vec<Batch>, String> {
     let rest = Arc::new(rest);
     let states = Arc::new(states);
     let table = Arc::new(table);
+    let reports: Reports = Arc::default();
     let collected = Arc::clone(&reports);
-    let guards = timely::execute(timely::Config::process(after), move |worker| {
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
-        let reports = Arc::clone(&collected);
-        let mut events_in = InputHandleVec::new();
-        let mut orders_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in, mut restored_in, mut segments_in) = worker
-            .dataflow::<Tick, _, _>(|scope| {
-                let events = scope.input_from(&mut events_in);
-                let (demographics_in, demographics) = scope.new_collection();
-                let (counters_in, counters) = scope.new_collection();
-                let (restored_in, contributions) = scope.new_collection();
-                let (segments_in, segments) = scope.new_collection();
-                let restored = Restored {
-                    contributions,
-                    segments,
-                    orders: scope.input_from(&mut orders_in),
-                };
-                let (rows, _handles) =
-                    analytics_with_state(events, demographics, counters, restored, params);
-                emit_batches(rows, move |progress| {
-                    reports
-                        .lock()
-                        .expect("no reporter panicked while holding the lock")
-                        .push(progress)
-                });
-                (demographics_in, counters_in, restored_in, segments_in)
-            });
+        let mut graph = worker.dataflow::<Tick, _, _>(|scope| {
+            let (graph, rows, _handles) = Inputs::analytics(scope, params);
+            emit_batches(rows, collect_into(&collected));
+            graph
+        });
         // The state enters two ticks before the boundary, with the segments it held; one tick
         // later the segments make way for the demographics as their source holds them. (The
         // state holds a window closed before the boundary in its all-time remainder, so no window
         // may close in those two milliseconds: the test scenarios close theirs on multiples of
         // 500 ms.)
         let (restore_at, reread_at) = (boundary.saturating_sub(2), boundary.saturating_sub(1));
-        events_in.advance_to(restore_at);
-        orders_in.advance_to(restore_at);
-        demographics_in.advance_to(restore_at);
-        counters_in.advance_to(restore_at);
-        restored_in.advance_to(restore_at);
-        segments_in.advance_to(restore_at);
+        graph.advance_to(restore_at);
         let mine = || states.iter().filter(|(old, _)| old % peers == index);
         for (_, state) in mine() {
-            for (contribution, totals) in &state.contributions {
-                restored_in.update(*contribution, *totals);
-            }
-            for (segment, n) in &state.segments {
-                segments_in.update(segment.clone(), *n);
-            }
-            for (counter, n) in &state.counters {
-                counters_in.update(*counter, *n as isize);
-            }
-            for order in &state.orders {
-                orders_in.send(order.clone());
-            }
+            graph.restore(state);
         }
-        segments_in.advance_to(reread_at);
-        demographics_in.advance_to(reread_at);
+        graph.advance_to(reread_at);
         for (_, state) in mine() {
-            for (segment, n) in &state.segments {
-                segments_in.update(segment.clone(), -*n);
-            }
+            graph.retract_segments(&state.segments);
         }
         if index == 0 {
             for (row, n) in table.iter() {
-                demographics_in.update(row.clone(), *n);
+                graph.demographic(row.clone(), *n);
             }
         }
-        segments_in.advance_to(boundary);
-        segments_in.flush();
-        let mut event_index = 0usize;
-        for (tick, input) in rest.iter() {
-            if *tick > *events_in.time() {
-                events_in.advance_to(*tick);
-                orders_in.advance_to(*tick);
-                restored_in.advance_to(*tick);
-                restored_in.flush();
-                demographics_in.advance_to(*tick);
-                demographics_in.flush();
-                counters_in.advance_to(*tick);
-                counters_in.flush();
-                worker.step();
-            }
-            send(
-                input,
-                index,
-                peers,
-                &mut event_index,
-                &mut events_in,
-                &mut demographics_in,
-                &mut counters_in,
-            );
-        }
+        graph.advance_to(boundary);
+        replay(
+            worker,
+            &mut graph,
+            &rest,
+            &mut RoundRobin::new(index, peers),
+        );
     })?;
     guards
         .join()
         .into_iter()
         .collect::<Result<Vec<()>, String>>()?;
-    batches.extend(merge(std::mem::take(
-        &mut *reports.lock().map_err(|e| e.to_string())?,
-    )));
-    Ok(batches)
-}
-
-/// Sends one recorded input at this worker: events round-robin, the rest at worker 0.
-fn send(
-    input: &Input,
-    index: usize,
-    peers: usize,
-    event_index: &mut usize,
-    events_in: &mut InputHandleVec<Tick, Event>,
-    demographics_in: &mut differential_dataflow::input::InputSession<Tick, Demographic, isize>,
-    counters_in: &mut differential_dataflow::input::InputSession<Tick, Counter, isize>,
-) {
-    match input {
-        Input::Event(event) => {
-            if *event_index % peers == index {
-                events_in.send(event.clone());
-            }
-            *event_index += 1;
-        }
-        Input::Demographic(row, diff) if index == 0 => demographics_in.update(row.clone(), *diff),
-        Input::Counter(counter, n) if index == 0 => counters_in.update(*counter, *n),
-        Input::Demographic(..) | Input::Counter(..) => {}
-    }
+    merged(&reports)
 }
 
 /// Merges the batches of several workers into one batch per timestamp.

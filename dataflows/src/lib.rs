@@ -21,6 +21,7 @@
 
 pub mod aggregates;
 pub mod harness;
+pub mod inputs;
 mod interned;
 pub mod model;
 mod order_table;

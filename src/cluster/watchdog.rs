@@ -516,7 +516,7 @@ pub enum Ending<T, S> {
     /// Every thread ended: the workers' results and the sink thread's.
     Joined {
         /// Each worker's result, or why it failed (see [`super::Guards::join`]).
-        workers: Vec<Result<Result<T, String>, String>>,
+        workers: Vec<Result<T, String>>,
         /// The sink thread's result (an error if it panicked).
         sink: std::thread::Result<S>,
     },
@@ -527,11 +527,11 @@ pub enum Ending<T, S> {
 /// Waits for the workers (and timely's connections) and the sink thread; once `watchdog` says
 /// the run failed, at most [`GRACE`] longer: threads still blocked then (on a peer, on InfluxDB)
 /// are left behind, as the process is about to end.
-pub fn conclude<T: Send + 'static, S: Send + 'static>(
-    guards: super::Guards<T>,
+pub fn conclude<T: Send + 'static, E: Send + 'static, S: Send + 'static>(
+    guards: super::Guards<T, E>,
     sink: JoinHandle<S>,
     watchdog: &Watchdog,
-) -> Ending<T, S> {
+) -> Ending<Result<T, E>, S> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let joiner = std::thread::Builder::new()
         .name("shopflow-join".into())

@@ -10,13 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dataflows::Params;
 use dataflows::harness::{Input, merge};
+use dataflows::inputs::{Inputs, RoundRobin};
 use dataflows::model::Tick;
 use dataflows::output::{Batch, Progress, emit_batches};
-use dataflows::{Params, Restored, analytics_with_state};
-use differential_dataflow::input::Input as _;
-use timely::dataflow::InputHandleVec;
-use timely::dataflow::operators::vec::Input as _;
 
 /// What a measured run produced.
 #[derive(Debug, Default)]
@@ -71,68 +69,38 @@ pub fn run(
 
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
-        let peers = worker.peers();
+        let mut spread = RoundRobin::new(index, worker.peers());
 
         let reports = Arc::clone(&shared_reports);
-        let mut events_in = InputHandleVec::new();
-        let (mut demographics_in, mut counters_in, probe, handles) =
-            worker.dataflow::<Tick, _, _>(|scope| {
-                let events = scope.input_from(&mut events_in);
-                let (demographics_in, demographics) = scope.new_collection();
-                let (counters_in, counters) = scope.new_collection();
-                let (rows, handles) = analytics_with_state(
-                    events,
-                    demographics,
-                    counters,
-                    Restored::empty(scope),
-                    params,
-                );
-                let (probe, rows) = rows.probe();
-                emit_batches(rows, move |progress| {
-                    reports
-                        .lock()
-                        .expect("no reporter panicked while holding the lock")
-                        .push(progress)
-                });
-                (demographics_in, counters_in, probe, handles)
+        let (mut graph, probe, handles) = worker.dataflow::<Tick, _, _>(|scope| {
+            let (graph, rows, handles) = Inputs::analytics(scope, params);
+            let (probe, rows) = rows.probe();
+            emit_batches(rows, move |progress| {
+                reports
+                    .lock()
+                    .expect("no reporter panicked while holding the lock")
+                    .push(progress)
             });
+            (graph, probe, handles)
+        });
 
         let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
             return;
         };
         let (first, last) = (first.0 - first.0 % tick_ms, last.0);
         let mut next_input = 0usize;
-        let mut event_index = 0usize;
         let mut tick = first;
         while tick <= last {
-            events_in.advance_to(tick);
-            demographics_in.advance_to(tick);
-            counters_in.advance_to(tick);
+            graph.advance_to(tick);
             while let Some((time, input)) =
                 inputs.get(next_input).filter(|(t, _)| *t < tick + tick_ms)
             {
                 debug_assert!(*time >= tick, "inputs are sorted by tick");
-                match input {
-                    Input::Event(event) => {
-                        if event_index % peers == index {
-                            events_in.send(event.clone());
-                        }
-                        event_index += 1;
-                    }
-                    Input::Demographic(row, diff) if index == 0 => {
-                        demographics_in.update(row.clone(), *diff)
-                    }
-                    Input::Counter(counter, n) if index == 0 => counters_in.update(*counter, *n),
-                    Input::Demographic(..) | Input::Counter(..) => {}
-                }
+                graph.replay(input, &mut spread);
                 next_input += 1;
             }
             let next = tick + tick_ms;
-            events_in.advance_to(next);
-            demographics_in.advance_to(next);
-            demographics_in.flush();
-            counters_in.advance_to(next);
-            counters_in.flush();
+            graph.advance_to(next);
             let started = Instant::now();
             worker.step_while(|| probe.less_than(&next));
             let elapsed = started.elapsed();
