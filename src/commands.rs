@@ -342,7 +342,7 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     kafka::ensure_topic(&config.kafka, &config.kafka.topic)?;
     let generator = EventGenerator::new(
         config.generator.clone(),
-        args.start_ms.unwrap_or_else(runtime::now_ms),
+        args.start_ms.unwrap_or_else(crate::clock::now_ms),
     )
     .map_err(anyhow::Error::msg)?;
     let mut producer = EventProducer::new(&config.kafka)?;

@@ -9,6 +9,7 @@ pub mod baseline;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;

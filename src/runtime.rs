@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dataflows::model::{Counter, OutputKey, OutputValue, Tick};
 use dataflows::output::{Batch, Change, Progress, emit_batches};
@@ -30,6 +30,8 @@ use crate::sinks::line_protocol::RuntimeMetrics;
 use crate::sinks::{Sink, SinkError};
 use crate::sources::kafka::{KafkaConfig, PartitionReader};
 use crate::sources::mysql::{ChangeFeed, DemographicsSource, MysqlConfig};
+
+pub use crate::clock::now_ms;
 
 /// A run could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -259,13 +261,6 @@ pub struct Plan {
 enum WorkerDemographics {
     Generated(demographics::Changes),
     Mysql(ChangeFeed),
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A worker's event input: the generator's share, or the worker's partitions.

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use dataflows::model::Counter;
 
+use crate::clock;
 use crate::config::{Config, ConfigError};
-use crate::runtime;
 use crate::sinks::influx::Api;
 use crate::sinks::line_protocol::Encoder;
 use crate::sources::kafka::{self, KafkaSourceError, PartitionExtent};
@@ -114,7 +114,7 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
                 .into(),
         ));
     }
-    let now_ms = runtime::now_ms();
+    let now_ms = clock::now_ms();
     let window_label = Encoder::new(config.engine.window_ms)
         .window_label()
         .to_owned();

@@ -399,7 +399,7 @@ impl PartitionReader {
         if self.partitions.is_empty() {
             return Ok(polled);
         }
-        let now = crate::runtime::now_ms();
+        let now = crate::clock::now_ms();
         while polled.messages < self.max_poll {
             // The field, not `consumer()`: a message borrows the consumer, not the whole reader.
             let consumer = self.consumer.as_ref().expect("taken only on drop");
