@@ -9,10 +9,8 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use super::{
-    config::KafkaConfig,
-    error::{KafkaSourceError, kafka},
-};
+use super::error::{KafkaSourceError, kafka};
+use crate::config::kafka::KafkaConfig;
 
 impl KafkaConfig {
     /// A client configuration: brokers, then the pass-through properties.

@@ -7,7 +7,6 @@
 //! may not hold yet; the sink writes absolute values, so a re-read counts nothing twice.
 
 mod client;
-mod config;
 mod coordinator;
 mod dead_letter;
 mod error;
@@ -15,8 +14,10 @@ mod producer;
 mod reader;
 mod scan;
 
+pub use crate::config::kafka::{
+    AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds,
+};
 pub use client::LogContext;
-pub use config::{AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds};
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
 pub use producer::{

@@ -13,9 +13,9 @@ use crate::sources::registry::{self, RegistryClient};
 
 use super::{
     client::{LogContext, PRODUCER_TUNING, create, error_librdkafka, log_librdkafka, redact_error},
-    config::KafkaConfig,
     error::{KafkaSourceError, kafka},
 };
+use crate::config::kafka::KafkaConfig;
 
 /// Counts the messages the brokers did not take, and keeps the first reason.
 #[derive(Default)]

@@ -13,9 +13,9 @@ use crate::sources::registry::{self, RegistryClient, RegistryError};
 
 use super::{
     client::{LogContext, create},
-    config::KafkaConfig,
     error::{KafkaSourceError, kafka},
 };
+use crate::config::kafka::KafkaConfig;
 
 /// One message read by [`scan_topic`].
 #[derive(Debug)]
