@@ -6,7 +6,6 @@
 //! ([`sinks::line_protocol`] encodes a batch as InfluxDB points).
 
 pub mod baseline;
-pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;
