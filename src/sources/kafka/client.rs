@@ -14,7 +14,7 @@ use crate::config::kafka::KafkaConfig;
 
 impl KafkaConfig {
     /// A client configuration: brokers, then the pass-through properties.
-    pub(super) fn client(&self) -> ClientConfig {
+    pub(crate) fn client(&self) -> ClientConfig {
         self.client_tuned(&[])
     }
 
@@ -228,7 +228,7 @@ pub(super) fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaErro
 
 /// A client of `kind` made from `client`, with [`LogContext`]; an error names no secret of
 /// `config`.
-pub(super) fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
+pub(crate) fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
     config: &KafkaConfig,
     client: &ClientConfig,
     kind: &str,

@@ -12,16 +12,16 @@ mod dead_letter;
 mod error;
 mod producer;
 mod reader;
-mod scan;
 
 pub use crate::config::kafka::{
     AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds,
 };
 pub use client::LogContext;
+pub(crate) use client::create;
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
+pub(crate) use error::kafka;
 pub use producer::{
     EventProducer, HoldBack, ensure_topic, produce_generated, produce_generated_within,
 };
 pub use reader::{PartitionReader, Polled, counter_of};
-pub use scan::{PartitionExtent, ScannedMessage, scan_topic};
