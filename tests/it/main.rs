@@ -20,5 +20,5 @@ mod producer;
 mod registry;
 mod restart;
 mod secrets;
-mod services;
+mod support;
 mod verify;
