@@ -67,6 +67,13 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let reader_gone = sink.reader_gone();
 
     let status = Arc::new(Status::default());
+    // First, before the live view: the URL to open.
+    let _server = crate::http::start(
+        args.http.listen(&config),
+        &status,
+        &config.http,
+        !args.quiet,
+    )?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let on_interrupt = (Arc::clone(&status), Arc::clone(&interrupt));
     ctrlc::set_handler(move || {
@@ -275,6 +282,9 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
     let status = Arc::new(Status::default());
     stop_on_interrupt(&status)?;
+    // Before waiting for InfluxDB, so that /health and /ready answer (not ready) meanwhile; said
+    // once InfluxDB answered, so that a start that fails says only why.
+    let server = crate::http::start(args.http.listen(&config), &status, &config.http, false)?;
     let sink: Box<dyn Sink> = match config.output.sink {
         SinkKind::Influxdb => {
             if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
@@ -293,6 +303,9 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             config.engine.window_ms,
         )?),
     };
+    if let Some(server) = &server {
+        eprintln!("{}", server.announcement());
+    }
     let plan = Plan {
         events: EventSource::Kafka {
             config: config.kafka.clone(),

@@ -583,6 +583,8 @@ fn an_unreachable_broker_logs_a_bounded_number_of_lines() {
             "SHOPFLOW__KAFKA__PROPERTIES",
             "{\"reconnect.backoff.ms\"=\"10\",\"reconnect.backoff.max.ms\"=\"10\"}",
         ),
+        // `run` waits this long for brokers it cannot reach at start, then fails.
+        ("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "5000"),
     ]);
     let args = [
         "run",
