@@ -1,16 +1,15 @@
-//! The command line: clap definitions and dispatch, nothing else.
+//! The command line: clap definitions, nothing else; [`commands::main`](crate::commands::main)
+//! parses them and dispatches.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, SinkKind};
 use crate::generators::events::Pace;
-use crate::runtime::{self, Workers};
+use crate::runtime::Workers;
 use crate::sources::kafka::StartPosition;
-use crate::{bench, commands};
 
 /// Real-time e-commerce analytics on timely and differential dataflow.
 #[derive(Debug, Parser)]
@@ -138,16 +137,16 @@ pub struct DemoArgs {
 pub struct HttpArgs {
     /// Serve the dashboard, /metrics, /health, /ready and the API on this address, e.g.
     /// 127.0.0.1:8080 or 0.0.0.0:8080, or `off` (default: http.listen).
-    #[arg(long, value_name = "ADDR|off", value_parser = crate::http::config::Listen::parse)]
-    pub http: Option<crate::http::config::Listen>,
+    #[arg(long, value_name = "ADDR|off", value_parser = crate::config::http::Listen::parse)]
+    pub http: Option<crate::config::http::Listen>,
 }
 
 impl HttpArgs {
     /// What to listen on: the flag, else `http.listen` (validated with the configuration).
-    pub fn listen(&self, config: &Config) -> crate::http::config::Listen {
+    pub fn listen(&self, config: &Config) -> crate::config::http::Listen {
         self.http.unwrap_or_else(|| {
-            crate::http::config::Listen::parse(&config.http.listen)
-                .unwrap_or(crate::http::config::Listen::Off)
+            crate::config::http::Listen::parse(&config.http.listen)
+                .unwrap_or(crate::config::http::Listen::Off)
         })
     }
 }
@@ -300,80 +299,4 @@ pub struct VerifyArgs {
     /// List at most this many mismatching keys.
     #[arg(long, default_value_t = 20)]
     pub list: usize,
-}
-
-/// An error and its causes on one line, each cause once: many errors here already say their
-/// cause in their own message, and would otherwise print it twice.
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
-/// Parses the command line, runs it, and turns errors into one line and an exit code:
-/// 2 for usage and configuration errors, 1 for failures while running.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = match cli.command {
-        Command::Demo(args) => commands::demo(config, args),
-        Command::Run(args) => commands::run(config, args),
-        Command::Produce(args) => commands::produce(config, args),
-        Command::LoadDemographics(args) => commands::load_demographics(config, args),
-        Command::ChangeDemographics(args) => commands::change_demographics(config, args),
-        Command::Bench(args) => bench::run(config, args),
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            Ok(())
-        }
-        // Verify has exit codes of its own: 1 means a mismatch, not a failure to run.
-        Command::Verify(args) => {
-            let options = crate::verify::Options {
-                arrival_tolerance: args.arrival_tolerance,
-                ..crate::verify::Options::default()
-            };
-            return crate::verify::command(config, &options, args.list);
-        }
-        Command::Experiment(args) => crate::experiments::run(args).map_err(anyhow::Error::from),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
-                matches!(
-                    e,
-                    runtime::RunError::Workers(_)
-                        | runtime::RunError::Cluster(_)
-                        | runtime::RunError::Checkpoint(_)
-                )
-            }) || e
-                .downcast_ref::<crate::experiments::ExperimentError>()
-                .is_some_and(crate::experiments::ExperimentError::is_usage)
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
 }

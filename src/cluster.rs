@@ -40,7 +40,8 @@ use timely::communication::{AllocatorBuilder, Hooks};
 use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
-use crate::runtime::{EventSource, Plan, now_ms};
+use crate::clock::now_ms;
+use crate::runtime::{EventSource, Plan};
 use watchdog::{Failure, Watchdog};
 
 /// The first bytes of every handshake: not a shopflow process otherwise.

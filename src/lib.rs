@@ -6,9 +6,9 @@
 //! ([`sinks::line_protocol`] encodes a batch as InfluxDB points).
 
 pub mod baseline;
-pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use dataflows::model::{Counter, CounterOrigin, Dimension, OutputKey, OutputValue, Totals};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::runtime::{LiveTable, Status, now_ms};
+use crate::clock::now_ms;
+use crate::runtime::{LiveTable, Status};
 use crate::sinks::line_protocol::measurement_and_tags;
 
 /// How many rows the top lists show.

@@ -15,10 +15,10 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::observed::{TickMessage, counters, lock};
 use super::rows::{FIELDS, Measurement, Row, measurements};
 use super::{ApiError, AppState};
 use crate::runtime::Status;
+use crate::runtime::observed::{TickMessage, counters, lock};
 use crate::sinks::line_protocol::RuntimeMetrics;
 
 /// The query string as pairs, or a 400 saying why it does not parse.
@@ -385,7 +385,7 @@ fn tick_json<'a>(message: &'a TickMessage, status: &Status) -> &'a str {
 
 /// `GET /api/stream`: Server-Sent Events, a `tick` per completed timestamp that changed
 /// something; a client that falls more than
-/// [`STREAM_BUFFER_TICKS`](super::observed::STREAM_BUFFER_TICKS) behind gets a `reset` (refetch
+/// [`STREAM_BUFFER_TICKS`](crate::runtime::observed::STREAM_BUFFER_TICKS) behind gets a `reset` (refetch
 /// the rows) and goes on from the newest.
 pub async fn stream(
     State(state): State<AppState>,

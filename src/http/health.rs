@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::config::HttpConfig;
-use super::observed::lock;
+use crate::config::http::HttpConfig;
+use crate::runtime::observed::lock;
 use crate::runtime::{Status, now_ms};
 
 /// Whether the process is alive and its workers step: `Err` says why not.
@@ -118,7 +118,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::http::observed::Begun;
+    use crate::runtime::observed::Begun;
     use crate::sinks::Acknowledged;
 
     fn config() -> HttpConfig {

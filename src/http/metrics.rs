@@ -2,7 +2,7 @@
 //!
 //! Figures the run already keeps are read at scrape time by a collector (the counters, the
 //! runtime gauges, the sink's totals, the checkpoints); the per-tick histograms are observed by
-//! the sink thread ([`Observed::completed`](super::observed::Observed::completed)).
+//! the sink thread ([`Observed::completed`](crate::runtime::observed::Observed::completed)).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use super::observed::{counters, lock};
+use crate::runtime::observed::{counters, lock};
 use crate::runtime::{Status, now_ms};
 
 /// The registry of a server: the histograms and the collector over `status`.

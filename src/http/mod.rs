@@ -2,15 +2,13 @@
 //! `/health`, `/ready` and the JSON API (docs/http.md).
 //!
 //! It runs axum on a tokio runtime of its own thread, and reads only what the run already keeps
-//! for it ([`Status`] and its [`Observed`](observed::Observed)): serving a request never touches a
+//! for it ([`Status`] and its [`Observed`](crate::runtime::observed::Observed)): serving a request never touches a
 //! worker.
 
 pub mod api;
 pub mod assets;
-pub mod config;
 pub mod health;
 pub mod metrics;
-pub mod observed;
 pub mod rows;
 
 use std::future::IntoFuture as _;
@@ -24,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-pub use self::config::HttpConfig;
+pub use crate::config::http::HttpConfig;
 use crate::runtime::Status;
 
 /// The server could not start.
@@ -211,14 +209,14 @@ impl Drop for Server {
 /// Starts the server `listen` asks for (`None` for `off`) and, if `announce`, says where on
 /// standard error: the first thing a command prints.
 pub fn start(
-    listen: config::Listen,
+    listen: crate::config::http::Listen,
     status: &Arc<Status>,
     config: &HttpConfig,
     announce: bool,
 ) -> Result<Option<Server>, HttpError> {
     match listen {
-        config::Listen::Off => Ok(None),
-        config::Listen::On(address) => {
+        crate::config::http::Listen::Off => Ok(None),
+        crate::config::http::Listen::On(address) => {
             let server = Server::start(address, Arc::clone(status), config)?;
             if announce {
                 eprintln!("{}", server.announcement());

@@ -17,6 +17,7 @@ mod checkpoints;
 mod demographics;
 mod events;
 mod failure;
+pub mod observed;
 mod sink_thread;
 pub mod status;
 mod worker;
@@ -25,7 +26,7 @@ pub mod workers;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dataflows::model::Tick;
 
@@ -168,12 +169,7 @@ pub struct Plan {
     pub checkpoints: Option<PathBuf>,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// Runs the pipeline: sources → dataflow → `sink`, until `plan.stop`, Ctrl-C (`status.stop`),
 /// or the end of the input.
@@ -200,7 +196,7 @@ pub fn run(plan: Plan, sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Repor
     let acknowledged = sink.acknowledged();
     let local_workers = plan.workers.threads_per_process();
     let process = plan.workers.process;
-    status.observed.begin(crate::http::observed::Begun {
+    status.observed.begin(crate::runtime::observed::Begun {
         process,
         processes: plan.workers.processes.max(1),
         workers: local_workers,

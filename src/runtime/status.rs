@@ -38,7 +38,7 @@ pub struct Status {
     pub table: Mutex<LiveTable>,
     /// What the HTTP server reads besides these: the recent windows, the workers' heartbeats,
     /// the per-tick histograms.
-    pub observed: crate::http::observed::Observed,
+    pub observed: crate::runtime::observed::Observed,
 }
 
 /// The latest all-time rows and counters by key.

@@ -7,9 +7,10 @@ use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::generators::events::EventGenerator;
-use crate::runtime::{Status, Stop, now_ms};
+use crate::runtime::{Status, Stop};
 use crate::sources::kafka::{
     EventProducer, HoldBack, KafkaConfig, KafkaSourceError, StartPosition, produce_generated_within,
 };

@@ -1,7 +1,7 @@
 //! `shopflow verify`: every aggregate recomputed in one batch pass from the sources of record,
 //! and compared with what InfluxDB holds.
 //!
-//! 1. [`crate::sources::kafka::scan_topic`] reads the topic from the start of every partition to
+//! 1. [`scan::scan_topic`] reads the topic from the start of every partition to
 //!    the high watermarks taken when verify starts, decoding as the pipeline does (messages it
 //!    rejects counted by reason, as the pipeline counts them: malformed, oversize, negative,
 //!    implausible amounts, implausible times).
@@ -20,6 +20,7 @@
 pub mod compare;
 pub mod influx;
 pub mod recompute;
+pub mod scan;
 pub mod series;
 
 use std::collections::BTreeMap;
@@ -29,12 +30,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use dataflows::model::Counter;
 
+use crate::clock;
 use crate::config::{Config, ConfigError};
-use crate::runtime;
 use crate::sinks::influx::Api;
 use crate::sinks::line_protocol::Encoder;
-use crate::sources::kafka::{self, KafkaSourceError, PartitionExtent};
+use crate::sources::kafka::{self, KafkaSourceError};
 use crate::sources::mysql::{self, MysqlError};
+use scan::PartitionExtent;
 
 use compare::Comparison;
 use recompute::{Arrival, Expected, Settings};
@@ -114,7 +116,7 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
                 .into(),
         ));
     }
-    let now_ms = runtime::now_ms();
+    let now_ms = clock::now_ms();
     let window_label = Encoder::new(config.engine.window_ms)
         .window_label()
         .to_owned();
@@ -129,7 +131,7 @@ pub fn verify(config: &Config, options: &Options) -> Result<Outcome, VerifyError
     let bounds = config.kafka.time_bounds();
     let tolerance_ms = options.arrival_tolerance.as_millis() as u64;
     let mut near_bounds = 0u64;
-    let partitions = kafka::scan_topic(&config.kafka, options.idle_timeout, |message| {
+    let partitions = scan::scan_topic(&config.kafka, options.idle_timeout, |message| {
         if message.size > config.kafka.max_message_bytes {
             *malformed.entry(Counter::MalformedOversize).or_default() += 1;
             return;

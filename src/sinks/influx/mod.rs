@@ -38,11 +38,10 @@
 //! the runtime inside `SinkError::Io` (`std::io::Error::other`); `get_ref()` and `downcast_ref`
 //! recover it.
 
-pub mod config;
 pub mod service;
 pub mod sink;
 
-pub use config::{Api, InfluxConfig, MAX_BATCH_LINES, Secret};
+pub use crate::config::influx::{self as config, Api, InfluxConfig, MAX_BATCH_LINES, Secret};
 pub use service::{
     Checked, InfluxClient, SetupError, SinkStats, StatsSnapshot, WriteError, check_at_start,
 };

@@ -11,8 +11,8 @@ use reqwest::Url;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
-use super::config::{Api, InfluxConfig, Secret};
 use crate::config::ConfigError;
+use crate::config::influx::{Api, InfluxConfig, Secret};
 
 /// The most bytes of an error response read for its message.
 const MAX_ERROR_BODY: u64 = 64 * 1024;

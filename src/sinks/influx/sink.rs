@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use dataflows::model::Tick;
 use dataflows::output::Batch;
 
-use super::config::InfluxConfig;
 use super::service::{InfluxClient, SetupError, SinkStats, WriteError};
+use crate::config::influx::InfluxConfig;
 use crate::sinks::line_protocol::{Encoder, RuntimeMetrics, encode_runtime};
 use crate::sinks::{Acknowledged, Canceller, Sink, SinkError};
 

@@ -9,14 +9,12 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
-use super::{
-    config::KafkaConfig,
-    error::{KafkaSourceError, kafka},
-};
+use super::error::{KafkaSourceError, kafka};
+use crate::config::kafka::KafkaConfig;
 
 impl KafkaConfig {
     /// A client configuration: brokers, then the pass-through properties.
-    pub(super) fn client(&self) -> ClientConfig {
+    pub(crate) fn client(&self) -> ClientConfig {
         self.client_tuned(&[])
     }
 
@@ -230,7 +228,7 @@ pub(super) fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaErro
 
 /// A client of `kind` made from `client`, with [`LogContext`]; an error names no secret of
 /// `config`.
-pub(super) fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
+pub(crate) fn create<T: rdkafka::config::FromClientConfigAndContext<LogContext>>(
     config: &KafkaConfig,
     client: &ClientConfig,
     kind: &str,

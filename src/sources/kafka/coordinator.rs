@@ -6,7 +6,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use super::config::KafkaConfig;
+use crate::config::kafka::KafkaConfig;
 
 /// Whether librdkafka's `error` says the consumer group's coordinator is not ready yet: a broker
 /// just (re)started loads the group's offsets (`CoordinatorLoadInProgress`), or the group's

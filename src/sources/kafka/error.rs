@@ -78,7 +78,7 @@ pub enum KafkaSourceError {
     },
 }
 
-pub(super) fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
+pub(crate) fn kafka(context: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaSourceError {
     let context = context.into();
     move |source| KafkaSourceError::Kafka { context, source }
 }

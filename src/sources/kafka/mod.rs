@@ -7,20 +7,21 @@
 //! may not hold yet; the sink writes absolute values, so a re-read counts nothing twice.
 
 mod client;
-mod config;
 mod coordinator;
 mod dead_letter;
 mod error;
 mod producer;
 mod reader;
-mod scan;
 
+pub use crate::config::kafka::{
+    AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds,
+};
 pub use client::LogContext;
-pub use config::{AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds};
+pub(crate) use client::create;
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
+pub(crate) use error::kafka;
 pub use producer::{
     EventProducer, HoldBack, ensure_topic, produce_generated, produce_generated_within,
 };
 pub use reader::{PartitionReader, Polled, counter_of};
-pub use scan::{PartitionExtent, ScannedMessage, scan_topic};

@@ -13,9 +13,9 @@ use crate::sources::registry::{self, RegistryClient};
 
 use super::{
     client::{LogContext, PRODUCER_TUNING, create, error_librdkafka, log_librdkafka, redact_error},
-    config::KafkaConfig,
     error::{KafkaSourceError, kafka},
 };
+use crate::config::kafka::KafkaConfig;
 
 /// Counts the messages the brokers did not take, and keeps the first reason.
 #[derive(Default)]
@@ -90,7 +90,7 @@ impl EventProducer {
         avro::encode_event(self.schema_id, event, &mut self.buffer);
         let key = event.user_id.0.to_be_bytes();
         // A generator run faster than realtime has arrivals ahead of the clock.
-        let timestamp = arrival_ms.min(crate::runtime::now_ms()) as i64;
+        let timestamp = arrival_ms.min(crate::clock::now_ms()) as i64;
         loop {
             let record = BaseRecord::to(&self.topic)
                 .key(&key[..])
@@ -254,7 +254,7 @@ pub fn produce_generated_within(
         }
         let arrival = generator.arrival_ms(n);
         if realtime {
-            let now = crate::runtime::now_ms();
+            let now = crate::clock::now_ms();
             if arrival > now {
                 if stopped() {
                     break;

@@ -20,11 +20,11 @@ use crate::sources::registry::{self, RegistryClient, RegistryError, SchemaCache}
 
 use super::{
     client::{LogContext, consumer_config, create, error_librdkafka, log_librdkafka, redact_error},
-    config::{AmountBounds, KafkaConfig, StartPosition, TimeBounds},
     coordinator::{committed_offsets, coordinator_patience, retry_coordinator},
     dead_letter::dead_letter,
     error::{KafkaSourceError, kafka},
 };
+use crate::config::kafka::{AmountBounds, KafkaConfig, StartPosition, TimeBounds};
 
 /// What one poll round produced.
 #[derive(Debug, Default)]
@@ -399,7 +399,7 @@ impl PartitionReader {
         if self.partitions.is_empty() {
             return Ok(polled);
         }
-        let now = crate::runtime::now_ms();
+        let now = crate::clock::now_ms();
         while polled.messages < self.max_poll {
             // The field, not `consumer()`: a message borrows the consumer, not the whole reader.
             let consumer = self.consumer.as_ref().expect("taken only on drop");
@@ -888,8 +888,8 @@ mod tests {
     use dataflows::model::{CampaignId, Cents, OrderId, Tag, UserId};
 
     use super::*;
+    use crate::config::kafka::MIN_MESSAGE_BYTES;
     use crate::sources::avro;
-    use crate::sources::kafka::config::MIN_MESSAGE_BYTES;
 
     const NOW: u64 = 1_800_000_000_000;
 

@@ -8,11 +8,11 @@ use mysql::prelude::Queryable;
 use crate::generators::demographics::Changes;
 
 use super::{
-    config::MysqlConfig,
     connection::connect,
     error::{MysqlError, sql_error},
     load::{insert_statement, push_row},
 };
+use crate::config::mysql::MysqlConfig;
 
 /// What [`apply_changes`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

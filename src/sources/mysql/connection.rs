@@ -3,12 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mysql::Conn;
+use mysql::{Conn, Opts, OptsBuilder};
 
-use super::{
-    config::{MysqlConfig, endpoint},
-    error::MysqlError,
-};
+use super::error::MysqlError;
+use crate::config::mysql::{MysqlConfig, PASSWORD_ENV};
 
 /// The first reconnection delay; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -78,4 +76,54 @@ pub(super) fn connect(config: &MysqlConfig) -> Result<Conn, MysqlError> {
             detail: e.to_string(),
         }
     })
+}
+
+/// How to reach the server the `[mysql]` section names.
+impl MysqlConfig {
+    /// The password: `password`, else `password-file`, else the URL's, else the environment's
+    /// `SHOPFLOW_MYSQL_PASSWORD` (a fallback, like the mysql client's `MYSQL_PWD`).
+    fn resolve_password(&self, opts: &Opts) -> Result<Option<String>, MysqlError> {
+        if let Some(password) = &self.password {
+            return Ok(Some(password.clone()));
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| MysqlError::Config {
+                key: "mysql.password-file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+        }
+        if let Some(password) = opts.get_pass() {
+            return Ok(Some(password.to_owned()));
+        }
+        Ok(std::env::var(PASSWORD_ENV).ok())
+    }
+
+    /// The validated connection options.
+    pub(super) fn opts(&self) -> Result<Opts, MysqlError> {
+        self.validate()?;
+        let opts = Opts::from_url(&self.url).map_err(|e| MysqlError::Config {
+            key: "mysql.url",
+            message: format!("cannot parse: {e}"),
+        })?;
+        let password = self.resolve_password(&opts)?;
+        Ok(OptsBuilder::from_opts(opts)
+            .pass(password)
+            .tcp_connect_timeout(Some(self.connect_timeout()))
+            .into())
+    }
+
+    pub(super) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The database named by the URL.
+    pub(super) fn database(&self) -> Result<String, MysqlError> {
+        Ok(self.opts()?.get_db_name().unwrap_or_default().to_owned())
+    }
+}
+
+/// `host:port` of the options, for messages.
+pub(super) fn endpoint(opts: &Opts) -> String {
+    format!("{}:{}", opts.get_ip_or_hostname(), opts.get_tcp_port())
 }

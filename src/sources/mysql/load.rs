@@ -8,10 +8,10 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Params, Value};
 
 use super::{
-    config::{MysqlConfig, is_identifier},
     connection::connect,
     error::{MysqlError, sql_error},
 };
+use crate::config::mysql::{MysqlConfig, is_identifier};
 
 /// The table's DDL; the table name is substituted after validation.
 const DDL: &str = include_str!("../../../config/mysql/demographics.sql");

@@ -25,15 +25,14 @@
 
 mod binlog;
 mod changes;
-mod config;
 mod connection;
 mod error;
 mod load;
 mod rows;
 mod source;
 
+pub use crate::config::mysql::{MysqlConfig, PASSWORD_ENV, is_identifier};
 pub use changes::{ApplyReport, apply_changes};
-pub use config::{MysqlConfig, PASSWORD_ENV, is_identifier};
 pub use error::MysqlError;
 pub use load::{LoadReport, load_demographics};
 pub use rows::{read_table, read_table_counting};

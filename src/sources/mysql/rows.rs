@@ -9,11 +9,11 @@ use mysql::Value;
 use mysql::prelude::Queryable;
 
 use super::{
-    config::MysqlConfig,
     connection::connect,
     error::{MysqlError, sql_error},
     source::Shared,
 };
+use crate::config::mysql::MysqlConfig;
 
 /// At most one warning about unconvertible rows per this interval.
 const SKIP_WARNING_INTERVAL: Duration = Duration::from_secs(1);

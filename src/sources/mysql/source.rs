@@ -13,11 +13,12 @@ use mysql::{Conn, Opts, OptsBuilder};
 
 use super::{
     binlog::{Follower, STREAM_READ_TIMEOUT, open_stream},
-    config::{MysqlConfig, endpoint},
+    connection::endpoint,
     connection::{connect, retryable, retrying},
     error::{MysqlError, sql_error},
     rows::{SkipLog, convert_row, select_statement},
 };
+use crate::config::mysql::MysqlConfig;
 
 /// Committed transactions the feed buffers before the follower waits for the reader.
 const FEED_CAPACITY: usize = 1024;

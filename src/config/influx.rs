@@ -58,7 +58,7 @@ pub struct InfluxConfig {
     /// Whether request bodies are gzip-compressed.
     pub gzip: bool,
     /// The timeout of one HTTP request (connecting included), in milliseconds; also bounds the
-    /// start check ([`check_at_start`](super::service::check_at_start)).
+    /// start check ([`check_at_start`](crate::sinks::influx::service::check_at_start)).
     pub timeout_ms: u64,
     /// How often a failed write is retried (connection errors, timeouts, 429, 5xx) before the sink
     /// fails; 0 for never.

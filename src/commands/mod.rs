@@ -1,15 +1,19 @@
-//! What each subcommand does, wired from the library's parts; `cli` only parses and dispatches.
+//! What each subcommand does, wired from the library's parts, and [`main`], which parses the
+//! command line (`cli`) and dispatches.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use clap::Parser as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{
-    ChangeArgs, DemoArgs, DemoSource, DemographicsFrom, LoadArgs, ProduceArgs, RunArgs,
+    ChangeArgs, Cli, Command, DemoArgs, DemoSource, DemographicsFrom, LoadArgs, ProduceArgs,
+    RunArgs,
 };
 use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
@@ -21,6 +25,8 @@ use crate::sources::embedded::EmbeddedKafka;
 use crate::sources::kafka::{self, EventProducer};
 use crate::sources::mysql;
 use crate::view;
+
+pub mod bench;
 
 /// `shopflow demo`: everything embedded, no services.
 ///
@@ -355,7 +361,7 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     kafka::ensure_topic(&config.kafka, &config.kafka.topic)?;
     let generator = EventGenerator::new(
         config.generator.clone(),
-        args.start_ms.unwrap_or_else(runtime::now_ms),
+        args.start_ms.unwrap_or_else(crate::clock::now_ms),
     )
     .map_err(anyhow::Error::msg)?;
     let mut producer = EventProducer::new(&config.kafka)?;
@@ -437,4 +443,80 @@ fn checkpoint_dir(config: &Config) -> Option<PathBuf> {
         root,
         &config.kafka.group_id,
     ))
+}
+
+/// An error and its causes on one line, each cause once: many errors here already say their
+/// cause in their own message, and would otherwise print it twice.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Parses the command line, runs it, and turns errors into one line and an exit code:
+/// 2 for usage and configuration errors, 1 for failures while running.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Demo(args) => demo(config, args),
+        Command::Run(args) => run(config, args),
+        Command::Produce(args) => produce(config, args),
+        Command::LoadDemographics(args) => load_demographics(config, args),
+        Command::ChangeDemographics(args) => change_demographics(config, args),
+        Command::Bench(args) => bench::run(config, args),
+        Command::CheckConfig => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        // Verify has exit codes of its own: 1 means a mismatch, not a failure to run.
+        Command::Verify(args) => {
+            let options = crate::verify::Options {
+                arrival_tolerance: args.arrival_tolerance,
+                ..crate::verify::Options::default()
+            };
+            return crate::verify::command(config, &options, args.list);
+        }
+        Command::Experiment(args) => crate::experiments::run(args).map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    runtime::RunError::Workers(_)
+                        | runtime::RunError::Cluster(_)
+                        | runtime::RunError::Checkpoint(_)
+                )
+            }) || e
+                .downcast_ref::<crate::experiments::ExperimentError>()
+                .is_some_and(crate::experiments::ExperimentError::is_usage)
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }

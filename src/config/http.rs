@@ -53,7 +53,7 @@ impl Listen {
     /// Parses `off` or an IP `address:port` (`127.0.0.1:8080`, `[::1]:0`, `0.0.0.0:8080`).
     ///
     /// ```
-    /// use shopflow::http::config::Listen;
+    /// use shopflow::config::http::Listen;
     ///
     /// assert_eq!(Listen::parse("off"), Ok(Listen::Off));
     /// assert!(matches!(Listen::parse("127.0.0.1:0"), Ok(Listen::On(_))));

@@ -5,6 +5,10 @@
 //! `--config` file (which may set only some keys), `SHOPFLOW__SECTION__KEY` environment variables,
 //! then command-line flags. An error names the layer that set the bad value, and never prints a
 //! value that may be a secret.
+//!
+//! Each source's and sink's section is plain data in a module of its own ([`kafka`], [`mysql`],
+//! [`influx`]), apart from how it runs: the clients and connections made from it live with the
+//! source or sink that uses it.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -17,12 +21,19 @@ use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::generators::events::GeneratorKnobs;
-use crate::sinks::influx::InfluxConfig;
-use crate::sources::kafka::KafkaConfig;
-use crate::sources::mysql::{MysqlConfig, MysqlError};
+use crate::sources::mysql::MysqlError;
+
+use self::influx::InfluxConfig;
+use self::kafka::KafkaConfig;
+use self::mysql::MysqlConfig;
+
+pub mod http;
+pub mod influx;
+pub mod kafka;
+pub mod mysql;
 
 /// The shipped configuration, defaults for every key.
-pub const DEFAULT_TOML: &str = include_str!("../config/shopflow.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/shopflow.toml");
 
 /// The most worker threads per process, for `engine.workers` and the `-w` flag alike: far more
 /// than any machine has cores, and far below what makes timely's per-worker buffers exhaust memory.
@@ -88,7 +99,7 @@ pub struct Config {
     /// Where results go.
     pub output: OutputConfig,
     /// The HTTP server of `demo` and `run`.
-    pub http: crate::http::HttpConfig,
+    pub http: http::HttpConfig,
 }
 
 /// The `[engine]` section.

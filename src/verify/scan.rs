@@ -1,4 +1,4 @@
-//! Reading a whole topic once (`shopflow verify`).
+//! Reading a whole topic once, from the start of every partition to its end (`shopflow verify`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,11 +11,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::sources::avro::{self, DecodeError, Decoder, SchemaError};
 use crate::sources::registry::{self, RegistryClient, RegistryError};
 
-use super::{
-    client::{LogContext, create},
-    config::KafkaConfig,
-    error::{KafkaSourceError, kafka},
-};
+use crate::config::kafka::KafkaConfig;
+use crate::sources::kafka::{KafkaSourceError, LogContext, create, kafka};
 
 /// One message read by [`scan_topic`].
 #[derive(Debug)]
