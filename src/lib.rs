@@ -15,6 +15,7 @@ pub mod config;
 pub mod experiments;
 pub mod generators;
 pub mod journal;
+pub mod retry;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

@@ -21,6 +21,7 @@ use reqwest::Url;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Map, Value};
 
+use crate::retry::{Reason, RetryPolicy, Verdict, retry_after_header};
 use crate::sources::avro::{Decoder, HEADER_LEN, MAGIC, SchemaError};
 
 /// The content type of Confluent schema registry requests.
@@ -201,7 +202,8 @@ impl RegistryClient {
     }
 
     /// Sends each request at most `attempts` times (at least once), waiting `backoff`, then
-    /// twice that, and so on, between attempts.
+    /// twice that, and so on up to 1024 times that, between attempts, or longer when the registry
+    /// asks for it (`Retry-After`).
     pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> RegistryClient {
         self.attempts = attempts.max(1);
         self.backoff = backoff;
@@ -241,60 +243,94 @@ impl RegistryClient {
     /// Sends a GET (no body) or a POST, retrying unreachable and 5xx answers; returns the body of
     /// a 2xx answer.
     fn send(&self, url: &Url, body: Option<String>) -> Result<String, RegistryError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= self.attempts;
-            let mut request = match &body {
-                Some(body) => self
-                    .client
-                    .post(url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-                    .body(body.clone()),
-                None => self.client.get(url.clone()),
-            }
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-            if let Some((user, password)) = &self.auth {
-                request = request.basic_auth(user, password.as_ref());
-            }
-            let outcome = request.send().and_then(|response| {
-                let status = response.status();
-                read_text(response).map(|text| (status, text))
-            });
-            match outcome {
-                Ok((status, text)) if status.is_success() => return Ok(text),
-                Ok((status, text)) if status.is_server_error() => {
-                    if last {
-                        return Err(RegistryError::Server {
-                            url: url.to_string(),
-                            attempts: attempt,
-                            status: status.as_u16(),
-                            message: error_message(&text).1,
-                        });
-                    }
+        let policy = RetryPolicy::exponential(self.backoff, self.backoff.saturating_mul(1 << 10))
+            .with_retries(self.attempts - 1);
+        let outcome = policy.run(
+            None,
+            |_| self.send_once(url, body.as_deref()),
+            |failed| match failed {
+                Failed::Rejected(..) => Verdict::Fatal,
+                Failed::Server { retry_after, .. } => {
+                    retry_after.map_or(Verdict::Retry, Verdict::RetryAfter)
                 }
-                Ok((status, text)) => {
-                    let (error_code, message) = error_message(&text);
-                    return Err(RegistryError::Rejected {
-                        url: url.to_string(),
-                        status: status.as_u16(),
-                        error_code,
-                        message,
-                    });
-                }
-                Err(source) => {
-                    if last {
-                        return Err(RegistryError::Unreachable {
-                            url: url.to_string(),
-                            attempts: attempt,
-                            source: source.without_url(),
-                        });
-                    }
+                Failed::Unreachable(_) => Verdict::Retry,
+            },
+            |_, _| {},
+        );
+        let gave_up = match outcome {
+            Ok(text) => return Ok(text),
+            Err(gave_up) => gave_up,
+        };
+        debug_assert!(gave_up.reason != Reason::Cancelled, "nothing cancels");
+        let (url, attempts) = (url.to_string(), gave_up.attempts);
+        Err(match gave_up.error {
+            Failed::Rejected(status, text) => {
+                let (error_code, message) = error_message(&text);
+                RegistryError::Rejected {
+                    url,
+                    status,
+                    error_code,
+                    message,
                 }
             }
-            std::thread::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+            Failed::Server { status, text, .. } => RegistryError::Server {
+                url,
+                attempts,
+                status,
+                message: error_message(&text).1,
+            },
+            Failed::Unreachable(source) => RegistryError::Unreachable {
+                url,
+                attempts,
+                source: source.without_url(),
+            },
+        })
+    }
+
+    /// One request; the body of a 2xx answer.
+    fn send_once(&self, url: &Url, body: Option<&str>) -> Result<String, Failed> {
+        let mut request = match body {
+            Some(body) => self
+                .client
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body.to_owned()),
+            None => self.client.get(url.clone()),
+        }
+        .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, password.as_ref());
+        }
+        let response = request.send().map_err(Failed::Unreachable)?;
+        let status = response.status();
+        let retry_after = retry_after_header(response.headers());
+        let text = read_text(response).map_err(Failed::Unreachable)?;
+        if status.is_success() {
+            Ok(text)
+        } else if status.is_server_error() {
+            Err(Failed::Server {
+                status: status.as_u16(),
+                text,
+                retry_after,
+            })
+        } else {
+            Err(Failed::Rejected(status.as_u16(), text))
         }
     }
+}
+
+/// One request's failure.
+enum Failed {
+    /// No answer, or no complete one.
+    Unreachable(reqwest::Error),
+    /// A 5xx answer: its status, its body, and the wait it asked for (`Retry-After`).
+    Server {
+        status: u16,
+        text: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other answer that is not 2xx: its status and body.
+    Rejected(u16, String),
 }
 
 /// The body of a registration: `{"schema": "<the schema as one JSON string>"}`.
