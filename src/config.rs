@@ -356,7 +356,7 @@ fn environment() -> Env {
         .map(|key| key.as_str().to_lowercase().replace('_', "-").into())
 }
 
-/// The environment variable of a key, as the README spells it.
+/// The environment variable of a key, as docs/running.md spells it.
 fn env_var(key: &str) -> String {
     format!(
         "{ENV_PREFIX}{}",

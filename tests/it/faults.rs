@@ -1151,12 +1151,21 @@ pub(crate) fn topic_messages(config: &KafkaConfig) -> i64 {
         .set("bootstrap.servers", &config.brokers)
         .create()
         .expect("a consumer");
+    // Just after a broker restart the partitions may have no leader yet (NotLeaderForPartition):
+    // asked again until they have one.
+    let deadline = Instant::now() + Duration::from_secs(90);
     (0..config.partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
+            loop {
+                match consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(error) if Instant::now() < deadline => {
+                        eprintln!("watermarks of partition {p}: {error}; asking again");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(error) => panic!("watermarks of partition {p}: {error}"),
+                }
+            }
         })
         .sum()
 }
@@ -2178,7 +2187,15 @@ fn repeated_kafka_outages_stall_nothing_and_sigterm_ends_the_run() {
     let started = Instant::now();
     let (seed, users) = (89, 5_000);
     let scenario = Scenario::new("faults_outages", seed, users);
-    let env = scenario.pipeline_env(timeless(), &[("SHOPFLOW__ENGINE__TICK_MS", "250")]);
+    // The run starts with the broker down and waits for it; Kafka's start takes 10 to 40 s here,
+    // over a minute when the machine is loaded: the wait must outlast it.
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "300000"),
+        ],
+    );
     let broker = Stopped::stop("kafka");
     let mut pipeline = Pipeline::start(&env);
     std::thread::sleep(Duration::from_secs(4));
