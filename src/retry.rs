@@ -155,7 +155,14 @@ impl RetryPolicy {
                     asked,
                 },
             );
-            if !sleep_unless(wait, cancel) {
+            let slept = match cancel {
+                Some(cancel) => sleep_unless(wait, cancel),
+                None => {
+                    std::thread::sleep(wait);
+                    true
+                }
+            };
+            if !slept {
                 return Err(gave_up(error, Reason::Cancelled));
             }
         }
@@ -232,12 +239,9 @@ pub struct GaveUp<E> {
     pub reason: Reason,
 }
 
-/// Sleeps for `wait`, ending early once `cancel` is set; whether it slept the whole wait.
-fn sleep_unless(wait: Duration, cancel: Option<&AtomicBool>) -> bool {
-    let Some(cancel) = cancel else {
-        std::thread::sleep(wait);
-        return true;
-    };
+/// Sleeps for `wait`, ending early once `cancel` is set (checked every 50 ms); whether it slept
+/// the whole wait.
+pub fn sleep_unless(wait: Duration, cancel: &AtomicBool) -> bool {
     let until = Instant::now() + wait;
     loop {
         if cancel.load(Ordering::Relaxed) {
