@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mysql::{Opts, OptsBuilder};
+use mysql::{Opts, OptsBuilder, SslOpts};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::error::MysqlError;
@@ -42,6 +42,33 @@ pub struct MysqlConfig {
     /// How many times a failed connection is retried, with exponential backoff, before giving up:
     /// at start, and each time the binlog follower loses its connection.
     pub connect_retries: u32,
+    /// Whether connections use TLS, and what of the server's certificate is checked.
+    #[serde(default)]
+    pub tls: MysqlTls,
+    /// The CA certificates (PEM, or one DER) the server's certificate must chain to, with
+    /// `tls = "verify-ca"` or `"verify-full"`; the system's roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// `mysql.tls`: whether connections use TLS (native-tls, as reqwest does), and what of the
+/// server's certificate is checked. Any mode but `off` refuses a server without TLS, and connects
+/// over TCP even to a local server (the local socket would carry no TLS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MysqlTls {
+    /// Plain TCP (or the local socket).
+    #[default]
+    Off,
+    /// Encrypted, the certificate not checked (protects from eavesdropping, not from a
+    /// man in the middle).
+    Required,
+    /// Encrypted, the certificate checked against `tls-ca-file` (or the system's roots); its
+    /// host name not checked.
+    VerifyCa,
+    /// Encrypted, the certificate checked as `verify-ca` does and its host name against the
+    /// URL's host.
+    VerifyFull,
 }
 
 impl Default for MysqlConfig {
@@ -55,6 +82,8 @@ impl Default for MysqlConfig {
             server_id: 0,
             connect_timeout_ms: 5_000,
             connect_retries: 5,
+            tls: MysqlTls::Off,
+            tls_ca_file: None,
         }
     }
 }
@@ -70,6 +99,8 @@ impl fmt::Debug for MysqlConfig {
             .field("server_id", &self.server_id)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("connect_retries", &self.connect_retries)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -154,6 +185,12 @@ impl MysqlConfig {
         if self.connect_retries > 100 {
             return invalid("mysql.connect-retries", "must be at most 100".into());
         }
+        if self.tls_ca_file.is_some() && matches!(self.tls, MysqlTls::Off | MysqlTls::Required) {
+            return invalid(
+                "mysql.tls-ca-file",
+                "is used only with tls = \"verify-ca\" or \"verify-full\"".into(),
+            );
+        }
         Ok(())
     }
 
@@ -184,10 +221,50 @@ impl MysqlConfig {
             message: format!("cannot parse: {e}"),
         })?;
         let password = self.resolve_password(&opts)?;
-        Ok(OptsBuilder::from_opts(opts)
+        let builder = OptsBuilder::from_opts(opts)
             .pass(password)
-            .tcp_connect_timeout(Some(self.connect_timeout()))
-            .into())
+            .tcp_connect_timeout(Some(self.connect_timeout()));
+        Ok(match self.ssl_opts()? {
+            // TLS asked for is TLS used: never the local socket, which carries none.
+            Some(ssl) => builder.ssl_opts(ssl).prefer_socket(false),
+            None => builder,
+        }
+        .into())
+    }
+
+    /// The TLS options of `tls` and `tls-ca-file`; `None` when `tls = "off"`.
+    fn ssl_opts(&self) -> Result<Option<SslOpts>, MysqlError> {
+        let ca = match &self.tls_ca_file {
+            // Checked here: the driver would report a missing file as a connection error, and
+            // retry it.
+            Some(path) => match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => Some(path.clone()),
+                Ok(_) => {
+                    return Err(MysqlError::Config {
+                        key: "mysql.tls-ca-file",
+                        message: format!("{} is not a file", path.display()),
+                    });
+                }
+                Err(e) => {
+                    return Err(MysqlError::Config {
+                        key: "mysql.tls-ca-file",
+                        message: format!("cannot read {}: {e}", path.display()),
+                    });
+                }
+            },
+            None => None,
+        };
+        let verified = || SslOpts::default().with_root_cert_path(ca.clone());
+        Ok(match self.tls {
+            MysqlTls::Off => None,
+            MysqlTls::Required => Some(
+                SslOpts::default()
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            MysqlTls::VerifyCa => Some(verified().with_danger_skip_domain_validation(true)),
+            MysqlTls::VerifyFull => Some(verified()),
+        })
     }
 
     pub(super) fn connect_timeout(&self) -> Duration {
@@ -224,6 +301,61 @@ mod tests {
         );
         assert_eq!(mask_url("mysql://u@h:3306/db"), "mysql://u@h:3306/db");
         assert_eq!(mask_url("mysql://h/db"), "mysql://h/db");
+    }
+
+    #[test]
+    fn tls_modes_become_the_drivers_options() {
+        let ca = tempfile::NamedTempFile::new().expect("a file");
+        let config = |tls, ca_file: Option<&std::path::Path>| MysqlConfig {
+            tls,
+            tls_ca_file: ca_file.map(Into::into),
+            ..MysqlConfig::new("mysql://u@localhost:3306/db")
+        };
+        let opts = config(MysqlTls::Off, None).opts().expect("opts");
+        assert_eq!(opts.get_ssl_opts(), None);
+        let opts = config(MysqlTls::Required, None).opts().expect("opts");
+        let ssl = opts.get_ssl_opts().expect("tls");
+        assert!(ssl.accept_invalid_certs() && ssl.skip_domain_validation());
+        assert!(
+            !opts.get_prefer_socket(),
+            "TLS is never skipped for the socket"
+        );
+        let opts = config(MysqlTls::VerifyCa, Some(ca.path()))
+            .opts()
+            .expect("opts");
+        let ssl = opts.get_ssl_opts().expect("tls");
+        assert!(!ssl.accept_invalid_certs() && ssl.skip_domain_validation());
+        assert_eq!(ssl.root_cert_path(), Some(ca.path()));
+        let opts = config(MysqlTls::VerifyFull, None).opts().expect("opts");
+        let ssl = opts.get_ssl_opts().expect("tls");
+        assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation());
+        assert_eq!(ssl.root_cert_path(), None);
+
+        let err = |c: MysqlConfig| c.opts().unwrap_err().to_string();
+        assert!(
+            err(config(MysqlTls::Required, Some(ca.path()))).contains("mysql.tls-ca-file"),
+            "a CA file that would not be used"
+        );
+        let missing = ca.path().with_extension("missing");
+        let message = err(config(MysqlTls::VerifyFull, Some(&missing)));
+        assert!(
+            message.contains("mysql.tls-ca-file") && message.contains("cannot read"),
+            "{message}"
+        );
+        for (text, mode) in [
+            ("off", MysqlTls::Off),
+            ("required", MysqlTls::Required),
+            ("verify-ca", MysqlTls::VerifyCa),
+            ("verify-full", MysqlTls::VerifyFull),
+        ] {
+            let parsed: MysqlTls = toml::Value::String(text.into()).try_into().expect("a mode");
+            assert_eq!(parsed, mode);
+        }
+        assert!(
+            toml::Value::String("on".into())
+                .try_into::<MysqlTls>()
+                .is_err()
+        );
     }
 
     #[test]

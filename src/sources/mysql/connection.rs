@@ -17,6 +17,8 @@ pub(super) const RETRY: RetryPolicy =
 /// Whether a connection error may go away by itself.
 pub(super) fn retryable(error: &mysql::Error) -> bool {
     match error {
+        // A server without TLS will not grow it.
+        mysql::Error::DriverError(mysql::DriverError::TlsNotSupported) => false,
         mysql::Error::IoError(_) | mysql::Error::DriverError(_) => true,
         // Too many connections, server shutting down, connection killed.
         mysql::Error::MySqlError(e) => matches!(e.code, 1040 | 1053 | 1927),

@@ -33,7 +33,7 @@ mod rows;
 mod source;
 
 pub use changes::{ApplyReport, apply_changes};
-pub use config::{MysqlConfig, PASSWORD_ENV, is_identifier};
+pub use config::{MysqlConfig, MysqlTls, PASSWORD_ENV, is_identifier};
 pub use error::MysqlError;
 pub use load::{LoadReport, load_demographics};
 pub use rows::{read_table, read_table_counting};
