@@ -41,6 +41,7 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::clock::now_ms;
+use crate::retry::{Delays, RetryPolicy};
 use crate::runtime::{EventSource, Plan};
 use watchdog::{Failure, Watchdog};
 
@@ -55,10 +56,11 @@ pub const READY: [u8; 8] = *b"READY\r\n\0";
 
 /// The shortest wait for a peer's bytes, even once the deadline has passed.
 const MIN_WAIT: Duration = Duration::from_millis(200);
-/// The first pause after a refused connection; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How a refused connection is retried: after 50 ms, doubling up to [`MAX_BACKOFF`], until the
+/// overall deadline.
+const RETRY: RetryPolicy = RetryPolicy::exponential(Duration::from_millis(50), MAX_BACKOFF);
 
 /// The cluster could not be formed.
 #[derive(Debug, thiserror::Error)]
@@ -566,15 +568,9 @@ pub fn connect_all(
         addresses.iter().map(|_| None).collect(),
     ];
     let mut start_ms = hello.clock_ms;
-    // Per process before this one: when to try next, the pause after that, the last error.
-    let mut attempts: Vec<(Instant, Duration, String)> = (0..me)
-        .map(|_| {
-            (
-                Instant::now(),
-                FIRST_BACKOFF,
-                "no attempt finished".to_owned(),
-            )
-        })
+    // Per process before this one: when to try next, the pauses after that, the last error.
+    let mut attempts: Vec<(Instant, Delays, Option<String>)> = (0..me)
+        .map(|_| (Instant::now(), RETRY.delays(), None))
         .collect();
     let complete = |links: &[Vec<Option<TcpStream>>; 2], j: usize| {
         j == me || (links[0][j].is_some() && links[1][j].is_some())
@@ -588,7 +584,10 @@ pub fn connect_all(
                     process,
                     address,
                     waited: Seconds(timeout),
-                    reason: attempts[process].2.clone(),
+                    reason: attempts[process]
+                        .2
+                        .clone()
+                        .unwrap_or_else(|| "no attempt finished".to_owned()),
                 }
             } else {
                 ClusterError::NotConnected {
@@ -620,7 +619,7 @@ pub fn connect_all(
                 }
             }
         }
-        for (process, (next, backoff, last_error)) in attempts.iter_mut().enumerate() {
+        for (process, (next, pauses, last_error)) in attempts.iter_mut().enumerate() {
             if complete(&links, process) || *next > Instant::now() {
                 continue;
             }
@@ -644,12 +643,12 @@ pub fn connect_all(
                         links[usize::from(control)][process] = Some(stream);
                     }
                     Err(e) => {
-                        if *backoff == FIRST_BACKOFF {
+                        if last_error.is_none() {
                             tracing::info!(process, %address, error = %e, "waiting for process");
                         }
-                        *last_error = e;
-                        *next = Instant::now() + *backoff;
-                        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+                        *last_error = Some(e);
+                        // The retries are unbounded: the deadline ends them.
+                        *next = Instant::now() + pauses.next().unwrap_or(MAX_BACKOFF);
                         break;
                     }
                 }

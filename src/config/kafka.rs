@@ -52,9 +52,17 @@ pub struct KafkaConfig {
     /// An event with more units than this is rejected as implausible and counted as
     /// `rejected_implausible`; 0 for no bound.
     pub max_units: u64,
-    /// librdkafka properties passed through unchanged (TLS, SASL, fetch tuning...).
+    /// librdkafka properties passed through (TLS, SASL, fetch tuning...), once
+    /// [resolved](KafkaConfig::resolve_properties): a `<name>-file` property reads `<name>` from
+    /// a file, and a name given with dashes instead of dots (as an environment variable spells
+    /// it) is dotted.
     pub properties: BTreeMap<String, String>,
 }
+
+/// The ending of a property whose value is a file to read the property from: `"sasl.password-file"
+/// = "/run/secrets/kafka"` sets `sasl.password` to the file's content, as containers mount
+/// secrets. No librdkafka property has a dash in its name.
+pub const PROPERTY_FILE_SUFFIX: &str = "-file";
 
 /// Where a pipeline starts reading its partitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -108,6 +116,40 @@ impl KafkaConfig {
                 avro::MAX_ENCODED_LEN
             ));
         }
+        Ok(())
+    }
+
+    /// Turns `properties` into librdkafka's own: a name with dashes and no dot, as the environment
+    /// gives it (`SHOPFLOW__KAFKA__PROPERTIES__SASL_MECHANISM` is `sasl-mechanism`), is dotted
+    /// (`sasl.mechanism`), and `<name>-file = PATH` becomes `<name>` = the file's content, a
+    /// trailing line break dropped. The error names the property and the file, never a value.
+    pub fn resolve_properties(&mut self) -> Result<(), String> {
+        let mut resolved = BTreeMap::new();
+        for (key, value) in &self.properties {
+            let (name, path) = match key.strip_suffix(PROPERTY_FILE_SUFFIX) {
+                Some(name) => (name, Some(value)),
+                None => (key.as_str(), None),
+            };
+            let name = if name.contains('.') {
+                name.to_owned()
+            } else {
+                name.replace('-', ".")
+            };
+            let value = match path {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("{key}: cannot read {path}: {e}"))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+                None => value.clone(),
+            };
+            if resolved.insert(name.clone(), value).is_some() {
+                return Err(format!(
+                    "{name}: set twice (directly and from a file, or spelled \
+                     with dashes and with dots)"
+                ));
+            }
+        }
+        self.properties = resolved;
         Ok(())
     }
 

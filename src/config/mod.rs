@@ -172,9 +172,16 @@ impl Config {
 
     /// The layers' result, validated; an error names the layer that set the value.
     fn extract(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(describe(&e)))?;
+        config
+            .kafka
+            .resolve_properties()
+            .map_err(|message| ConfigError::Invalid {
+                key: "kafka.properties",
+                message,
+            })?;
         config.validate().map_err(|error| match &error {
             ConfigError::Invalid { key, .. } => match figment
                 .find_metadata(key)
@@ -353,13 +360,15 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// Whether an environment variable's value is taken verbatim rather than parsed: a password or
-/// token is a string whatever it looks like (`84736251`, `true`, ` x `, `[1]`).
+/// token is a string whatever it looks like (`84736251`, `true`, ` x `, `[1]`), and so is every
+/// librdkafka property (`SHOPFLOW__KAFKA__PROPERTIES__LINGER_MS=5` is the string `5`).
 fn is_verbatim_key(key: &str) -> bool {
-    key.rsplit('.').next().is_some_and(|last| {
-        ["password", "secret", "token"]
-            .iter()
-            .any(|word| last.contains(word))
-    })
+    key.starts_with("kafka.properties.")
+        || key.rsplit('.').next().is_some_and(|last| {
+            ["password", "secret", "token"]
+                .iter()
+                .any(|word| last.contains(word))
+        })
 }
 
 /// The name of the layer of the built-in defaults.
@@ -753,6 +762,78 @@ mod tests {
             jail.set_env("SHOPFLOW__MYSQL", "S3CRET-section");
             let err = refused(None);
             assert!(!err.contains("S3CRET"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// What containers do: librdkafka properties one variable each, spelled with underscores,
+    /// and secrets from mounted files.
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail fixes the closure's error type"
+    )]
+    fn kafka_properties_come_from_the_environment_and_secrets_from_files() {
+        use std::collections::BTreeMap;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("kafka-password", "S3CRET-sasl\n")?;
+            let file = jail.directory().join("kafka-password");
+            jail.set_env("SHOPFLOW__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL");
+            jail.set_env(
+                "SHOPFLOW__KAFKA__PROPERTIES__SASL_MECHANISMS",
+                "SCRAM-SHA-512",
+            );
+            jail.set_env("SHOPFLOW__KAFKA__PROPERTIES__SASL_USERNAME", "shop");
+            jail.set_env(
+                "SHOPFLOW__KAFKA__PROPERTIES__SASL_PASSWORD_FILE",
+                file.display().to_string(),
+            );
+            // A number stays the string librdkafka wants.
+            jail.set_env(
+                "SHOPFLOW__KAFKA__PROPERTIES__SOCKET_CONNECTION_SETUP_TIMEOUT_MS",
+                "2000",
+            );
+            jail.create_file(
+                "file.toml",
+                "[kafka.properties]\n\"ssl.key.password-file\" = \"kafka-password\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("file.toml"))).expect("loads");
+            let expected: BTreeMap<String, String> = [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "shop"),
+                ("sasl.password", "S3CRET-sasl"),
+                ("ssl.key.password", "S3CRET-sasl"),
+                ("socket.connection.setup.timeout.ms", "2000"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            assert_eq!(config.kafka.properties, expected);
+            let shown = config.to_toml();
+            assert!(!shown.contains("S3CRET"), "{shown}");
+            assert!(shown.contains("\"sasl.password\" = \"***\""), "{shown}");
+
+            // A missing file and a property set twice are errors naming it, never a value.
+            jail.set_env(
+                "SHOPFLOW__KAFKA__PROPERTIES__SASL_PASSWORD_FILE",
+                "/nonexistent/kafka-password",
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("sasl-password-file: cannot read /nonexistent/kafka-password"),
+                "{err}"
+            );
+            jail.set_env(
+                "SHOPFLOW__KAFKA__PROPERTIES__SASL_PASSWORD_FILE",
+                file.display().to_string(),
+            );
+            jail.set_env("SHOPFLOW__KAFKA__PROPERTIES__SASL_PASSWORD", "S3CRET-twice");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("sasl.password: set twice") && !err.contains("S3CRET"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -41,6 +41,33 @@ pub struct MysqlConfig {
     /// How many times a failed connection is retried, with exponential backoff, before giving up:
     /// at start, and each time the binlog follower loses its connection.
     pub connect_retries: u32,
+    /// Whether connections use TLS, and what of the server's certificate is checked.
+    #[serde(default)]
+    pub tls: MysqlTls,
+    /// The CA certificates (PEM, or one DER) the server's certificate must chain to, with
+    /// `tls = "verify-ca"` or `"verify-full"`; the system's roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// `mysql.tls`: whether connections use TLS (native-tls, as reqwest does), and what of the
+/// server's certificate is checked. Any mode but `off` refuses a server without TLS, and connects
+/// over TCP even to a local server (the local socket would carry no TLS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MysqlTls {
+    /// Plain TCP (or the local socket).
+    #[default]
+    Off,
+    /// Encrypted, the certificate not checked (protects from eavesdropping, not from a
+    /// man in the middle).
+    Required,
+    /// Encrypted, the certificate checked against `tls-ca-file` (or the system's roots); its
+    /// host name not checked.
+    VerifyCa,
+    /// Encrypted, the certificate checked as `verify-ca` does and its host name against the
+    /// URL's host.
+    VerifyFull,
 }
 
 impl Default for MysqlConfig {
@@ -54,6 +81,8 @@ impl Default for MysqlConfig {
             server_id: 0,
             connect_timeout_ms: 5_000,
             connect_retries: 5,
+            tls: MysqlTls::Off,
+            tls_ca_file: None,
         }
     }
 }
@@ -69,6 +98,8 @@ impl fmt::Debug for MysqlConfig {
             .field("server_id", &self.server_id)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("connect_retries", &self.connect_retries)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -152,6 +183,12 @@ impl MysqlConfig {
         }
         if self.connect_retries > 100 {
             return invalid("mysql.connect-retries", "must be at most 100".into());
+        }
+        if self.tls_ca_file.is_some() && matches!(self.tls, MysqlTls::Off | MysqlTls::Required) {
+            return invalid(
+                "mysql.tls-ca-file",
+                "is used only with tls = \"verify-ca\" or \"verify-full\"".into(),
+            );
         }
         Ok(())
     }

@@ -10,9 +10,8 @@
 //! are taken out of the URL when the client is built and sent as an `Authorization` header; the
 //! client's `Debug`, its [`RegistryClient::url`] and its errors never show them.
 //!
-//! reqwest is built without its `json` feature and serde_json is not a dependency, so the two
-//! tiny request and response shapes are written and read here by hand ([`json_string`],
-//! [`json_field`]).
+//! Request and response bodies are written and read with `serde_json`, the credentials
+//! percent-decoded with `percent-encoding` (both already in the tree for other reasons).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 use reqwest::blocking::{Client, Response};
+use serde_json::{Map, Value};
 
+use crate::retry::{Reason, RetryPolicy, Verdict, retry_after_header};
 use crate::sources::avro::{Decoder, HEADER_LEN, MAGIC, SchemaError};
 
 /// The content type of Confluent schema registry requests.
@@ -164,11 +165,14 @@ impl RegistryClient {
             None
         } else {
             let decode = |s: &str| {
-                percent_decode(s).ok_or_else(|| {
-                    RegistryError::InvalidUrl(
-                        "credentials are not valid percent-encoded UTF-8".into(),
-                    )
-                })
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(String::from)
+                    .map_err(|_| {
+                        RegistryError::InvalidUrl(
+                            "credentials are not valid percent-encoded UTF-8".into(),
+                        )
+                    })
             };
             let user = decode(base.username())?;
             let password = base.password().map(decode).transpose()?;
@@ -198,7 +202,8 @@ impl RegistryClient {
     }
 
     /// Sends each request at most `attempts` times (at least once), waiting `backoff`, then
-    /// twice that, and so on, between attempts.
+    /// twice that, and so on up to 1024 times that, between attempts, or longer when the registry
+    /// asks for it (`Retry-After`).
     pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> RegistryClient {
         self.attempts = attempts.max(1);
         self.backoff = backoff;
@@ -214,23 +219,15 @@ impl RegistryClient {
     /// schema the subject already has returns the existing id.
     pub fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
         let url = self.endpoint(&["subjects", subject, "versions"])?;
-        let body = format!("{{\"schema\":{}}}", json_string(schema_json));
-        let text = self.send(&url, Some(body))?;
-        match json_field(&text, "id") {
-            Some(Json::Number(n)) => n.parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| bad_response(&url, &text))
+        let text = self.send(&url, Some(register_body(schema_json)))?;
+        registered_id(&text).ok_or_else(|| bad_response(&url, &text))
     }
 
     /// The schema registered under `id`, as JSON text.
     pub fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
         let url = self.endpoint(&["schemas", "ids", &id.to_string()])?;
         let text = self.send(&url, None)?;
-        match json_field(&text, "schema") {
-            Some(Json::String(schema)) => Ok(schema),
-            _ => Err(bad_response(&url, &text)),
-        }
+        fetched_schema(&text).ok_or_else(|| bad_response(&url, &text))
     }
 
     /// The base URL with `segments` appended, each percent-encoded as one path segment.
@@ -246,59 +243,121 @@ impl RegistryClient {
     /// Sends a GET (no body) or a POST, retrying unreachable and 5xx answers; returns the body of
     /// a 2xx answer.
     fn send(&self, url: &Url, body: Option<String>) -> Result<String, RegistryError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= self.attempts;
-            let mut request = match &body {
-                Some(body) => self
-                    .client
-                    .post(url.clone())
-                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-                    .body(body.clone()),
-                None => self.client.get(url.clone()),
-            }
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
-            if let Some((user, password)) = &self.auth {
-                request = request.basic_auth(user, password.as_ref());
-            }
-            let outcome = request.send().and_then(|response| {
-                let status = response.status();
-                read_text(response).map(|text| (status, text))
-            });
-            match outcome {
-                Ok((status, text)) if status.is_success() => return Ok(text),
-                Ok((status, text)) if status.is_server_error() => {
-                    if last {
-                        return Err(RegistryError::Server {
-                            url: url.to_string(),
-                            attempts: attempt,
-                            status: status.as_u16(),
-                            message: error_message(&text).1,
-                        });
-                    }
+        let policy = RetryPolicy::exponential(self.backoff, self.backoff.saturating_mul(1 << 10))
+            .with_retries(self.attempts - 1);
+        let outcome = policy.run(
+            None,
+            |_| self.send_once(url, body.as_deref()),
+            |failed| match failed {
+                Failed::Rejected(..) => Verdict::Fatal,
+                Failed::Server { retry_after, .. } => {
+                    retry_after.map_or(Verdict::Retry, Verdict::RetryAfter)
                 }
-                Ok((status, text)) => {
-                    let (error_code, message) = error_message(&text);
-                    return Err(RegistryError::Rejected {
-                        url: url.to_string(),
-                        status: status.as_u16(),
-                        error_code,
-                        message,
-                    });
-                }
-                Err(source) => {
-                    if last {
-                        return Err(RegistryError::Unreachable {
-                            url: url.to_string(),
-                            attempts: attempt,
-                            source: source.without_url(),
-                        });
-                    }
+                Failed::Unreachable(_) => Verdict::Retry,
+            },
+            |_, _| {},
+        );
+        let gave_up = match outcome {
+            Ok(text) => return Ok(text),
+            Err(gave_up) => gave_up,
+        };
+        debug_assert!(gave_up.reason != Reason::Cancelled, "nothing cancels");
+        let (url, attempts) = (url.to_string(), gave_up.attempts);
+        Err(match gave_up.error {
+            Failed::Rejected(status, text) => {
+                let (error_code, message) = error_message(&text);
+                RegistryError::Rejected {
+                    url,
+                    status,
+                    error_code,
+                    message,
                 }
             }
-            std::thread::sleep(self.backoff.saturating_mul(1 << (attempt - 1).min(10)));
+            Failed::Server { status, text, .. } => RegistryError::Server {
+                url,
+                attempts,
+                status,
+                message: error_message(&text).1,
+            },
+            Failed::Unreachable(source) => RegistryError::Unreachable {
+                url,
+                attempts,
+                source: source.without_url(),
+            },
+        })
+    }
+
+    /// One request; the body of a 2xx answer.
+    fn send_once(&self, url: &Url, body: Option<&str>) -> Result<String, Failed> {
+        let mut request = match body {
+            Some(body) => self
+                .client
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body.to_owned()),
+            None => self.client.get(url.clone()),
         }
+        .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, password.as_ref());
+        }
+        let response = request.send().map_err(Failed::Unreachable)?;
+        let status = response.status();
+        let retry_after = retry_after_header(response.headers());
+        let text = read_text(response).map_err(Failed::Unreachable)?;
+        if status.is_success() {
+            Ok(text)
+        } else if status.is_server_error() {
+            Err(Failed::Server {
+                status: status.as_u16(),
+                text,
+                retry_after,
+            })
+        } else {
+            Err(Failed::Rejected(status.as_u16(), text))
+        }
+    }
+}
+
+/// One request's failure.
+enum Failed {
+    /// No answer, or no complete one.
+    Unreachable(reqwest::Error),
+    /// A 5xx answer: its status, its body, and the wait it asked for (`Retry-After`).
+    Server {
+        status: u16,
+        text: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other answer that is not 2xx: its status and body.
+    Rejected(u16, String),
+}
+
+/// The body of a registration: `{"schema": "<the schema as one JSON string>"}`.
+fn register_body(schema_json: &str) -> String {
+    serde_json::json!({ "schema": schema_json }).to_string()
+}
+
+/// The field `key` of the JSON object `text`; `None` if `text` is not a JSON object or has no
+/// such field.
+fn field(text: &str, key: &str) -> Option<Value> {
+    serde_json::from_str::<Map<String, Value>>(text)
+        .ok()?
+        .remove(key)
+}
+
+/// The id in the registry's answer to a registration (other fields are ignored); `None` if it
+/// has none.
+fn registered_id(text: &str) -> Option<u32> {
+    field(text, "id")?.as_u64()?.try_into().ok()
+}
+
+/// The schema in the registry's answer to a fetch by id (`schemaType`, `references`, ... are
+/// ignored); `None` if it has none.
+fn fetched_schema(text: &str) -> Option<String> {
+    match field(text, "schema")? {
+        Value::String(schema) => Some(schema),
+        _ => None,
     }
 }
 
@@ -316,36 +375,15 @@ fn bad_response(url: &Url, text: &str) -> RegistryError {
 /// Confluent's `error_code` and `message` from an error body, or the body itself (cut to 200
 /// characters) when it is not one.
 fn error_message(text: &str) -> (Option<u32>, String) {
-    let code = match json_field(text, "error_code") {
-        Some(Json::Number(n)) => n.parse().ok(),
-        _ => None,
-    };
-    let message = match json_field(text, "message") {
-        Some(Json::String(message)) => message,
+    // A field of an unexpected type does not hide the other.
+    let code = field(text, "error_code")
+        .and_then(|code| code.as_u64())
+        .and_then(|code| u32::try_from(code).ok());
+    let message = match field(text, "message") {
+        Some(Value::String(message)) => message,
         _ => text.trim().chars().take(200).collect(),
     };
     (code, message)
-}
-
-/// Decodes `%XX` escapes (URL userinfo); `None` if the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = s
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The writer schemas a reader fetched, and the ids whose fetch failed recently.
@@ -419,245 +457,46 @@ impl SchemaCache {
     }
 }
 
-/// `s` as a JSON string literal, quotes included.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A scalar top-level field of a JSON object, as [`json_field`] returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Json {
-    /// A string, unescaped.
-    String(String),
-    /// A number, as written.
-    Number(String),
-    /// `true`, `false`, `null`, an object or an array (not read further).
-    Other,
-}
-
-/// The value of the top-level field `key` of the JSON object `text`; `None` if `text` is not a
-/// well-formed object up to that field, or has no such field.
-pub fn json_field(text: &str, key: &str) -> Option<Json> {
-    let mut p = JsonParser {
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
-    p.expect(b'{')?;
-    if p.peek()? == b'}' {
-        return None;
-    }
-    loop {
-        let name = p.string()?;
-        p.expect(b':')?;
-        let value = p.value(0)?;
-        if name == key {
-            return Some(value);
-        }
-        match p.next()? {
-            b',' => {}
-            _ => return None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl JsonParser<'_> {
-    /// The next byte that is not whitespace, not consumed.
-    fn peek(&mut self) -> Option<u8> {
-        while let Some(b) = self.bytes.get(self.pos) {
-            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-                return Some(*b);
-            }
-            self.pos += 1;
-        }
-        None
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let b = self.peek()?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn expect(&mut self, b: u8) -> Option<()> {
-        (self.next()? == b).then_some(())
-    }
-
-    fn hex4(&mut self) -> Option<u32> {
-        let hex = self.bytes.get(self.pos..self.pos + 4)?;
-        self.pos += 4;
-        u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
-    }
-
-    fn string(&mut self) -> Option<String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let b = *self.bytes.get(self.pos)?;
-            self.pos += 1;
-            match b {
-                b'"' => return String::from_utf8(out).ok(),
-                b'\\' => {
-                    let escape = *self.bytes.get(self.pos)?;
-                    self.pos += 1;
-                    let c = match escape {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let high = self.hex4()?;
-                            if (0xd800..0xdc00).contains(&high) {
-                                if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
-                                    return None;
-                                }
-                                self.pos += 2;
-                                let low = self.hex4()?;
-                                if !(0xdc00..0xe000).contains(&low) {
-                                    return None;
-                                }
-                                char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
-                            } else {
-                                char::from_u32(high)?
-                            }
-                        }
-                        _ => return None,
-                    };
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-                b if b < 0x20 => return None,
-                b => out.push(b),
-            }
-        }
-    }
-
-    /// One value; objects and arrays are checked and skipped.
-    fn value(&mut self, depth: u32) -> Option<Json> {
-        if depth > 64 {
-            return None;
-        }
-        match self.peek()? {
-            b'"' => self.string().map(Json::String),
-            b'{' | b'[' => {
-                let close = if self.next()? == b'{' { b'}' } else { b']' };
-                if self.peek()? == close {
-                    self.pos += 1;
-                    return Some(Json::Other);
-                }
-                loop {
-                    if close == b'}' {
-                        self.string()?;
-                        self.expect(b':')?;
-                    }
-                    self.value(depth + 1)?;
-                    match self.next()? {
-                        b',' => {}
-                        b if b == close => return Some(Json::Other),
-                        _ => return None,
-                    }
-                }
-            }
-            _ => {
-                let start = self.pos;
-                while self
-                    .bytes
-                    .get(self.pos)
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
-                {
-                    self.pos += 1;
-                }
-                let token = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
-                match token {
-                    "true" | "false" | "null" => Some(Json::Other),
-                    "" => None,
-                    number if number.parse::<f64>().is_ok() => {
-                        Some(Json::Number(number.to_owned()))
-                    }
-                    _ => None,
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn json_string_escapes_what_json_requires() {
-        assert_eq!(json_string("plain"), "\"plain\"");
-        assert_eq!(
-            json_string("{\"a\":\"b\\c\"}\n\t\u{1}é"),
-            "\"{\\\"a\\\":\\\"b\\\\c\\\"}\\n\\t\\u0001é\""
-        );
-    }
-
-    #[test]
-    fn json_string_round_trips_through_json_field() {
-        for s in ["", "x", "{\"type\":\"record\"}", "a\\b\"c\n\r\t\u{1f}é😀/"] {
-            let object = format!("{{\"schema\":{}}}", json_string(s));
-            assert_eq!(json_field(&object, "schema"), Some(Json::String(s.into())));
+    fn the_register_body_carries_the_schema_as_one_string() {
+        for schema in [
+            "",
+            "x",
+            "{\"type\":\"record\"}",
+            "a\\b\"c\n\r\t\u{1}\u{1f}é😀/",
+        ] {
+            let body: serde_json::Value =
+                serde_json::from_str(&register_body(schema)).expect("JSON");
+            assert_eq!(body, serde_json::json!({ "schema": schema }));
         }
+        assert_eq!(
+            register_body("{\"a\":\"b\\c\"}\n\t\u{1}é"),
+            r#"{"schema":"{\"a\":\"b\\c\"}\n\t\u0001é"}"#
+        );
     }
 
     #[test]
-    fn json_field_reads_registry_answers() {
-        assert_eq!(
-            json_field("{\"id\":42}", "id"),
-            Some(Json::Number("42".into()))
-        );
-        assert_eq!(
-            json_field(" { \"id\" : 7 } ", "id"),
-            Some(Json::Number("7".into()))
-        );
-        let error = r#"{"error_code":40401,"message":"Schema not found"}"#;
-        assert_eq!(
-            json_field(error, "error_code"),
-            Some(Json::Number("40401".into()))
-        );
-        assert_eq!(
-            json_field(error, "message"),
-            Some(Json::String("Schema not found".into()))
-        );
+    fn registry_answers_are_read() {
+        assert_eq!(registered_id("{\"id\":42}"), Some(42));
+        assert_eq!(registered_id(" { \"id\" : 7 } "), Some(7));
         // Confluent adds fields around the one wanted, nested ones included.
         let by_id = r#"{"schemaType":"AVRO","references":[{"name":"x","v":[1,true,null]}],"meta":{},"schema":"{\"type\":\"string\"}","n":-1.5e3}"#;
         assert_eq!(
-            json_field(by_id, "schema"),
-            Some(Json::String("{\"type\":\"string\"}".into()))
+            fetched_schema(by_id).as_deref(),
+            Some("{\"type\":\"string\"}")
         );
-        assert_eq!(json_field(by_id, "n"), Some(Json::Number("-1.5e3".into())));
         assert_eq!(
-            json_field(r#"{"s":"\ud83d\ude00\u00e9"}"#, "s"),
-            Some(Json::String("😀é".into()))
+            fetched_schema(r#"{"schema":"\ud83d\ude00\u00e9"}"#).as_deref(),
+            Some("😀é")
         );
     }
 
     #[test]
-    fn json_field_rejects_what_it_cannot_read() {
+    fn answers_without_the_field_are_refused() {
         for text in [
             "",
             "{}",
@@ -669,14 +508,19 @@ mod tests {
             "{\"id\":\"unterminated}",
             "{\"id\":\"\\ud800\"}",
             "{\"id\":bogus}",
+            "{\"id\":null}",
+            "{\"id\":-1}",
+            "{\"id\":4294967296}",
+            "{\"id\":1.5}",
             "<html>502 Bad Gateway</html>",
         ] {
-            assert!(
-                matches!(json_field(text, "id"), None | Some(Json::Other)),
+            assert_eq!(registered_id(text), None, "{text}");
+            assert_eq!(
+                fetched_schema(&text.replace("id", "schema")),
+                None,
                 "{text}"
             );
         }
-        assert_eq!(json_field("{\"id\":null}", "id"), Some(Json::Other));
     }
 
     #[test]
@@ -688,6 +532,15 @@ mod tests {
         assert_eq!(
             error_message(" gateway down \n"),
             (None, "gateway down".into())
+        );
+        // A field of another type is ignored, the other still read.
+        assert_eq!(
+            error_message(r#"{"error_code":"x","message":"busy"}"#),
+            (None, "busy".into())
+        );
+        assert_eq!(
+            error_message(r#"{"error_code":50001,"message":7}"#),
+            (Some(50001), r#"{"error_code":50001,"message":7}"#.into())
         );
     }
 
@@ -730,6 +583,7 @@ mod tests {
             "ftp://host/",
             "not a url",
             "http://u:secret@",
+            "http://u:secret%ff@host/",
         ] {
             match RegistryClient::new(url) {
                 Err(RegistryError::InvalidUrl(message)) => {

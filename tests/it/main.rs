@@ -17,6 +17,7 @@ mod influx;
 mod kafka_client;
 mod latency;
 mod mysql;
+mod mysql_tls;
 mod producer;
 mod registry;
 mod restart;

@@ -53,6 +53,16 @@ struct Responder {
 
 impl Responder {
     fn start(answer: impl Fn(&Request, usize) -> (u16, String) + Send + 'static) -> Responder {
+        Responder::with_headers(move |request, n| {
+            let (status, body) = answer(request, n);
+            (status, String::new(), body)
+        })
+    }
+
+    /// [`Responder::start`] with extra header lines (each ending in `\r\n`) in the answers.
+    fn with_headers(
+        answer: impl Fn(&Request, usize) -> (u16, String, String) + Send + 'static,
+    ) -> Responder {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a local port");
         let url = format!("http://{}", listener.local_addr().expect("its address"));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -68,9 +78,9 @@ impl Responder {
                     seen.push(request.clone());
                     seen.len() - 1
                 };
-                let (status, body) = answer(&request, n);
+                let (status, extra, body) = answer(&request, n);
                 let response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\nContent-Type: {CONTENT_TYPE}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = (&stream).write_all(response.as_bytes());
@@ -372,6 +382,28 @@ fn server_errors_are_retried_a_bounded_number_of_times() {
         other => panic!("{other:?}"),
     }
     assert_eq!(failing.count(), 3);
+}
+
+/// A registry behind a proxy or a rate limit may answer 503 with `Retry-After`: the client waits
+/// at least that long (its own backoff here is 1 ms), within its bounded attempts.
+#[test]
+fn a_retry_after_longer_than_the_backoff_is_waited_for() {
+    let registry = Responder::with_headers(|_, n| {
+        if n == 0 {
+            (503, "Retry-After: 1\r\n".into(), "busy".into())
+        } else {
+            (200, String::new(), r#"{"id":8}"#.into())
+        }
+    });
+    let started = std::time::Instant::now();
+    let id = client(&registry.url)
+        .register("t-value", EVENT_SCHEMA)
+        .expect("registered on the second attempt");
+    assert_eq!(id, 8);
+    assert_eq!(registry.count(), 2);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
 }
 
 #[test]

@@ -507,6 +507,74 @@ max-retries = 0
 }
 
 /// `-w` is bounded like `engine.workers`: one line, exit 2, not an allocation failure.
+/// What containers do: SASL properties one environment variable each and the password from a
+/// mounted file. They reach librdkafka under its own names (it refuses the unknown mechanism,
+/// not an unknown property), `check-config` shows the SASL settings as `***`, and nothing prints the
+/// password.
+#[test]
+fn kafka_properties_from_variables_and_files_reach_librdkafka_without_printing_the_secret() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let sasl_password = secret();
+    let password_file = dir.path().join("kafka-password");
+    std::fs::write(&password_file, format!("{sasl_password}\n")).expect("a password file");
+    let port = closed_port().to_string();
+    let env = owned(&[
+        ("SHOPFLOW__KAFKA__BROKERS", &format!("127.0.0.1:{port}")),
+        (
+            "SHOPFLOW__KAFKA__PROPERTIES__SECURITY_PROTOCOL",
+            "SASL_PLAINTEXT",
+        ),
+        (
+            "SHOPFLOW__KAFKA__PROPERTIES__SASL_MECHANISMS",
+            "NOT-A-MECHANISM",
+        ),
+        ("SHOPFLOW__KAFKA__PROPERTIES__SASL_USERNAME", "shop"),
+        (
+            "SHOPFLOW__KAFKA__PROPERTIES__SASL_PASSWORD_FILE",
+            &password_file.display().to_string(),
+        ),
+        (
+            "SHOPFLOW__KAFKA__PROPERTIES__SOCKET_CONNECTION_SETUP_TIMEOUT_MS",
+            "2000",
+        ),
+        ("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "2000"),
+    ]);
+    let scenarios: Vec<Scenario> = [
+        vec!["check-config"],
+        vec!["produce", "--events", "10", "--pace", "unbounded"],
+    ]
+    .into_iter()
+    .map(|args| {
+        (
+            args.join(" "),
+            args.into_iter().map(str::to_owned).collect(),
+            env.clone(),
+        )
+    })
+    .collect();
+    let runs = assert_no_secret(scenarios, &[&sasl_password]);
+    let (check, produce) = (&runs[0], &runs[1]);
+    assert_eq!(check.code, Some(0), "{}", check.output);
+    for line in [
+        "\"security.protocol\" = \"SASL_PLAINTEXT\"",
+        // Every SASL setting prints as ***.
+        "\"sasl.mechanisms\" = \"***\"",
+        "\"sasl.password\" = \"***\"",
+        "\"socket.connection.setup.timeout.ms\" = \"2000\"",
+    ] {
+        assert!(check.output.contains(line), "{line} in:\n{}", check.output);
+    }
+    assert_ne!(produce.code, Some(0), "{}", produce.output);
+    // librdkafka took the mechanism as its own `sasl.mechanisms` (its value masked, as every
+    // SASL setting's is), not as an unknown `sasl-mechanisms`.
+    assert!(
+        produce.output.contains("Unsupported SASL mechanism: ***")
+            && !produce.output.contains("No such configuration property"),
+        "{}",
+        produce.output
+    );
+}
+
 #[test]
 fn too_many_workers_is_a_usage_error() {
     for args in [

@@ -9,8 +9,9 @@
 //!   (`password-file`, `token-file`) or an environment variable.
 //! - [`service`]: the HTTP client ([`InfluxClient`]): one [`InfluxClient::write`] is one write
 //!   request, at millisecond precision, optionally gzip-compressed. Connection errors, timeouts,
-//!   429, 408 and 5xx answers are retried with exponential backoff and full jitter (each retry
-//!   logged at `warn` with the attempt and the reason, never a credential), up to `max-retries`.
+//!   429, 408 and 5xx answers are retried with exponential backoff and full jitter, or after the
+//!   wait a `Retry-After` asks for when that is longer (the shared [`crate::retry`] policy; each
+//!   retry logged at `warn` with the attempt and the reason, never a credential), up to `max-retries`.
 //!   Lines InfluxDB refuses (400 or 422 saying a line does not parse, a field type conflicts or
 //!   the write was partial; 413 too large) are found by halving the body, counted (`rejected_lines`), logged at most
 //!   once a second and appended to `rejects-file`; the others are written and the request is

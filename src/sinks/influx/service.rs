@@ -1,5 +1,7 @@
 //! The HTTP client: one call of [`InfluxClient::write`] is one write of a line-protocol body, retried
-//! with backoff while the failure is transient, and classified when it is not.
+//! by the shared [`RetryPolicy`] while the failure is transient (waiting at least what a 429 or 503
+//! asks for in `Retry-After`, as InfluxDB 2.x and Cloud send it; 1.x's throttling sends none), and
+//! classified when it is not.
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -13,12 +15,13 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 use crate::config::ConfigError;
 use crate::config::influx::{Api, InfluxConfig, Secret};
+use crate::retry::{Reason, RetryPolicy, Verdict, retry_after_header};
 
 /// The most bytes of an error response read for its message.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// The most characters of a plain-text error body quoted in an error.
 const MAX_MESSAGE_CHARS: usize = 500;
-/// How often an interrupted backoff checks whether it was cancelled.
+/// How often the start check looks whether it was stopped.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
 /// At most one log line per this interval about refused lines; the others are counted in it.
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -296,27 +299,18 @@ enum Auth {
     Token(Secret),
 }
 
-/// Retry timing: exponential backoff with full jitter.
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    max_retries: u32,
-    initial_ms: u64,
-    max_ms: u64,
+/// A failed request, and the wait its answer asked for before the next one (`Retry-After`).
+struct Failed {
+    error: WriteError,
+    retry_after: Option<Duration>,
 }
 
-impl Backoff {
-    /// The cap of the delay before retry `retry` (1-based): `initial · 2^(retry-1)`, at most `max`.
-    fn cap_ms(&self, retry: u32) -> u64 {
-        let factor = 1u64
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u64::MAX);
-        self.initial_ms.saturating_mul(factor).min(self.max_ms)
-    }
-
-    /// A delay drawn uniformly from `0 ..= cap` ("full jitter"), so clients that failed together
-    /// do not retry together.
-    fn delay(&self, retry: u32) -> Duration {
-        Duration::from_millis(rand::random_range(0..=self.cap_ms(retry)))
+impl From<WriteError> for Failed {
+    fn from(error: WriteError) -> Failed {
+        Failed {
+            error,
+            retry_after: None,
+        }
     }
 }
 
@@ -333,7 +327,7 @@ pub struct InfluxClient {
     auth: Auth,
     gzip: bool,
     timeout_ms: u64,
-    backoff: Backoff,
+    retry: RetryPolicy,
     stats: Arc<SinkStats>,
     rejects: Rejects,
 }
@@ -431,11 +425,7 @@ impl InfluxClient {
             auth,
             gzip: config.gzip,
             timeout_ms: config.timeout_ms,
-            backoff: Backoff {
-                max_retries: config.max_retries,
-                initial_ms: config.initial_backoff_ms,
-                max_ms: config.max_backoff_ms,
-            },
+            retry: retry_policy(config),
             stats: Arc::new(SinkStats::default()),
             rejects: Rejects {
                 file,
@@ -604,14 +594,14 @@ impl InfluxClient {
             } else {
                 request
             };
-            self.send(request.body(body.clone())).map(drop)
+            self.send_once(request.body(body.clone())).map(drop)
         })
     }
 
     /// One `CREATE DATABASE` (when `create`) or `GET /ping`, no retry, within `timeout-ms`.
     fn check(&self, create: bool) -> Result<(), WriteError> {
         if create {
-            self.create_database_once()
+            self.create_database_once().map_err(|failed| failed.error)
         } else {
             self.ping().map(drop)
         }
@@ -626,11 +616,9 @@ impl InfluxClient {
     }
 
     /// One `CREATE DATABASE` request, no retry.
-    fn create_database_once(&self) -> Result<(), WriteError> {
+    fn create_database_once(&self) -> Result<(), Failed> {
         if self.api != Api::V1 {
-            return Err(WriteError::Invalid(
-                "create-database needs api = \"v1\"".into(),
-            ));
+            return Err(WriteError::Invalid("create-database needs api = \"v1\"".into()).into());
         }
         let statement = format!("CREATE DATABASE {}", quote_identifier(&self.database));
         // Form-encode the statement in the body, so it stays out of proxies' access logs.
@@ -642,13 +630,14 @@ impl InfluxClient {
             .post(self.query_url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form);
-        let text = read_text(self.send(request)?);
+        let text = read_text(self.send_once(request)?);
         // A statement's error comes back as 200 with `"error"` in its result.
         match json_string_field(&text, "error") {
             Some(message) => Err(WriteError::Rejected {
                 status: 200,
                 message,
-            }),
+            }
+            .into()),
             None => Ok(()),
         }
     }
@@ -669,7 +658,7 @@ impl InfluxClient {
             .append_pair("chunked", "true")
             .append_pair("chunk_size", "10000");
         self.with_retries("query", &AtomicBool::new(false), false, || {
-            self.send(self.http.get(url.clone()).timeout(timeout))
+            self.send_once(self.http.get(url.clone()).timeout(timeout))
         })
     }
 
@@ -685,6 +674,11 @@ impl InfluxClient {
 
     /// Sends one request with the credentials; any non-2xx status is an error.
     fn send(&self, request: RequestBuilder) -> Result<Response, WriteError> {
+        self.send_once(request).map_err(|failed| failed.error)
+    }
+
+    /// [`InfluxClient::send`], with the wait a 429 or 5xx answer asks for in `Retry-After`.
+    fn send_once(&self, request: RequestBuilder) -> Result<Response, Failed> {
         let request = match &self.auth {
             Auth::None => request,
             Auth::Basic { username, password } => {
@@ -706,6 +700,7 @@ impl InfluxClient {
         if status.is_success() {
             return Ok(response);
         }
+        let retry_after = retry_after_header(response.headers());
         let header = response
             .headers()
             .get("X-Influxdb-Error")
@@ -723,15 +718,19 @@ impl InfluxClient {
         }
         let code = status.as_u16();
         if status.is_server_error() || code == 429 || code == 408 {
-            Err(WriteError::Unavailable {
-                status: code,
-                message,
+            Err(Failed {
+                error: WriteError::Unavailable {
+                    status: code,
+                    message,
+                },
+                retry_after,
             })
         } else {
             Err(WriteError::Rejected {
                 status: code,
                 message,
-            })
+            }
+            .into())
         }
     }
 
@@ -741,72 +740,72 @@ impl InfluxClient {
         what: &str,
         cancel: &AtomicBool,
         count: bool,
-        mut attempt: impl FnMut() -> Result<T, WriteError>,
+        mut attempt: impl FnMut() -> Result<T, Failed>,
     ) -> Result<T, WriteError> {
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            if count {
-                SinkStats::count(&self.stats.attempts, 1);
-            }
-            let error = match attempt() {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
-            };
-            if !error.is_retryable() {
+        let outcome = self.retry.run(
+            Some(cancel),
+            |number| {
+                if count {
+                    SinkStats::count(&self.stats.attempts, 1);
+                    if number > 1 {
+                        SinkStats::count(&self.stats.retries, 1);
+                    }
+                }
+                attempt()
+            },
+            |failed| match (failed.error.is_retryable(), failed.retry_after) {
+                (false, _) => Verdict::Fatal,
+                (true, None) => Verdict::Retry,
+                (true, Some(wait)) => Verdict::RetryAfter(wait),
+            },
+            |failed, retrying| {
+                tracing::warn!(
+                    attempt = retrying.attempt,
+                    of = self.retry.attempts(),
+                    backoff_ms = retrying.wait.as_millis() as u64,
+                    retry_after_ms = retrying.asked.map(|asked| asked.as_millis() as u64),
+                    reason = %failed.error,
+                    "InfluxDB {what} failed; retrying"
+                );
+            },
+        );
+        let gave_up = match outcome {
+            Ok(value) => return Ok(value),
+            Err(gave_up) => gave_up,
+        };
+        let (error, attempts) = (gave_up.error.error, gave_up.attempts);
+        match gave_up.reason {
+            Reason::Fatal => {
                 // A refusal of lines is the caller's to count and log, once a second.
                 if !error.refuses_lines() {
                     tracing::error!(%error, "InfluxDB {what} failed; not retrying");
                 }
                 return Err(error);
             }
-            if cancel.load(Ordering::Relaxed) {
-                // The run failed elsewhere and said so: this is not news.
-                tracing::debug!(attempts, %error, "InfluxDB {what} failed; cancelled");
-                return Err(WriteError::RetriesExhausted {
-                    attempts,
-                    last: Box::new(error),
-                });
+            // The run failed elsewhere and said so: this is not news.
+            Reason::Cancelled => {
+                tracing::debug!(attempts, %error, "InfluxDB {what} failed; cancelled")
             }
-            if attempts > self.backoff.max_retries {
-                tracing::error!(attempts, %error, "InfluxDB {what} failed; giving up");
-                return Err(WriteError::RetriesExhausted {
-                    attempts,
-                    last: Box::new(error),
-                });
-            }
-            let delay = self.backoff.delay(attempts);
-            tracing::warn!(
-                attempt = attempts,
-                of = self.backoff.max_retries + 1,
-                backoff_ms = delay.as_millis() as u64,
-                reason = %error,
-                "InfluxDB {what} failed; retrying"
-            );
-            sleep_unless(delay, cancel);
-            if cancel.load(Ordering::Relaxed) {
-                return Err(WriteError::RetriesExhausted {
-                    attempts,
-                    last: Box::new(error),
-                });
-            }
-            if count {
-                SinkStats::count(&self.stats.retries, 1);
+            Reason::Exhausted => {
+                tracing::error!(attempts, %error, "InfluxDB {what} failed; giving up")
             }
         }
+        Err(WriteError::RetriesExhausted {
+            attempts,
+            last: Box::new(error),
+        })
     }
 }
 
-/// Sleeps for `delay`, returning early once `cancel` is set.
-fn sleep_unless(delay: Duration, cancel: &AtomicBool) {
-    let until = Instant::now() + delay;
-    loop {
-        let now = Instant::now();
-        if now >= until || cancel.load(Ordering::Relaxed) {
-            return;
-        }
-        std::thread::sleep((until - now).min(SLEEP_SLICE));
-    }
+/// The sink's retries: `initial-backoff-ms` doubling up to `max-backoff-ms`, full jitter, at most
+/// `max-retries`.
+fn retry_policy(config: &InfluxConfig) -> RetryPolicy {
+    RetryPolicy::exponential(
+        Duration::from_millis(config.initial_backoff_ms),
+        Duration::from_millis(config.max_backoff_ms),
+    )
+    .with_retries(config.max_retries)
+    .with_full_jitter()
 }
 
 /// The non-empty lines of `body`, each as `(start, end)` with its line break included.
@@ -1024,19 +1023,40 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_with_full_jitter() {
-        let backoff = Backoff {
-            max_retries: 100,
-            initial_ms: 100,
-            max_ms: 1_000,
-        };
-        let caps: Vec<u64> = (1..=6).map(|r| backoff.cap_ms(r)).collect();
-        assert_eq!(caps, [100, 200, 400, 800, 1_000, 1_000]);
-        assert_eq!(backoff.cap_ms(90), 1_000, "no overflow");
-        for retry in 1..=10 {
-            assert!(backoff.delay(retry) <= Duration::from_millis(backoff.cap_ms(retry)));
+        let config: InfluxConfig = toml::from_str(
+            r#"
+            url = "http://localhost:8086"
+            api = "v1"
+            database = "d"
+            batch-lines = 5000
+            gzip = false
+            timeout-ms = 10000
+            max-retries = 100
+            initial-backoff-ms = 100
+            max-backoff-ms = 1000
+            create-database = false
+            rejects-file = ""
+            "#,
+        )
+        .expect("a config");
+        let policy = retry_policy(&config);
+        assert_eq!(
+            policy,
+            RetryPolicy {
+                first: Duration::from_millis(100),
+                max: Duration::from_millis(1_000),
+                retries: Some(100),
+                full_jitter: true,
+            }
+        );
+        assert_eq!(policy.delays().count(), 100);
+        let caps = [100, 200, 400, 800, 1_000, 1_000, 1_000];
+        for (delay, cap) in policy.delays().zip(caps) {
+            assert!(delay <= Duration::from_millis(cap), "{delay:?} > {cap} ms");
         }
-        let delays: std::collections::HashSet<Duration> =
-            (0..50).map(|_| backoff.delay(4)).collect();
+        let delays: std::collections::HashSet<Duration> = (0..50)
+            .map(|_| policy.delays().nth(3).expect("a delay"))
+            .collect();
         assert!(delays.len() > 1, "jittered");
     }
 

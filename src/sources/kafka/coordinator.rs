@@ -7,6 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::kafka::KafkaConfig;
+use crate::retry::RetryPolicy;
 
 /// Whether librdkafka's `error` says the consumer group's coordinator is not ready yet: a broker
 /// just (re)started loads the group's offsets (`CoordinatorLoadInProgress`), or the group's
@@ -45,7 +46,8 @@ pub(super) fn retry_coordinator<T>(
     mut sleep: impl FnMut(Duration),
 ) -> Result<T, KafkaError> {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut pauses =
+        RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(2)).delays();
     let mut retries = 0u32;
     loop {
         match attempt() {
@@ -56,8 +58,9 @@ pub(super) fn retry_coordinator<T>(
                     );
                 }
                 retries += 1;
-                sleep(backoff.min(patience.saturating_sub(started.elapsed())));
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // The patience bounds the retries, not the policy.
+                let pause = pauses.next().unwrap_or(Duration::from_secs(2));
+                sleep(pause.min(patience.saturating_sub(started.elapsed())));
             }
             Err(error) if retries > 0 => {
                 tracing::warn!("{what}: {error} after {retries} retries");

@@ -15,6 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::retry::{RetryPolicy, sleep_unless};
 use crate::sources::avro::{DecodeError, Decoder, SchemaError};
 use crate::sources::registry::{self, RegistryClient, RegistryError, SchemaCache};
 
@@ -205,7 +206,9 @@ impl PartitionReader {
         stop: &AtomicBool,
     ) -> Result<PartitionReader, KafkaSourceError> {
         let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
+        // 100 ms doubling up to 1 s; `timeout` bounds the retries.
+        let mut pauses =
+            RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(1)).delays();
         loop {
             let left = timeout.saturating_sub(started.elapsed());
             let bound = left.clamp(Duration::from_millis(100), Duration::from_secs(2));
@@ -214,6 +217,7 @@ impl PartitionReader {
                 Err(error) if retryable(&error) => error,
                 Err(error) => return Err(error),
             };
+            let pause = pauses.next().unwrap_or(Duration::from_secs(1));
             if started.elapsed() + pause >= timeout {
                 return Err(KafkaSourceError::Unreachable {
                     brokers: config.brokers.clone(),
@@ -222,16 +226,11 @@ impl PartitionReader {
                 });
             }
             tracing::warn!(%error, "kafka not reachable; retrying");
-            let until = Instant::now() + pause;
-            while Instant::now() < until {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(KafkaSourceError::StoppedWhileConnecting(
-                        config.brokers.clone(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if !sleep_unless(pause, stop) {
+                return Err(KafkaSourceError::StoppedWhileConnecting(
+                    config.brokers.clone(),
+                ));
             }
-            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

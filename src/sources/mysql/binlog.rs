@@ -17,11 +17,12 @@ use mysql::prelude::Queryable;
 use mysql::{BinlogRequest, BinlogStream, Column, Conn, Opts, Value};
 
 use super::{
-    connection::{backoff, sleep_unless},
+    connection::RETRY,
     error::MysqlError,
     rows::{RawRow, SkipLog, convert, value_int, value_text},
     source::{BinlogPosition, Charset, Layout, Message, Shared, Transaction, lock},
 };
+use crate::retry::sleep_unless;
 
 /// How often the server sends a heartbeat on an idle binlog stream.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -156,6 +157,7 @@ impl Follower {
     pub(super) fn run(mut self, mut stream: Stream) {
         // Consecutive failed connection attempts; they start over once a connection worked.
         let mut failures = 0;
+        let mut pauses = RETRY.delays();
         loop {
             let connection_id = stream.connection_id;
             self.shared
@@ -181,6 +183,7 @@ impl Follower {
             );
             if worked {
                 failures = 0;
+                pauses = RETRY.delays();
             }
             stream = loop {
                 if failures >= self.retries {
@@ -195,7 +198,8 @@ impl Follower {
                     return;
                 }
                 failures += 1;
-                let delay = backoff(failures);
+                // The retries are bounded here, by `failures`.
+                let delay = pauses.next().unwrap_or(RETRY.max);
                 tracing::warn!(
                     addr = %self.addr,
                     attempt = failures,

@@ -31,7 +31,7 @@ mod load;
 mod rows;
 mod source;
 
-pub use crate::config::mysql::{MysqlConfig, PASSWORD_ENV, is_identifier};
+pub use crate::config::mysql::{MysqlConfig, MysqlTls, PASSWORD_ENV, is_identifier};
 pub use changes::{ApplyReport, apply_changes};
 pub use error::MysqlError;
 pub use load::{LoadReport, load_demographics};

@@ -27,9 +27,9 @@ impl Seen {
     }
 }
 
-/// The answer to request number `n` (0-based) with this body: status, JSON body, delay before
-/// answering.
-type Script = dyn Fn(usize, &[u8]) -> (u16, &'static str, Duration) + Send + Sync;
+/// The answer to request number `n` (0-based) with this body: status, extra header lines (each
+/// ending in `\r\n`), JSON body, delay before answering.
+type Script = dyn Fn(usize, &[u8]) -> (u16, &'static str, &'static str, Duration) + Send + Sync;
 
 struct Responder {
     url: String,
@@ -50,6 +50,19 @@ impl Responder {
     /// [`Responder::start`] with answers that depend on the request's body too.
     fn answering(
         script: impl Fn(usize, &[u8]) -> (u16, &'static str, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_headers(move |n, body| {
+            let (status, answer, delay) = script(n, body);
+            (status, "", answer, delay)
+        })
+    }
+
+    /// [`Responder::start`] with extra header lines in the answers.
+    fn with_headers(
+        script: impl Fn(usize, &[u8]) -> (u16, &'static str, &'static str, Duration)
+        + Send
+        + Sync
+        + 'static,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -124,11 +137,11 @@ fn serve(
             });
             seen.len() - 1
         };
-        let (status, answer, delay) = script(n, &body);
+        let (status, extra, answer, delay) = script(n, &body);
         std::thread::sleep(delay);
         busy.fetch_sub(1, Ordering::SeqCst);
         let response = format!(
-            "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
         if writer.write_all(response.as_bytes()).is_err() {
@@ -253,6 +266,54 @@ fn a_server_answering_503_twice_gets_the_write_on_the_third_attempt() {
             })
         }
     );
+}
+
+/// InfluxDB 2.x and Cloud answer 429 and 503 with `Retry-After`: the client waits at least that
+/// long, not its own backoff (1 to 5 ms here), and still gives up after `max-retries`.
+#[test]
+fn a_retry_after_longer_than_the_backoff_is_waited_for() {
+    let server = Responder::with_headers(|n, _| match n {
+        0 => (
+            503,
+            "Retry-After: 2\r\n",
+            r#"{"error":"throttled"}"#,
+            Duration::ZERO,
+        ),
+        1 => (
+            429,
+            "Retry-After: 1\r\n",
+            r#"{"code":"too many requests","message":"slow down"}"#,
+            Duration::ZERO,
+        ),
+        _ => (204, "", "", Duration::ZERO),
+    });
+    let client = InfluxClient::new(&config(&server.url, "shop")).unwrap();
+    let started = Instant::now();
+    client
+        .write(encode(&campaigns(T, 0, 2)).as_bytes())
+        .expect("written on the third attempt");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+    assert_eq!(server.count(), 3);
+    let stats = client.stats().snapshot();
+    assert_eq!((stats.attempts, stats.retries), (3, 2));
+
+    // The retries stay bounded: waited for, then given up.
+    let server = Responder::with_headers(|_, _| (503, "Retry-After: 1\r\n", "", Duration::ZERO));
+    let client = InfluxClient::new(&InfluxConfig {
+        max_retries: 1,
+        ..config(&server.url, "shop")
+    })
+    .unwrap();
+    let started = Instant::now();
+    let error = client.write(b"m v=1i 1\n").unwrap_err();
+    assert!(
+        matches!(error, WriteError::RetriesExhausted { attempts: 2, .. }),
+        "{error:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(server.count(), 2);
 }
 
 #[test]
@@ -669,6 +730,16 @@ fn dropping_an_unfinished_sink_stops_retrying() {
     let attempts = server.count();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.count(), attempts, "no attempt after the drop");
+
+    // A server's long wait is cut short by the drop too.
+    let server = Responder::with_headers(|_, _| (503, "Retry-After: 30\r\n", "", Duration::ZERO));
+    let mut sink = InfluxSink::start(&config(&server.url, "shop"), WINDOW_MS).unwrap();
+    sink.write_batch(&campaigns(T, 0, 1)).unwrap();
+    wait_for("a first attempt", || server.count() >= 1);
+    let started = Instant::now();
+    drop(sink);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(server.count(), 1, "no attempt after the drop");
 }
 
 /// A timestamp is acknowledged only once InfluxDB has answered 2xx for every line of it and of
