@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, SinkKind};
 use crate::generators::events::Pace;
+use crate::logging::{self, LogFormat};
 use crate::runtime::{self, Workers};
 use crate::sources::kafka::StartPosition;
 use crate::{bench, commands};
@@ -19,6 +20,10 @@ pub struct Cli {
     /// A configuration file layered over the built-in config/shopflow.toml: any subset of its keys.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as text (coloured on a terminal only) or as one JSON object per line
+    /// (default: log.format).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -297,20 +302,16 @@ fn error_chain(error: &anyhow::Error) -> String {
 /// 2 for usage and configuration errors, 1 for failures while running.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The configuration may choose the log format, so logging starts once it is read.
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::init(cli.log_format.unwrap_or_default());
+            logging::report(tracing::Level::ERROR, &format!("error: {e}"));
             return ExitCode::from(2);
         }
     };
+    logging::init(cli.log_format.unwrap_or(config.log.format));
     let result = match cli.command {
         Command::Demo(args) => commands::demo(config, args),
         Command::Run(args) => commands::run(config, args),
@@ -335,7 +336,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            logging::report(
+                tracing::Level::ERROR,
+                &format!("error: {}", error_chain(&e)),
+            );
             if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
                 matches!(
                     e,

@@ -272,7 +272,10 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     let sink: Box<dyn Sink> = match config.output.sink {
         SinkKind::Influxdb => {
             if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
-                eprintln!("stopped while waiting for InfluxDB; nothing was read");
+                crate::logging::report(
+                    tracing::Level::INFO,
+                    "stopped while waiting for InfluxDB; nothing was read",
+                );
                 return Ok(());
             }
             // The check created the database, if asked to.
@@ -306,12 +309,15 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         config,
     };
     let report = runtime::run(plan, sink, Arc::clone(&status))?;
-    eprintln!(
-        "{} events in {:.1}s; {} batches; {} lines written",
-        report.events,
-        report.elapsed.as_secs_f64(),
-        report.batches,
-        report.written
+    crate::logging::report(
+        tracing::Level::INFO,
+        &format!(
+            "{} events in {:.1}s; {} batches; {} lines written",
+            report.events,
+            report.elapsed.as_secs_f64(),
+            report.batches,
+            report.written
+        ),
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod experiments;
 pub mod generators;
 pub mod journal;
+pub mod logging;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

@@ -16,6 +16,7 @@ mod influx;
 mod kafka_client;
 mod latency;
 mod mysql;
+mod ops;
 mod producer;
 mod registry;
 mod restart;
