@@ -116,3 +116,148 @@ fn the_log_format_comes_from_config_too() {
         "{stderr}"
     );
 }
+
+/// Runs the built binary with only `env` set for shopflow (none of the caller's `SHOPFLOW*`).
+fn shopflow_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SHOPFLOW") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Two processes configured by their environment alone, as a StatefulSet's pods are: the same
+/// command, `SHOPFLOW_PROCESS=auto` with the pod names `shopflow-0` and `shopflow-1` as
+/// `HOSTNAME`, the process count, hostfile and workers from `SHOPFLOW_PROCESSES`,
+/// `SHOPFLOW_HOSTFILE` and `SHOPFLOW_WORKERS`. Each writes its own file (`.0`, `.1`): had either
+/// taken the wrong index, they would not form a cluster (or would both write `.0`).
+#[test]
+fn a_cluster_is_configured_from_the_environment_and_pod_names() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ports: Vec<u16> = {
+        let held: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().expect("an address").port())
+            .collect()
+    };
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .expect("the hostfile");
+    let output = dir.path().join("out.lp");
+    let output = output.to_str().expect("UTF-8");
+    let hosts = hosts.to_str().expect("UTF-8");
+    let args = [
+        "demo",
+        "--source",
+        "generator",
+        "--pace",
+        "unbounded",
+        "--events",
+        "3000",
+        "--start-ms",
+        "1700000000000",
+        "--quiet",
+        "--connect-timeout",
+        "60s",
+        "--output",
+        output,
+    ];
+    let pods: Vec<std::process::Child> = ["shopflow-1", "shopflow-0"]
+        .into_iter()
+        .map(|pod| {
+            shopflow_with_env(
+                &args,
+                &[
+                    ("HOSTNAME", pod),
+                    ("SHOPFLOW_PROCESS", "auto"),
+                    ("SHOPFLOW_PROCESSES", "2"),
+                    ("SHOPFLOW_HOSTFILE", hosts),
+                    ("SHOPFLOW_WORKERS", "2"),
+                ],
+            )
+        })
+        .collect();
+    // Each process generates and reports its own workers' share of the events.
+    let mut events = 0;
+    for pod in pods {
+        let finished = pod.wait_with_output().expect("it ends");
+        assert!(
+            finished.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finished.stderr)
+        );
+        let said = String::from_utf8_lossy(&finished.stdout);
+        let (count, _) = said.split_once(" events").expect("a summary");
+        events += count.parse::<u64>().expect("a count");
+    }
+    assert_eq!(events, 3000);
+    for process in 0..2 {
+        let written = std::fs::read_to_string(format!("{output}.{process}"))
+            .unwrap_or_else(|e| panic!("process {process} wrote its own file: {e}"));
+        assert!(!written.is_empty());
+    }
+    assert!(!std::path::Path::new(output).exists());
+}
+
+/// `auto` with a host name that is no pod name, or an ordinal beyond the process count, is a
+/// usage error naming the problem, at once.
+#[test]
+fn a_hostile_host_name_is_a_clear_usage_error() {
+    let run = |hostname: Option<&str>, processes: &str| {
+        let mut env = vec![
+            ("SHOPFLOW_PROCESS", "auto"),
+            ("SHOPFLOW_PROCESSES", processes),
+        ];
+        if let Some(name) = hostname {
+            env.push(("HOSTNAME", name));
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+        command.env_remove("HOSTNAME");
+        let output = command
+            .args(["demo", "--source", "generator", "--events", "10", "--quiet"])
+            .args(["--output", "/dev/null"])
+            .envs(env)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for (name, says) in [
+        (Some("shopflow"), "does not end in -<ordinal>"),
+        (Some("shopflow-x"), "not a decimal number"),
+        (Some("shopflow-007"), "leading zero"),
+        (Some("shopflow-99999999999"), "too large"),
+        (None, "HOSTNAME is not set"),
+    ] {
+        let (code, stderr) = run(name, "2");
+        assert_eq!(code, Some(2), "{name:?}: {stderr}");
+        assert!(stderr.contains(says), "{name:?}: {stderr}");
+        assert!(
+            stderr.contains("SHOPFLOW_PROCESS") || stderr.contains("--process"),
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = run(Some("shopflow-2"), "2");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--process 2 is out of range for --processes 2"),
+        "{stderr}"
+    );
+}
