@@ -113,7 +113,8 @@ pub struct EngineConfig {
     /// How often `run` checkpoints, in milliseconds; a multiple of the tick.
     pub checkpoint_interval_ms: u64,
     /// With several processes: how long a process may take to connect to all the others, in
-    /// milliseconds, before it gives up naming the one it could not reach.
+    /// milliseconds, before it gives up naming the one it could not reach; also how long the
+    /// Kafka readers wait for brokers that cannot be reached at start.
     pub connect_timeout_ms: u64,
 }
 
@@ -357,7 +358,7 @@ fn environment() -> Env {
         .map(|key| key.as_str().to_lowercase().replace('_', "-").into())
 }
 
-/// The environment variable of a key, as the README spells it.
+/// The environment variable of a key, as docs/running.md spells it.
 fn env_var(key: &str) -> String {
     format!(
         "{ENV_PREFIX}{}",

@@ -9,7 +9,7 @@
 //! - [`churn`]: a share of the users changes every second: how fast the output reflects it, and
 //!   how much output it causes.
 //!
-//! The semantics measured are the README's; `shopflow experiment <name> --help` lists the knobs.
+//! The semantics measured are docs/semantics.md's; `shopflow experiment <name> --help` lists the knobs.
 
 pub mod chart;
 pub mod churn;

@@ -7,6 +7,8 @@
 //! may not hold yet; the sink writes absolute values, so a re-read counts nothing twice.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataflows::model::{Counter, Event, EventTimeMs, Tick};
@@ -124,6 +126,25 @@ pub enum KafkaSourceError {
         /// The consumer group.
         group: String,
     },
+    /// The brokers could not be reached within the connect timeout when the reader started.
+    #[error(
+        "kafka brokers {brokers} not reachable within {waited:?} (engine.connect-timeout-ms); \
+         the last attempt failed with: {last}"
+    )]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// How long the reader tried.
+        waited: Duration,
+        /// The last attempt's error.
+        last: Box<KafkaSourceError>,
+    },
+    /// Asked to stop while waiting for the brokers at start: nothing was read.
+    #[error("stopped while waiting for the kafka brokers {0}; nothing was read")]
+    StoppedWhileConnecting(String),
+    /// An offset commit was not acknowledged in time (the group coordinator is unreachable).
+    #[error("kafka: the offset commit was not acknowledged within {0:?}: {1}")]
+    CommitTimedOut(Duration, String),
     /// The brokers refused or never acknowledged some messages.
     #[error("kafka: {failed} messages were not delivered to {topic}; the first because: {first}")]
     Undelivered {
@@ -533,9 +554,121 @@ pub struct Polled {
     pub malformed: Vec<(Counter, isize)>,
 }
 
+/// The pipeline consumer's context: librdkafka's messages go to `tracing`.
+///
+/// It keeps no commit outcome: rust-rdkafka registers no `offset_commit_cb`, and librdkafka
+/// propagates an asynchronous commit's result only to one (`rd_kafka_cgrp_propagate_commit_result`),
+/// so `commit_callback` is never called for `CommitMode::Async`. [`PartitionReader::commit_all`]
+/// asks the coordinator instead.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_librdkafka(&error, reason);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+type ReaderConsumer = BaseConsumer<ReaderContext>;
+
+/// The partitions' high watermarks, read on a thread of their own so that the worker never waits
+/// for brokers that do not answer: [`PartitionReader::lag`] only looks at the latest answer.
+struct Watermarks {
+    /// The latest answer and when it was asked for.
+    highs: Mutex<Option<(Instant, BTreeMap<i32, i64>)>>,
+    /// Set when the reader is dropped: the thread ends.
+    stop: AtomicBool,
+}
+
+/// The watermark thread's client context: it logs nothing, since the reader's own consumer
+/// already reports what goes wrong with the brokers.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+
+    fn error(&self, _error: KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+/// How long an answer of the watermark thread stands for the partitions' ends: older, the lag is
+/// unknown.
+const WATERMARKS_FRESH: Duration = Duration::from_secs(1);
+
+impl Watermarks {
+    /// Starts the thread asking for the high watermarks of `partitions` with a consumer of its
+    /// own (no group): every 100 ms (every second while they fail), each request bounded by 5 s. A consumer that fails for
+    /// [`STALL_AFTER`] is replaced, as a stuck reader's is.
+    fn start(config: &KafkaConfig, partitions: &[i32]) -> Arc<Watermarks> {
+        let shared = Arc::new(Watermarks {
+            highs: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        if partitions.is_empty() {
+            return shared;
+        }
+        let (watch, client, topic, partitions) = (
+            Arc::clone(&shared),
+            config.client(),
+            config.topic.clone(),
+            partitions.to_vec(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("shopflow-watermarks".into())
+            .spawn(move || {
+                let mut consumer: Option<BaseConsumer<Quiet>> = None;
+                let mut last_answer = Instant::now();
+                while !watch.stop.load(Ordering::Relaxed) {
+                    if consumer.is_none() || last_answer.elapsed() >= STALL_AFTER {
+                        consumer = client.create_with_context(Quiet).ok();
+                        last_answer = Instant::now();
+                    }
+                    let asked = Instant::now();
+                    let highs: Option<BTreeMap<i32, i64>> = consumer.as_ref().and_then(|c| {
+                        partitions
+                            .iter()
+                            .map(|&p| {
+                                c.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                                    .ok()
+                                    .map(|(_, high)| (p, high))
+                            })
+                            .collect()
+                    });
+                    let pause = if let Some(highs) = highs {
+                        last_answer = Instant::now();
+                        *watch.highs.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((asked, highs));
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    std::thread::sleep(pause);
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the watermark thread: the consumer lag is unknown");
+        }
+        shared
+    }
+}
+
+/// How long the worker waits for an offset commit at a graceful stop, and for its consumer to
+/// close, before it goes on without.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// One worker's share of the topic's partitions.
 pub struct PartitionReader {
-    consumer: BaseConsumer<LogContext>,
+    /// Always `Some` but in `drop`, which closes it on another thread with a bound.
+    consumer: Option<ReaderConsumer>,
+    /// What a replacement consumer is created from.
+    config: KafkaConfig,
     topic: String,
     messages: MessageReader,
     partitions: Vec<i32>,
@@ -545,19 +678,26 @@ pub struct PartitionReader {
     uncommitted: VecDeque<(Tick, BTreeMap<i32, i64>)>,
     max_poll: usize,
     dead_letter: Option<(BaseProducer<LogContext>, String)>,
-    high_watermarks: Option<(Instant, BTreeMap<i32, i64>)>,
+    watermarks: Arc<Watermarks>,
     /// When a message last arrived, or the watch below last looked.
     last_progress: Instant,
+    /// Stalls in a row: the first is mended by a new assignment, the next by a new consumer.
+    stalls: u32,
     /// Whether the partitions are paused (the sink is behind): no progress is expected.
     paused: bool,
-    /// How long a synchronous commit waits for the group coordinator.
-    coordinator_patience: Duration,
 }
 
 /// A reader that has received nothing for this long while its partitions hold unread messages
 /// re-assigns them at its positions: after a broker restart librdkafka's fetcher can stay stuck
-/// (confluentinc/librdkafka#5153, fede1024/rust-rdkafka#597), which only a new assignment mends.
+/// (confluentinc/librdkafka#5153, fede1024/rust-rdkafka#597), which a new assignment mends;
+/// when it does not (the consumer itself keeps reporting all brokers down while they are up), the
+/// next stall replaces the consumer.
 const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// Whether an error opening the reader may be a broker not up yet: worth another attempt.
+fn retryable(error: &KafkaSourceError) -> bool {
+    matches!(error, KafkaSourceError::Kafka { .. })
+}
 
 impl PartitionReader {
     /// Assigns worker `index` of `peers` its partitions (`p % peers == index`), each at its offset
@@ -569,10 +709,65 @@ impl PartitionReader {
         peers: usize,
         resume: Option<&BTreeMap<i32, i64>>,
     ) -> Result<PartitionReader, KafkaSourceError> {
-        let consumer: BaseConsumer<LogContext> =
-            create(config, &consumer_config(config), "consumer")?;
+        Self::open_once(config, index, peers, resume, Duration::from_secs(10))
+    }
+
+    /// [`open`](Self::open), retried while the brokers cannot be reached (a run started while
+    /// Kafka restarts) for up to `timeout`, each attempt logged; then fails naming the brokers
+    /// and the last error. Gives up at once when `stop` is set.
+    pub fn open_within(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let bound = left.clamp(Duration::from_millis(100), Duration::from_secs(2));
+            let error = match Self::open_once(config, index, peers, resume, bound) {
+                Ok(reader) => return Ok(reader),
+                Err(error) if retryable(&error) => error,
+                Err(error) => return Err(error),
+            };
+            if started.elapsed() + pause >= timeout {
+                return Err(KafkaSourceError::Unreachable {
+                    brokers: config.brokers.clone(),
+                    waited: started.elapsed(),
+                    last: Box::new(error),
+                });
+            }
+            tracing::warn!(%error, "kafka not reachable; retrying");
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(KafkaSourceError::StoppedWhileConnecting(
+                        config.brokers.clone(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One attempt of [`open`](Self::open), each request to the brokers bounded by `bound`.
+    fn open_once(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
+        bound: Duration,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        let consumer: ReaderConsumer =
+            consumer_config(config)
+                .create_with_context(ReaderContext)
+                .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
         let metadata = consumer
-            .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
+            .fetch_metadata(Some(&config.topic), bound)
             .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
         let count = metadata
             .topics()
@@ -614,7 +809,7 @@ impl PartitionReader {
                 Some(&offset) => offset,
                 None => {
                     let (low, high) = consumer
-                        .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
+                        .fetch_watermarks(&config.topic, p, bound)
                         .map_err(kafka(format!("cannot read the offsets of partition {p}")))?;
                     let stored = committed
                         .as_ref()
@@ -667,7 +862,9 @@ impl PartitionReader {
         };
         tracing::info!(topic = %config.topic, ?partitions, "assigned partitions");
         Ok(PartitionReader {
-            consumer,
+            consumer: Some(consumer),
+            config: config.clone(),
+            watermarks: Watermarks::start(config, &partitions),
             topic: config.topic.clone(),
             messages: MessageReader {
                 decoder,
@@ -682,11 +879,16 @@ impl PartitionReader {
             uncommitted: VecDeque::new(),
             max_poll: config.max_poll_messages,
             dead_letter,
-            high_watermarks: None,
             last_progress: Instant::now(),
+            stalls: 0,
             paused: false,
-            coordinator_patience: coordinator_patience(config),
         })
+    }
+
+    fn consumer(&self) -> &ReaderConsumer {
+        self.consumer
+            .as_ref()
+            .expect("the consumer is taken only on drop")
     }
 
     /// The partitions this worker reads.
@@ -718,7 +920,9 @@ impl PartitionReader {
         }
         let now = crate::runtime::now_ms();
         while polled.messages < self.max_poll {
-            let message = match self.consumer.poll(Duration::ZERO) {
+            // The field, not `consumer()`: a message borrows the consumer, not the whole reader.
+            let consumer = self.consumer.as_ref().expect("taken only on drop");
+            let message = match consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
                     return Err(self.out_of_range());
@@ -765,16 +969,32 @@ impl PartitionReader {
         polled.malformed = malformed.into_iter().collect();
         if polled.messages > 0 || self.paused {
             self.last_progress = Instant::now();
+            self.stalls = 0;
         } else if self.last_progress.elapsed() >= STALL_AFTER {
             self.last_progress = Instant::now();
-            if let Some(lag) = self.lag().filter(|lag| *lag > 0) {
-                tracing::warn!(
-                    topic = %self.topic,
-                    partitions = ?self.partitions,
-                    lag,
-                    "nothing received for {STALL_AFTER:?} though messages wait: re-assigning the partitions at their positions"
-                );
-                self.reassign()?;
+            // The lag comes from a consumer of its own, so a stuck consumer here cannot hide it.
+            match self.lag().filter(|lag| *lag > 0) {
+                Some(lag) if self.stalls == 0 => {
+                    self.stalls += 1;
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partitions = ?self.partitions,
+                        lag,
+                        "nothing received for {STALL_AFTER:?} though messages wait: re-assigning the partitions at their positions"
+                    );
+                    self.reassign()?;
+                }
+                Some(lag) => {
+                    self.stalls += 1;
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partitions = ?self.partitions,
+                        lag,
+                        "still nothing received though messages wait: replacing the consumer, at the same positions"
+                    );
+                    self.recreate()?;
+                }
+                None => {}
             }
         }
         Ok(polled)
@@ -785,7 +1005,7 @@ impl PartitionReader {
     /// from the first message not yet polled.
     pub fn pause(&mut self) -> Result<(), KafkaSourceError> {
         self.paused = true;
-        self.consumer
+        self.consumer()
             .pause(&self.assignment())
             .map_err(kafka("cannot pause the partitions"))
     }
@@ -794,7 +1014,7 @@ impl PartitionReader {
     pub fn resume(&mut self) -> Result<(), KafkaSourceError> {
         self.paused = false;
         self.last_progress = Instant::now();
-        self.consumer
+        self.consumer()
             .resume(&self.assignment())
             .map_err(kafka("cannot resume the partitions"))
     }
@@ -814,15 +1034,27 @@ impl PartitionReader {
             list.add_partition_offset(&self.topic, partition, offset)
                 .map_err(kafka("cannot build the assignment"))?;
         }
-        self.consumer
+        self.consumer()
             .assign(&list)
             .map_err(kafka("cannot re-assign the partitions"))?;
         if self.paused {
-            self.consumer
+            self.consumer()
                 .pause(&self.assignment())
                 .map_err(kafka("cannot pause the partitions"))?;
         }
         Ok(())
+    }
+
+    /// Replaces the consumer by a new one assigned at the same positions: what librdkafka had
+    /// pre-fetched is dropped and read again by the new one, so nothing is skipped or read twice.
+    /// The old one is closed on another thread (closing can wait for the brokers).
+    pub fn recreate(&mut self) -> Result<(), KafkaSourceError> {
+        let consumer: ReaderConsumer = consumer_config(&self.config)
+            .create_with_context(ReaderContext)
+            .map_err(|e| kafka("cannot create the consumer")(redact_error(&self.config, e)))?;
+        let old = self.consumer.replace(consumer);
+        close_in_background(old);
+        self.reassign()
     }
 
     /// The error for an offset out of range: librdkafka's does not say which partition, so the
@@ -831,7 +1063,7 @@ impl PartitionReader {
         let mut found = Vec::new();
         for (&partition, &next) in &self.next_offsets {
             match self
-                .consumer
+                .consumer()
                 .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
             {
                 Ok((low, _)) if next < low => found.push(format!(
@@ -901,13 +1133,14 @@ impl PartitionReader {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
                 .map_err(kafka("cannot build the commit"))?;
         }
-        self.consumer
+        self.consumer()
             .commit(&list, CommitMode::Async)
             .map_err(kafka("cannot commit offsets"))
     }
 
-    /// Commits `offsets` (a complete checkpoint's, for this worker's partitions), synchronously
-    /// when `sync` (a graceful stop), else in the background.
+    /// Commits `offsets` (a complete checkpoint's, for this worker's partitions), waiting for the
+    /// acknowledgement (at most [`COMMIT_WAIT`]) when `sync` (a graceful stop), else in the
+    /// background.
     pub fn commit(
         &mut self,
         offsets: &BTreeMap<i32, i64>,
@@ -923,17 +1156,57 @@ impl PartitionReader {
         if list.count() == 0 {
             return Ok(());
         }
-        let mode = if sync {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        self.consumer
-            .commit(&list, mode)
+        if sync {
+            return self.commit_and_wait(&list);
+        }
+        self.consumer()
+            .commit(&list, CommitMode::Async)
             .map_err(kafka("cannot commit offsets"))
     }
 
-    /// Commits every offset read, synchronously; for a graceful stop once the sink has flushed.
+    /// Commits `list` and waits, at most [`COMMIT_WAIT`], until the group coordinator answers
+    /// with these offsets committed. A synchronous commit would wait for an unreachable
+    /// coordinator without end, and a stop with it. The partitions are paused first: what the
+    /// polls meanwhile return is not read (positions stay as they are).
+    fn commit_and_wait(&mut self, list: &TopicPartitionList) -> Result<(), KafkaSourceError> {
+        let _ = self.consumer().pause(&self.assignment());
+        self.paused = true;
+        let consumer = self.consumer();
+        consumer
+            .commit(list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))?;
+        let wanted: BTreeMap<i32, i64> = list
+            .elements()
+            .iter()
+            .filter_map(|e| e.offset().to_raw().map(|offset| (e.partition(), offset)))
+            .collect();
+        let deadline = Instant::now() + COMMIT_WAIT;
+        let mut last_error = "no answer from the group coordinator".to_string();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KafkaSourceError::CommitTimedOut(COMMIT_WAIT, last_error));
+            }
+            // Serves librdkafka's queue; a message it returns is dropped, not read.
+            let _ = consumer.poll(Duration::ZERO);
+            match consumer.committed_offsets(list.clone(), left.min(Duration::from_secs(1))) {
+                Ok(committed) => {
+                    let done = committed.elements().iter().all(|e| {
+                        e.offset().to_raw().unwrap_or(-1)
+                            >= wanted.get(&e.partition()).copied().unwrap_or(0)
+                    });
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50).min(left));
+        }
+    }
+
+    /// Commits every offset read, waiting for the acknowledgement (at most [`COMMIT_WAIT`]); for
+    /// a graceful stop once the sink has flushed.
     pub fn commit_all(&mut self) -> Result<(), KafkaSourceError> {
         self.uncommitted.clear();
         if self.next_offsets.is_empty() {
@@ -944,34 +1217,24 @@ impl PartitionReader {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
                 .map_err(kafka("cannot build the commit"))?;
         }
-        retry_coordinator(
-            "committing offsets",
-            self.coordinator_patience,
-            || self.consumer.commit(&list, CommitMode::Sync),
-            std::thread::sleep,
-        )
-        .map_err(kafka("cannot commit offsets"))
+        self.commit_and_wait(&list)
     }
 
-    /// Messages between this worker's position and the partitions' ends (refreshed at most every
-    /// 200 ms; `None` before the first answer).
+    /// Messages between this worker's position and the partitions' ends, as the watermark
+    /// thread last read them (every 100 ms); `None` while it has no answer younger than a second
+    /// (the brokers do not answer). Never waits: it is called from the worker loop.
     pub fn lag(&mut self) -> Option<i64> {
-        let fresh = self
-            .high_watermarks
-            .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(200));
-        if !fresh {
-            let mut highs = BTreeMap::new();
-            for &p in &self.partitions {
-                let (_, high) = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
-                    .ok()?;
-                highs.insert(p, high);
-            }
-            self.high_watermarks = Some((Instant::now(), highs));
+        if self.partitions.is_empty() {
+            return Some(0);
         }
-        let (_, highs) = self.high_watermarks.as_ref()?;
+        let latest = self
+            .watermarks
+            .highs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (_, highs) = latest
+            .as_ref()
+            .filter(|(asked, _)| asked.elapsed() < WATERMARKS_FRESH)?;
         Some(
             highs
                 .iter()
@@ -1166,9 +1429,36 @@ impl Warnings {
 
 impl Drop for PartitionReader {
     fn drop(&mut self) {
+        self.watermarks.stop.store(true, Ordering::Relaxed);
         if let Some((producer, _)) = &self.dead_letter {
             let _ = producer.flush(Duration::from_secs(5));
         }
+        // Closing a consumer of a group waits for the brokers for as long as they take: a stop
+        // waits for it at most CLOSE_WAIT.
+        let (closed, done) = std::sync::mpsc::channel();
+        let consumer = self.consumer.take();
+        let spawned = std::thread::Builder::new()
+            .name("shopflow-consumer-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() && done.recv_timeout(CLOSE_WAIT).is_err() {
+            tracing::warn!(
+                topic = %self.topic,
+                "the kafka consumer did not close within {CLOSE_WAIT:?}; going on without"
+            );
+        }
+    }
+}
+
+/// Closes a consumer on a thread of its own, without waiting: closing can wait for the brokers.
+fn close_in_background(consumer: Option<ReaderConsumer>) {
+    let spawned = std::thread::Builder::new()
+        .name("shopflow-consumer-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start a thread to close a consumer");
     }
 }
 
@@ -1510,8 +1800,8 @@ fn retry_coordinator<T>(
 
 /// The group's committed offsets of `wanted`: the first per-partition error fails the whole, so
 /// that a partition the coordinator could not answer for is retried, not read from the start.
-fn committed_offsets(
-    consumer: &BaseConsumer<LogContext>,
+fn committed_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     wanted: &TopicPartitionList,
 ) -> Result<TopicPartitionList, KafkaError> {
     let list = consumer.committed_offsets(wanted.clone(), Duration::from_secs(10))?;

@@ -1323,9 +1323,9 @@ fn a_timestamp_is_acknowledged_only_once_influxdb_has_answered_all_of_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tag values: any string becomes a tag InfluxDB accepts and reads back as the README documents
+// Tag values: any string becomes a tag InfluxDB accepts and reads back as docs/semantics.md documents
 
-/// What InfluxDB reads back for a text tag value, written from the README's mapping (not from the
+/// What InfluxDB reads back for a text tag value, written from docs/semantics.md's mapping (not from the
 /// encoder): `\` as `＼`; `\n`, `\r`, `\t` as two characters; other control characters, U+2028,
 /// U+2029, the bidirectional controls and `＼` itself as `\u{hex}`; the empty value as `(empty)`
 /// and `(empty)` as `\u{28}empty)`; a value longer than 4096 bytes in the line (where `,`, `=` and
