@@ -261,3 +261,201 @@ fn a_hostile_host_name_is_a_clear_usage_error() {
         "{stderr}"
     );
 }
+
+/// The Kubernetes manifests, each document parsed.
+fn manifests() -> Vec<(String, yaml_rust2::Yaml)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            for document in yaml_rust2::YamlLoader::load_from_str(&text).expect("YAML") {
+                documents.push((path.display().to_string(), document));
+            }
+        }
+    }
+    documents
+}
+
+/// The one document of `kind`.
+fn manifest(kind: &str) -> yaml_rust2::Yaml {
+    let mut found: Vec<yaml_rust2::Yaml> = manifests()
+        .into_iter()
+        .filter(|(_, d)| d["kind"].as_str() == Some(kind))
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    found.remove(0)
+}
+
+/// What the schemas cannot check: the process count said twice agrees (`replicas` and every
+/// container's `SHOPFLOW_PROCESSES`), the config the ConfigMap holds is one shopflow accepts,
+/// and the files it names are the Secret's keys where the Secret is mounted.
+#[test]
+fn the_kubernetes_manifests_agree_with_themselves_and_with_shopflow() {
+    let set = manifest("StatefulSet");
+    let replicas = set["spec"]["replicas"].as_i64().expect("replicas");
+    let pod = &set["spec"]["template"]["spec"];
+    let containers: Vec<&yaml_rust2::Yaml> = pod["containers"]
+        .as_vec()
+        .into_iter()
+        .chain(pod["initContainers"].as_vec())
+        .flatten()
+        .collect();
+    assert_eq!(containers.len(), 2);
+    for container in &containers {
+        let processes = container["env"]
+            .as_vec()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"].as_str() == Some("SHOPFLOW_PROCESSES"))
+            .and_then(|e| e["value"].as_str())
+            .expect("SHOPFLOW_PROCESSES");
+        assert_eq!(processes, replicas.to_string(), "{:?}", container["name"]);
+    }
+
+    // The ConfigMap's file, layered over the defaults as the container does (--config).
+    let config_map = manifest("ConfigMap");
+    let toml = config_map["data"]["shopflow.toml"]
+        .as_str()
+        .expect("shopflow.toml");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("shopflow.toml");
+    std::fs::write(&path, toml).expect("written");
+    let output = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env_remove("SHOPFLOW__LOG__FORMAT")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let config = shopflow::config::Config::load(Some(&path)).expect("valid");
+    assert_eq!(config.log.format, shopflow::logging::LogFormat::Json);
+
+    // Every password file is a key of the Secret, mounted where the config looks.
+    let secret = manifest("Secret");
+    let mount = containers
+        .iter()
+        .find(|c| c["name"].as_str() == Some("shopflow"))
+        .and_then(|c| c["volumeMounts"].as_vec())
+        .and_then(|mounts| {
+            mounts
+                .iter()
+                .find(|m| m["name"].as_str() == Some("secrets"))
+                .and_then(|m| m["mountPath"].as_str())
+        })
+        .expect("the secrets mount");
+    let files: Vec<&str> = toml
+        .lines()
+        .filter_map(|l| l.strip_prefix("password-file = "))
+        .map(|v| v.trim_matches('"'))
+        .collect();
+    assert_eq!(files.len(), 2, "{toml}");
+    for file in files {
+        let key = file
+            .strip_prefix(&format!("{mount}/"))
+            .unwrap_or_else(|| panic!("{file} is under {mount}"));
+        assert!(
+            secret["stringData"][key].as_str().is_some(),
+            "the Secret holds {key}"
+        );
+    }
+}
+
+/// The init container's hostfile script, run by `sh` as in the pod: one line per process, this
+/// pod's own as 0.0.0.0 (it only listens there), the others by their stable DNS names under the
+/// headless service, in process order; and the hostfile is one shopflow reads.
+#[test]
+fn the_init_container_writes_the_hostfile_shopflow_reads() {
+    let set = manifest("StatefulSet");
+    let init = &set["spec"]["template"]["spec"]["initContainers"][0];
+    let command = init["command"].as_vec().expect("a command");
+    let script = command.last().and_then(|s| s.as_str()).expect("a script");
+    let service = set["spec"]["serviceName"].as_str().expect("serviceName");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let hosts = dir.path().join("hosts");
+    let script = script.replace("/var/run/shopflow/hosts", hosts.to_str().expect("UTF-8"));
+    let written = |pod: &str, processes: &str| {
+        let output = Command::new("sh")
+            .args(["-c", &script])
+            .env("HOSTNAME", pod)
+            .env("NAMESPACE", "prod")
+            .env("SHOPFLOW_PROCESSES", processes)
+            .output()
+            .expect("sh runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(&hosts).expect("the hostfile")
+    };
+    assert_eq!(
+        written("shopflow-1", "3"),
+        format!(
+            "shopflow-0.{service}.prod.svc.cluster.local:2101\n0.0.0.0:2101\n\
+             shopflow-2.{service}.prod.svc.cluster.local:2101\n"
+        )
+    );
+    assert_eq!(written("my-flow-0", "1"), "0.0.0.0:2101\n");
+    let lines = written("shopflow-3", "4");
+    assert_eq!(lines.lines().count(), 4);
+    assert_eq!(lines.lines().last(), Some("0.0.0.0:2101"));
+
+    // Each process's hostfile lists itself as 0.0.0.0 and the others by name: shopflow listens
+    // on its own line and dials the others', so the files may differ there. Two such processes
+    // form a cluster.
+    let ports: Vec<u16> = {
+        let held: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().expect("an address").port())
+            .collect()
+    };
+    let pods: Vec<std::process::Child> = (0..2)
+        .map(|me: usize| {
+            let lines: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| {
+                    let host = if i == me { "0.0.0.0" } else { "localhost" };
+                    format!("{host}:{port}\n")
+                })
+                .collect();
+            let file = dir.path().join(format!("hosts.{me}"));
+            std::fs::write(&file, lines.concat()).expect("written");
+            shopflow_with_env(
+                &[
+                    "demo",
+                    "--source",
+                    "generator",
+                    "--pace",
+                    "unbounded",
+                    "--events",
+                    "500",
+                    "--quiet",
+                    "--output",
+                    "/dev/null",
+                ],
+                &[
+                    ("HOSTNAME", &format!("shopflow-{me}")),
+                    ("SHOPFLOW_PROCESS", "auto"),
+                    ("SHOPFLOW_PROCESSES", "2"),
+                    ("SHOPFLOW_HOSTFILE", file.to_str().expect("UTF-8")),
+                ],
+            )
+        })
+        .collect();
+    for pod in pods {
+        let finished = pod.wait_with_output().expect("it ends");
+        assert!(
+            finished.status.success(),
+            "{}",
+            String::from_utf8_lossy(&finished.stderr)
+        );
+    }
+}
