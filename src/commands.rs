@@ -346,11 +346,7 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     kafka::ensure_topic(&config.kafka, &config.kafka.topic)?;
-    let generator = EventGenerator::new(
-        config.generator.clone(),
-        args.start_ms.unwrap_or_else(runtime::now_ms),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let generator = resumed_generator(&config, args.start_ms.unwrap_or_else(runtime::now_ms))?;
     let mut producer = EventProducer::new(&config.kafka)?;
     let stop = AtomicBool::new(false);
     let status = Arc::new(Status::default());
@@ -372,6 +368,23 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     eprintln!("{sent} events sent to {} (flushed)", config.kafka.topic);
     Ok(())
+}
+
+/// The generator `produce` sends from, its first event arriving at `start_ms`: the configured
+/// stream, going on where the topic ends ([`kafka::topic_end`]). Started from the beginning, a
+/// restarted producer would send the order ids it sent before, which the pipeline drops as
+/// duplicates for the order horizon.
+pub fn resumed_generator(config: &Config, start_ms: u64) -> anyhow::Result<EventGenerator> {
+    let resume_at = kafka::topic_end(&config.kafka)?;
+    if resume_at > 0 {
+        tracing::info!(
+            topic = %config.kafka.topic,
+            resume_at,
+            "the topic holds messages: the generator goes on from there"
+        );
+    }
+    EventGenerator::resuming(config.generator.clone(), start_ms, resume_at)
+        .map_err(anyhow::Error::msg)
 }
 
 /// `shopflow load-demographics`: the generated users into MySQL.

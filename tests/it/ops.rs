@@ -459,3 +459,166 @@ fn the_init_container_writes_the_hostfile_shopflow_reads() {
         );
     }
 }
+
+/// How the two producer runs reach the topic.
+enum Producing {
+    /// `shopflow produce`, the binary, against a real broker.
+    Binary,
+    /// In this process, as `produce` does it (`commands::resumed_generator`, then
+    /// `kafka::produce_generated`): librdkafka's mock cluster refuses the topic creation
+    /// `produce` starts with.
+    InProcess,
+}
+
+/// `produce` restarted with the same seed once sent the stream's beginning again: the same order
+/// ids, which the pipeline dropped as duplicates for the order horizon, so the second run's
+/// purchases never counted. Now a producer goes on where the topic ends. Two runs into one topic
+/// on librdkafka's mock cluster (which `run`, the binary, reaches over TCP), then the pipeline: it
+/// counts every purchase of both, against the generator's stream read as a reference.
+#[test]
+fn a_restarted_producer_sends_new_orders_and_every_purchase_counts() {
+    let kafka = shopflow::sources::kafka::KafkaConfig {
+        topic: "restarted-producer".into(),
+        partitions: 3,
+        ..crate::cli::temp_env_config(&[]).kafka
+    };
+    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    restarted_producer_scenario(
+        &embedded.config().brokers,
+        "restarted-producer",
+        Producing::InProcess,
+    );
+}
+
+/// The same with `shopflow produce` itself, twice, against the shared Kafka.
+#[test]
+#[ignore = "needs Kafka: run scripts/test-all"]
+fn a_restarted_produce_command_sends_new_orders_and_every_purchase_counts() {
+    let brokers = crate::services::env("SHOPFLOW_TEST_KAFKA_BROKERS");
+    let topic = crate::services::unique("shopflow-restarted-producer").replace('_', "-");
+    restarted_producer_scenario(&brokers, &topic, Producing::Binary);
+}
+
+fn restarted_producer_scenario(brokers: &str, topic: &str, producing: Producing) {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
+
+    use dataflows::model::Tag;
+    use shopflow::generators::events::EventGenerator;
+
+    let env = [
+        ("SHOPFLOW__KAFKA__BROKERS", format!("\"{brokers}\"")),
+        ("SHOPFLOW__KAFKA__TOPIC", format!("\"{topic}\"")),
+        ("SHOPFLOW__KAFKA__GROUP_ID", format!("\"{topic}\"")),
+        ("SHOPFLOW__KAFKA__PARTITIONS", "3".into()),
+        ("SHOPFLOW__KAFKA__MAX_EVENT_AGE_MS", "0".into()),
+        ("SHOPFLOW__KAFKA__MAX_FUTURE_SKEW_MS", "0".into()),
+        ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", "\"off\"".into()),
+        ("SHOPFLOW__GENERATOR__SEED", "9".into()),
+        ("SHOPFLOW__GENERATOR__EVENTS_PER_SECOND", "1000.0".into()),
+        ("SHOPFLOW__GENERATOR__PACE", "\"unbounded\"".into()),
+        ("SHOPFLOW__GENERATOR__USERS", "300".into()),
+        ("SHOPFLOW__GENERATOR__CAMPAIGNS", "20".into()),
+        ("SHOPFLOW__GENERATOR__FUNNEL_SPAN", "5".into()),
+        ("SHOPFLOW__GENERATOR__DUPLICATE_SHARE", "0.05".into()),
+        ("SHOPFLOW__GENERATOR__REFUND_SHARE", "0.05".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = crate::cli::temp_env_config(&env);
+    let per_run = 1_500u64;
+    for _ in 0..2 {
+        match producing {
+            Producing::Binary => {
+                let events = per_run.to_string();
+                let output = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+                    .args(["produce", "--events", &events])
+                    .envs(env.iter().copied())
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("produce runs");
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Producing::InProcess => {
+                let generator =
+                    shopflow::commands::resumed_generator(&config, shopflow::runtime::now_ms())
+                        .expect("a generator");
+                let mut producer = shopflow::sources::kafka::EventProducer::new(&config.kafka)
+                    .expect("a producer");
+                let sent = shopflow::sources::kafka::produce_generated(
+                    &mut producer,
+                    &generator,
+                    Some(per_run),
+                    None,
+                    &AtomicBool::new(false),
+                    |_| {},
+                )
+                .expect("sent");
+                assert_eq!(sent, per_run);
+            }
+        }
+    }
+    // The binary, as the values above are TOML: unquoted for its environment.
+    let plain: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.trim_matches('"'))).collect();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let lines = dir.path().join("out.lp");
+    let output = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args([
+            "run",
+            "--sink",
+            "line-protocol",
+            "--demographics",
+            "generator",
+        ])
+        .args(["--until-caught-up", "-w", "2", "--start", "earliest", "-o"])
+        .arg(&lines)
+        .envs(plain)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let state = crate::cli::final_state(&std::fs::read_to_string(&lines).expect("written"));
+    let counter = |name: &str| -> u64 {
+        state
+            .get(&format!("pipeline {name}"))
+            .map_or(0, |v| v.trim_end_matches('i').parse().expect("a count"))
+    };
+    let purchases: u64 = state
+        .iter()
+        .filter(|(k, _)| k.starts_with("campaign,") && k.ends_with(",window=all"))
+        .map(|(_, fields)| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("purchases="))
+                .map_or(0, |v| {
+                    v.trim_end_matches('i').parse::<u64>().expect("a count")
+                })
+        })
+        .sum();
+
+    // The reference: one stream of both runs' events, as one producer would have sent it.
+    let stream = EventGenerator::new(config.generator.clone(), 0).expect("valid knobs");
+    let events: Vec<_> = (0..2 * per_run).map(|n| stream.event(n)).collect();
+    let distinct: BTreeSet<_> = events.iter().map(|e| (e.order_id, e.tag)).collect();
+    let bought = distinct
+        .iter()
+        .filter(|(_, tag)| *tag == Tag::Purchased)
+        .count() as u64;
+    let duplicates = events.len() as u64 - distinct.len() as u64;
+    assert!(bought > 200 && duplicates > 50, "a meaningful stream");
+
+    assert_eq!(counter("events_in"), 2 * per_run);
+    assert_eq!(counter("duplicates"), duplicates, "only the stream's own");
+    assert_eq!(
+        purchases + counter("refunds_applied"),
+        bought,
+        "every purchase of both runs counts (those refunded are taken back)"
+    );
+}
