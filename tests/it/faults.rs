@@ -1151,12 +1151,21 @@ pub(crate) fn topic_messages(config: &KafkaConfig) -> i64 {
         .set("bootstrap.servers", &config.brokers)
         .create()
         .expect("a consumer");
+    // Just after a broker restart the partitions may have no leader yet (NotLeaderForPartition):
+    // asked again until they have one.
+    let deadline = Instant::now() + Duration::from_secs(90);
     (0..config.partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
+            loop {
+                match consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(error) if Instant::now() < deadline => {
+                        eprintln!("watermarks of partition {p}: {error}; asking again");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(error) => panic!("watermarks of partition {p}: {error}"),
+                }
+            }
         })
         .sum()
 }
