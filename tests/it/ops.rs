@@ -4,13 +4,21 @@ use std::process::{Command, Output, Stdio};
 
 /// Runs `shopflow run` against a broker that refuses connections, with piped standard error and
 /// `extra` arguments: it logs a warning of its own (checkpoints off), librdkafka's connection
-/// failures, and ends with an error (within about 10 s, librdkafka's metadata timeout), without
-/// any service.
+/// failures, and ends with an error within seconds, without any service.
 fn run_against_no_broker(extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let output = dir.path().join("out.lp");
+    // Give up on the broker within seconds (librdkafka's connect timeout bounds the retries).
+    let config = dir.path().join("fast.toml");
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"socket.connection.setup.timeout.ms\" = \"2000\"\n",
+    )
+    .expect("written");
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
     command
+        .arg("--config")
+        .arg(&config)
         .args([
             "run",
             "--sink",
@@ -25,6 +33,8 @@ fn run_against_no_broker(extra: &[&str]) -> Output {
         .args(extra)
         .env("RUST_LOG", "info")
         .env("SHOPFLOW__ENGINE__CHECKPOINT_DIR", "off")
+        // An unreachable broker is retried this long before the run fails.
+        .env("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS", "3000")
         // Port 1 on the loopback: nothing listens, the connection is refused at once.
         .env("SHOPFLOW__KAFKA__BROKERS", "127.0.0.1:1")
         // Whether colour is wanted must follow from the pipe alone.
