@@ -308,7 +308,20 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         workers,
         config,
     };
-    let report = runtime::run(plan, sink, Arc::clone(&status))?;
+    // On a terminal, the demo's live view, and its summary at the end.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| view::LiveView::start(Arc::clone(&status), None, true));
+    let result = runtime::run(plan, sink, Arc::clone(&status));
+    let shown = live.map(view::LiveView::finish).is_some();
+    let report = result?;
+    if shown {
+        let table = status
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        print!("{}", view::summary(&table));
+    }
     crate::logging::report(
         tracing::Level::INFO,
         &format!(

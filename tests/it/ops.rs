@@ -1,6 +1,7 @@
 //! What an operator meets: log lines on a pipe, cluster flags from the environment.
 
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// Runs `shopflow run` against a broker that refuses connections, with piped standard error and
 /// `extra` arguments: it logs a warning of its own (checkpoints off), librdkafka's connection
@@ -631,4 +632,88 @@ fn restarted_producer_scenario(brokers: &str, topic: &str, producing: Producing)
         bought,
         "every purchase of both runs counts (those refunded are taken back)"
     );
+}
+
+/// `run` on a terminal shows the demo's live view and prints its summary at the end; piped, it
+/// shows neither (the terminal is `script`'s pseudo-terminal, 80x24).
+#[test]
+fn run_shows_the_live_view_on_a_terminal_only() {
+    use std::sync::atomic::AtomicBool;
+
+    let kafka = shopflow::sources::kafka::KafkaConfig {
+        topic: "run-on-a-terminal".into(),
+        partitions: 2,
+        ..crate::cli::temp_env_config(&[]).kafka
+    };
+    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let config = shopflow::config::Config {
+        kafka: embedded.config().clone(),
+        ..crate::cli::temp_env_config(&[])
+    };
+    let mut knobs = config.generator.clone();
+    knobs.events_per_second = 1_000.0;
+    let now = shopflow::runtime::now_ms();
+    let generator =
+        shopflow::generators::events::EventGenerator::new(knobs, now - 1_000).expect("a generator");
+    let mut producer =
+        shopflow::sources::kafka::EventProducer::new(&config.kafka).expect("a producer");
+    for n in 0..500 {
+        producer.send(&generator.event(n), now).expect("sent");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let lines = dir.path().join("out.lp");
+    let args = format!(
+        "run --sink line-protocol --demographics generator --until-caught-up -w 1 -o {}",
+        lines.display()
+    );
+    let env = [
+        (
+            "SHOPFLOW__KAFKA__BROKERS",
+            embedded.config().brokers.clone(),
+        ),
+        ("SHOPFLOW__KAFKA__TOPIC", "run-on-a-terminal".to_owned()),
+        ("SHOPFLOW__KAFKA__GROUP_ID", "run-on-a-terminal".to_owned()),
+        ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", "off".to_owned()),
+        ("SHOPFLOW__ENGINE__TICK_MS", "100".to_owned()),
+        (
+            "SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS",
+            "1000".to_owned(),
+        ),
+    ];
+    let binary = env!("CARGO_BIN_EXE_shopflow");
+    let on_terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 80 rows 24; {binary} {args}"),
+            "/dev/null",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let seen = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{seen}");
+    assert!(seen.contains("events/s"), "the live view: {seen}");
+    assert!(
+        seen.contains("top campaigns (all time, by revenue):"),
+        "the summary: {seen}"
+    );
+
+    let piped = Command::new(binary)
+        .args(args.split(' '))
+        .args(["--start", "earliest"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("SHOPFLOW__KAFKA__GROUP_ID", "run-piped")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    let stdout = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.status.success(), "{stderr}");
+    assert!(stderr.contains("events in"), "{stderr}");
+    assert!(!stderr.contains("events/s"), "{stderr}");
+    assert!(!stdout.contains("top campaigns"), "{stdout}");
 }
