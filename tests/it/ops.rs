@@ -638,8 +638,6 @@ fn restarted_producer_scenario(brokers: &str, topic: &str, producing: Producing)
 /// shows neither (the terminal is `script`'s pseudo-terminal, 80x24).
 #[test]
 fn run_shows_the_live_view_on_a_terminal_only() {
-    use std::sync::atomic::AtomicBool;
-
     let kafka = shopflow::sources::kafka::KafkaConfig {
         topic: "run-on-a-terminal".into(),
         partitions: 2,
