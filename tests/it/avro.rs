@@ -4,7 +4,6 @@
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -12,6 +11,10 @@ use rand::{RngExt, SeedableRng};
 use shopflow::sources::avro::{
     DEFAULT_SCHEMA_ID, DecodeError, DecodePath, Decoder, EVENT_SCHEMA, HEADER_LEN, MAX_CENTS,
     SchemaError, encode_event, event_schema,
+};
+
+use crate::support::avro::{
+    apache_message, bundled_value, coupon_value, encoded, tag_index, zigzag,
 };
 
 /// Version 1 of the event schema, as the seed's producers wrote it.
@@ -87,55 +90,6 @@ fn random_event(rng: &mut StdRng) -> Event {
     }
 }
 
-fn encoded(schema_id: u32, event: &Event) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_event(schema_id, event, &mut out);
-    out
-}
-
-/// The event as an apache-avro record of the bundled schema.
-fn bundled_value(event: &Event) -> Value {
-    Value::Record(vec![
-        ("id".into(), Value::Int(event.user_id.0 as i32)),
-        ("campaign_id".into(), Value::Int(event.campaign_id.0 as i32)),
-        ("order_id".into(), Value::Long(event.order_id.0 as i64)),
-        (
-            "total_amount".into(),
-            Value::Double(event.total.0 as f64 / 100.0),
-        ),
-        ("units".into(), Value::Int(event.units as i32)),
-        (
-            "tag".into(),
-            Value::Enum(tag_index(event.tag), event.tag.symbol().into()),
-        ),
-        (
-            "event_time".into(),
-            Value::TimestampMillis(event.event_time.0 as i64),
-        ),
-    ])
-}
-
-fn tag_index(tag: Tag) -> u32 {
-    match tag {
-        Tag::Click => 0,
-        Tag::Purchased => 1,
-        Tag::Refunded => 2,
-    }
-}
-
-/// Frames `value` written by apache-avro with `schema`.
-fn apache_message(schema_id: u32, schema: &Schema, value: Value) -> Vec<u8> {
-    let body = GenericDatumWriter::builder(schema)
-        .build()
-        .unwrap()
-        .write_value_to_vec(value)
-        .unwrap();
-    let mut message = vec![0];
-    message.extend_from_slice(&schema_id.to_be_bytes());
-    message.extend_from_slice(&body);
-    message
-}
-
 fn v1_value(user: i32, tag: Tag, cents: i64) -> Value {
     Value::Record(vec![
         ("id".into(), Value::Int(user)),
@@ -148,18 +102,6 @@ fn v1_value(user: i32, tag: Tag, cents: i64) -> Value {
             Value::Enum(tag_index(tag), tag.symbol().into()),
         ),
     ])
-}
-
-fn coupon_value(event: &Event, coupon: Option<&str>) -> Value {
-    let Value::Record(mut fields) = bundled_value(event) else {
-        unreachable!()
-    };
-    let coupon = match coupon {
-        None => Value::Union(0, Box::new(Value::Null)),
-        Some(code) => Value::Union(1, Box::new(Value::String(code.into()))),
-    };
-    fields.push(("coupon".into(), coupon));
-    Value::Record(fields)
 }
 
 fn sample_event() -> Event {
@@ -186,17 +128,6 @@ fn raw_message(fields: &[&[u8]]) -> Vec<u8> {
         message.extend_from_slice(field);
     }
     message
-}
-
-fn zigzag(n: i64) -> Vec<u8> {
-    let mut v = ((n << 1) ^ (n >> 63)) as u64;
-    let mut out = Vec::new();
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out
 }
 
 /// The bundled layout with the given raw fields, the others those of [`sample_event`].

@@ -7,20 +7,7 @@ use dataflows::output::{Batch, Change};
 use shopflow::config::Config;
 use shopflow::sinks::line_protocol::Encoder;
 
-/// Runs the built binary to the end.
-pub(crate) fn shopflow(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
-    command.args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("the binary runs")
-}
-
-/// Output bytes as text.
-pub(crate) fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::support::process::{shopflow, text};
 
 /// The final state a line protocol file describes: the last fields written per series (and per
 /// timestamp for window rows, whose points are the windows); all-zero rows are removals.

@@ -15,145 +15,24 @@ use dataflows::windows::WindowSpec;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-const TICK: u64 = 250;
+use crate::support::random::{self, FollowUps, Shape, TICK};
+
+/// The scenarios here: no partitions, follow-ups of earlier orders are purchases and refunds,
+/// the bad messages counted are framing and truncation errors.
+const SHAPE: Shape = Shape {
+    horizons: &[750, 3_000, 1_000_000],
+    partitions: false,
+    states: ["CA", "NY", "TX", "a,b=c d\"e\nf"],
+    ticks_below: 30,
+    events_below: 12,
+    follow_ups: FollowUps::PurchaseOrRefund,
+    counters: &[Counter::MalformedFraming, Counter::MalformedTruncated],
+};
 
 /// A random scenario: parameters and inputs at their ticks.
 fn scenario(seed: u64) -> (Params, Vec<(Tick, Input)>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let size_ms = [500, 1_000, 2_000][rng.random_range(0..3)];
-    let allowed_lateness_ms = [0, 500, 1_500, 4_000][rng.random_range(0..4)];
-    let order_horizon_ms = [750, 3_000, 1_000_000][rng.random_range(0..3)];
-    let params = Params {
-        windows: WindowSpec {
-            size_ms,
-            allowed_lateness_ms,
-        },
-        order_horizon_ms,
-    };
-
-    let users = rng.random_range(2..12u32);
-    let campaigns = rng.random_range(1..5u32);
-    let states = ["CA", "NY", "TX", "a,b=c d\"e\nf"];
-    let countries = ["US", "CA", "DE"];
-    let row = |rng: &mut StdRng, id: u32| Demographic {
-        id: UserId(id),
-        age: rng.random_range(10..95),
-        gender: Gender::ALL[rng.random_range(0..4)],
-        state: states[rng.random_range(0..states.len())].into(),
-        country: countries[rng.random_range(0..countries.len())].into(),
-    };
-
-    let start: Tick = 10_000;
-    let mut inputs = Vec::new();
-    // Users 0..users have rows from the start, except a few; ids up to users + 3 appear in events.
-    let mut table: BTreeMap<u32, Demographic> = BTreeMap::new();
-    for id in 0..users {
-        if rng.random_bool(0.8) {
-            let r = row(&mut rng, id);
-            table.insert(id, r.clone());
-            inputs.push((start, Input::Demographic(r, 1)));
-        }
-    }
-
-    let ticks = rng.random_range(4..30u64);
-    let mut sent: Vec<Event> = Vec::new();
-    let mut next_order = 0u64;
-    for step in 0..ticks {
-        let tick = start + step * TICK;
-        for _ in 0..rng.random_range(0..12) {
-            let choice = rng.random_range(0..100);
-            let event = if choice < 15 && !sent.is_empty() {
-                // A duplicate delivery.
-                sent[rng.random_range(0..sent.len())].clone()
-            } else if choice < 30 && !sent.is_empty() {
-                // A purchase or refund of an earlier order, or a refund of an unseen one.
-                let earlier = sent[rng.random_range(0..sent.len())].clone();
-                let tag = if rng.random_bool(0.5) {
-                    Tag::Purchased
-                } else {
-                    Tag::Refunded
-                };
-                let order = if rng.random_bool(0.1) {
-                    OrderId(10_000 + next_order)
-                } else {
-                    earlier.order_id
-                };
-                Event {
-                    order_id: order,
-                    tag,
-                    total: Cents(rng.random_range(1..50_000)),
-                    units: rng.random_range(1..6),
-                    event_time: EventTimeMs(tick - rng.random_range(0..2_000)),
-                    ..earlier
-                }
-            } else {
-                next_order += 1;
-                let lateness = match rng.random_range(0..10) {
-                    0..=5 => rng.random_range(0..TICK),
-                    6..=8 => rng.random_range(0..6_000),
-                    _ => 0,
-                };
-                let future = if rng.random_range(0..20) == 0 {
-                    rng.random_range(1..3_000)
-                } else {
-                    0
-                };
-                let purchase = rng.random_bool(0.4);
-                Event {
-                    order_id: OrderId(next_order),
-                    tag: if purchase { Tag::Purchased } else { Tag::Click },
-                    user_id: UserId(rng.random_range(0..users + 3)),
-                    campaign_id: CampaignId(rng.random_range(0..campaigns)),
-                    total: Cents(if purchase {
-                        rng.random_range(1..50_000)
-                    } else {
-                        0
-                    }),
-                    units: if purchase { rng.random_range(1..6) } else { 0 },
-                    event_time: EventTimeMs(tick - lateness + future),
-                }
-            };
-            sent.push(event.clone());
-            inputs.push((tick, Input::Event(event)));
-        }
-        // Malformed messages a source counted.
-        if rng.random_range(0..6) == 0 {
-            let counter =
-                [Counter::MalformedFraming, Counter::MalformedTruncated][rng.random_range(0..2)];
-            inputs.push((
-                tick,
-                Input::Counter(counter, rng.random_range(1..3i64) as isize),
-            ));
-        }
-        // Demographic changes: moves, birthdays, deletes, and rows for unknown users.
-        for _ in 0..rng.random_range(0..3) {
-            let id = rng.random_range(0..users + 3);
-            match table.get(&id).cloned() {
-                Some(old) => {
-                    inputs.push((tick, Input::Demographic(old.clone(), -1)));
-                    if rng.random_bool(0.75) {
-                        let mut new = row(&mut rng, id);
-                        if rng.random_bool(0.3) {
-                            new = Demographic {
-                                age: old.age.saturating_add(1),
-                                ..old
-                            };
-                        }
-                        inputs.push((tick, Input::Demographic(new.clone(), 1)));
-                        table.insert(id, new);
-                    } else {
-                        table.remove(&id);
-                    }
-                }
-                None => {
-                    let new = row(&mut rng, id);
-                    inputs.push((tick, Input::Demographic(new.clone(), 1)));
-                    table.insert(id, new);
-                }
-            }
-        }
-    }
-    (params, inputs)
+    let generated = random::generate(seed, &SHAPE);
+    (generated.params, generated.inputs)
 }
 
 /// Checks the batches are well formed and, accumulated, equal the reference at every completed

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use dataflows::model::Event;
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
-use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
 use shopflow::sources::kafka::{self, EventProducer};
 use shopflow::sources::mysql as source;
 
-use crate::services::unique;
+use crate::support::influx;
+use crate::support::scenario::knobs;
 
 const AGE_BAND: &str = "CASE WHEN d.id IS NULL THEN 'unknown' WHEN d.age < 18 THEN '<18' WHEN d.age <= 24 THEN '18-24' \
      WHEN d.age <= 34 THEN '25-34' WHEN d.age <= 44 THEN '35-44' WHEN d.age <= 54 THEN '45-54' \
@@ -131,17 +132,7 @@ pub(crate) fn load_events(conn: &mut mysql::PooledConn, all: &[Event]) {
 
 /// The same rows as InfluxDB holds them: the last point of each all-time series, every window point.
 pub(crate) fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, i64>) {
-    let client = reqwest::blocking::Client::new();
-    let query = |q: String| -> serde_json::Value {
-        let params = [("db", database), ("q", q.as_str()), ("epoch", "ms")];
-        let url = reqwest::Url::parse_with_params(&format!("{url}/query"), &params).expect("a URL");
-        let body = client
-            .get(url)
-            .send()
-            .and_then(|r| r.text())
-            .expect("InfluxDB answers");
-        serde_json::from_str(&body).expect("JSON")
-    };
+    let query = |q: String| influx::answer(url, database, &q);
     let mut rows = Rows::new();
     for (measurement, _) in families() {
         for windowed in [false, true] {
@@ -208,21 +199,15 @@ pub(crate) fn influx_rows(url: &str, database: &str) -> (Rows, BTreeMap<String, 
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn pipeline_on_real_services_equals_sql_group_by() {
-    let test_database = crate::services::TestDatabase::create("shopflow_e2e");
+    let test_database = crate::support::services::TestDatabase::create("shopflow_e2e");
     let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
 
     // 100,000 users, plus 500 that events name before their rows exist.
     let (seed, users, new_users) = (23, 100_000u32, 500u32);
-    source::load_demographics(
-        &mysql_config,
-        demographics::table(seed, users),
-        u64::from(users),
-    )
-    .expect("loaded");
+    test_database.load_demographics(seed, users);
 
-    let topic = unique("shopflow-e2e").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let kafka = test_database.topic("shopflow-e2e", 4);
+    let topic = kafka.topic.clone();
 
     // The pipeline, as a user runs it.
     let pipeline = Command::new(env!("CARGO_BIN_EXE_shopflow"))
@@ -243,22 +228,10 @@ fn pipeline_on_real_services_equals_sql_group_by() {
 
     // Events at 4,000/s for 7 s while 300 demographic changes happen.
     let knobs = GeneratorKnobs {
-        seed,
-        events_per_second: 4_000.0,
-        users,
         new_users,
         campaigns: 30,
-        campaign_zipf_exponent: 1.1,
-        conversion_share: 0.3,
-        funnel_span: 20,
-        median_order_cents: 4_000,
-        late_share: 0.1,
         max_lateness_ms: 180_000,
-        refund_share: 0.1,
-        duplicate_share: 0.03,
-        unknown_user_share: 0.05,
-        demographic_changes_per_second: 0.0,
-        pace: Pace::Realtime,
+        ..knobs(seed, users, 4_000.0)
     };
     let events = 28_000u64;
     let start_ms = shopflow::runtime::now_ms() + 1_000;
@@ -285,7 +258,7 @@ fn pipeline_on_real_services_equals_sql_group_by() {
     .expect("produced");
     assert_eq!(sent, events);
     // Malformed messages: counted, and nothing else changes.
-    crate::services::send_malformed(&mut producer);
+    crate::support::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");
     let applied = changer.join().expect("the changer thread");
     assert_eq!(applied.changes, 300);

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use dataflows::harness::{self, Input};
@@ -13,16 +12,7 @@ use dataflows::output::Batch;
 use dataflows::reference;
 use shopflow::experiments::{Workers, chart, churn, late, retractions, runner};
 
-fn shopflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shopflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::support::process::{shopflow, text};
 
 fn workers(n: u16) -> Workers {
     Workers { workers: n }
@@ -476,26 +466,29 @@ fn experiments_through_the_binary_write_their_files() {
     let out = dir.path().join("results");
     let out = out.to_str().expect("a UTF-8 path");
 
-    let run = shopflow(&[
-        "experiment",
-        "retractions",
-        "--events",
-        "1500",
-        "--rate",
-        "150",
-        "--users",
-        "100",
-        "--window",
-        "3s",
-        "--allowed-lateness",
-        "3s",
-        "--seed",
-        "9",
-        "-w",
-        "2",
-        "--out",
-        out,
-    ]);
+    let run = shopflow(
+        &[
+            "experiment",
+            "retractions",
+            "--events",
+            "1500",
+            "--rate",
+            "150",
+            "--users",
+            "100",
+            "--window",
+            "3s",
+            "--allowed-lateness",
+            "3s",
+            "--seed",
+            "9",
+            "-w",
+            "2",
+            "--out",
+            out,
+        ],
+        &[],
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
     assert!(stdout.contains("| second | events | refunds |"), "{stdout}");
@@ -517,26 +510,29 @@ fn experiments_through_the_binary_write_their_files() {
     }
     check_png(&Path::new(out).join("retractions.png"));
 
-    let run = shopflow(&[
-        "experiment",
-        "late",
-        "--lateness",
-        "0,20s,1m",
-        "--duration",
-        "3m",
-        "--rate",
-        "10",
-        "--users",
-        "100",
-        "--max-delay",
-        "40s",
-        "--seed",
-        "9",
-        "-w",
-        "1",
-        "--out",
-        out,
-    ]);
+    let run = shopflow(
+        &[
+            "experiment",
+            "late",
+            "--lateness",
+            "0,20s,1m",
+            "--duration",
+            "3m",
+            "--rate",
+            "10",
+            "--users",
+            "100",
+            "--max-delay",
+            "40s",
+            "--seed",
+            "9",
+            "-w",
+            "1",
+            "--out",
+            out,
+        ],
+        &[],
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(text(&run.stdout).contains("| lateness | late events |"));
     let (header, records) = read_csv(&Path::new(out).join("late.csv"));
@@ -546,24 +542,27 @@ fn experiments_through_the_binary_write_their_files() {
     assert_eq!(number::<u64>(&records[2], "rows_wrong"), 0);
     check_png(&Path::new(out).join("late.png"));
 
-    let run = shopflow(&[
-        "experiment",
-        "churn",
-        "--users",
-        "300",
-        "--churn-percent",
-        "1",
-        "--duration",
-        "4s",
-        "--rate",
-        "50",
-        "--seed",
-        "9",
-        "-w",
-        "1",
-        "--out",
-        out,
-    ]);
+    let run = shopflow(
+        &[
+            "experiment",
+            "churn",
+            "--users",
+            "300",
+            "--churn-percent",
+            "1",
+            "--duration",
+            "4s",
+            "--rate",
+            "50",
+            "--seed",
+            "9",
+            "-w",
+            "1",
+            "--out",
+            out,
+        ],
+        &[],
+    );
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(text(&run.stdout).contains("| second | changes | moves |"));
     let (header, records) = read_csv(&Path::new(out).join("churn.csv"));
@@ -583,7 +582,7 @@ fn hostile_experiment_flags_give_one_clear_error() {
     let under_file = file.join("results");
     let under_file = under_file.to_str().expect("a UTF-8 path");
 
-    let run = shopflow(&["experiment", "nonsense"]);
+    let run = shopflow(&["experiment", "nonsense"], &[]);
     assert_eq!(run.status.code(), Some(2));
     assert!(
         text(&run.stderr).starts_with("error: unrecognized subcommand 'nonsense'"),
@@ -591,7 +590,7 @@ fn hostile_experiment_flags_give_one_clear_error() {
         text(&run.stderr)
     );
 
-    let run = shopflow(&["experiment", "late", "--lateness", "0,soon,1m"]);
+    let run = shopflow(&["experiment", "late", "--lateness", "0,soon,1m"], &[]);
     assert_eq!(run.status.code(), Some(2));
     let stderr = text(&run.stderr);
     assert!(
@@ -602,13 +601,13 @@ fn hostile_experiment_flags_give_one_clear_error() {
         "{stderr}"
     );
 
-    let run = shopflow(&["experiment", "retractions", "-w", "0"]);
+    let run = shopflow(&["experiment", "retractions", "-w", "0"], &[]);
     assert_eq!(run.status.code(), Some(2));
     assert!(text(&run.stderr).starts_with("error: invalid value '0' for '--workers <WORKERS>'"));
 
     // Errors found by the experiment itself: exactly one line.
     let one_line = |args: &[&str], expected: &str| {
-        let run = shopflow(args);
+        let run = shopflow(args, &[]);
         assert_eq!(
             run.status.code(),
             Some(2),

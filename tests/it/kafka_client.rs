@@ -10,12 +10,14 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use shopflow::sources::kafka::{KafkaConfig, PartitionReader, StartPosition};
 
+use crate::support::logs::logged;
+
 /// A one-broker mock cluster with a two-partition `topic`, and a configuration that reads it from
 /// the group's committed offsets.
 fn cluster(topic: &str) -> (MockCluster<'static, DefaultProducerContext>, KafkaConfig) {
     let cluster = MockCluster::new(1).expect("a mock cluster");
     cluster.create_topic(topic, 2, 1).expect("a topic");
-    let mut config = crate::services::kafka_config(&cluster.bootstrap_servers(), topic, 2);
+    let mut config = crate::support::services::kafka_config(&cluster.bootstrap_servers(), topic, 2);
     config.start = StartPosition::Committed;
     (cluster, config)
 }
@@ -67,35 +69,6 @@ fn a_coordinator_never_ready_fails_within_the_patience() {
     );
 }
 
-/// What `tracing` printed on this thread while `f` ran (librdkafka's lines are logged by the
-/// thread that polls the client).
-fn logged(f: impl FnOnce()) -> String {
-    #[derive(Clone, Default)]
-    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .expect("not poisoned")
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let bytes = capture.0.lock().expect("not poisoned").clone();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 /// The broker goes down while the reader polls, and librdkafka tries to reconnect every 10 ms:
 /// every failure is reported to the poller, but the log shows each kind at most once a second.
 #[test]
@@ -107,7 +80,7 @@ fn a_broker_down_while_reading_logs_a_bounded_number_of_lines() {
     let mut reader = PartitionReader::open(&config, 0, 1, None).expect("opens");
     cluster.broker_down(1).expect("the broker goes down");
     let seconds = 4;
-    let text = logged(|| {
+    let text = logged(tracing::Level::WARN, || {
         let until = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < until {
             let _ = reader.poll(0, |_| {});

@@ -7,24 +7,14 @@ use std::time::{Duration, Instant};
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use mysql::prelude::Queryable;
-use shopflow::generators::demographics;
-use shopflow::sources::kafka::{self, EventProducer};
-use shopflow::sources::mysql as source;
-
-use crate::services::unique;
+use shopflow::sources::kafka::EventProducer;
 
 /// The last all-time `purchases` of a country in InfluxDB, if it has a point.
 fn country_purchases(influx: &str, database: &str, country: &str) -> Option<i64> {
     let q = format!(
         "SELECT last(purchases) FROM country WHERE \"country\" = '{country}' AND \"window\" = 'all'"
     );
-    let url = reqwest::Url::parse_with_params(
-        &format!("{influx}/query"),
-        &[("db", database), ("q", q.as_str())],
-    )
-    .expect("a URL");
-    let body = reqwest::blocking::get(url).ok()?.text().ok()?;
-    let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let answer = crate::support::influx::query(influx, database, &q)?;
     answer["results"][0]["series"][0]["values"][0][1].as_i64()
 }
 
@@ -44,9 +34,9 @@ fn until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) -> Dur
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn a_demographic_change_reaches_influxdb_within_five_seconds() {
-    let test_database = crate::services::TestDatabase::create("shopflow_latency");
+    let test_database = crate::support::services::TestDatabase::create("shopflow_latency");
     let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
-    source::load_demographics(&mysql_config, demographics::table(5, 100), 100).expect("loaded");
+    test_database.load_demographics(5, 100);
     let mut conn = pool.get_conn().expect("a connection");
     conn.query_drop(format!("USE `{database}`")).expect("use");
     let user = 7u32;
@@ -55,9 +45,8 @@ fn a_demographic_change_reaches_influxdb_within_five_seconds() {
         .expect("a query")
         .expect("the user's row");
 
-    let topic = unique("shopflow-latency").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 2);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let kafka = test_database.topic("shopflow-latency", 2);
+    let topic = kafka.topic.clone();
     let mut producer = EventProducer::new(&kafka).expect("a producer");
     let now = shopflow::runtime::now_ms();
     for order in 0..50u64 {

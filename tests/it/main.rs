@@ -21,5 +21,5 @@ mod producer;
 mod registry;
 mod restart;
 mod secrets;
-mod services;
+mod support;
 mod verify;

@@ -9,7 +9,7 @@ use shopflow::sources::kafka::{
     self, EventProducer, KafkaConfig, KafkaSourceError, PartitionReader,
 };
 
-use crate::services::{env, unique};
+use crate::support::services::{env, unique};
 
 fn config(properties: &[(&str, &str)]) -> KafkaConfig {
     let topic = unique("shopflow-producer").replace('_', "-");
@@ -19,7 +19,7 @@ fn config(properties: &[(&str, &str)]) -> KafkaConfig {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
-        ..crate::services::kafka_config(&env("SHOPFLOW_TEST_KAFKA_BROKERS"), &topic, 1)
+        ..crate::support::services::kafka_config(&env("SHOPFLOW_TEST_KAFKA_BROKERS"), &topic, 1)
     }
 }
 

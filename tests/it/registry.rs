@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apache_avro::Schema;
-use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, Tag, UserId};
 use shopflow::sources::avro::{DecodeError, DecodePath, Decoder, EVENT_SCHEMA};
 use shopflow::sources::embedded::EmbeddedKafka;
@@ -24,6 +22,8 @@ use shopflow::sources::kafka::{
 use shopflow::sources::registry::{
     CONTENT_TYPE, RegistryClient, RegistryError, SchemaCache, value_subject,
 };
+
+use crate::support::avro::{apache_message, coupon_value};
 
 /// One request the responder received.
 #[derive(Clone, Debug)]
@@ -157,38 +157,7 @@ fn event() -> Event {
 /// `event()` written with [`schema_with_coupon`] under `id`, Confluent-framed.
 fn coupon_message(id: u32, coupon: Option<&str>) -> Vec<u8> {
     let schema = Schema::parse_str(&schema_with_coupon()).expect("a schema");
-    let event = event();
-    let value = Value::Record(vec![
-        ("id".into(), Value::Int(event.user_id.0 as i32)),
-        ("campaign_id".into(), Value::Int(event.campaign_id.0 as i32)),
-        ("order_id".into(), Value::Long(event.order_id.0 as i64)),
-        (
-            "total_amount".into(),
-            Value::Double(event.total.0 as f64 / 100.0),
-        ),
-        ("units".into(), Value::Int(event.units as i32)),
-        ("tag".into(), Value::Enum(1, "purchased".into())),
-        (
-            "event_time".into(),
-            Value::TimestampMillis(event.event_time.0 as i64),
-        ),
-        (
-            "coupon".into(),
-            match coupon {
-                None => Value::Union(0, Box::new(Value::Null)),
-                Some(code) => Value::Union(1, Box::new(Value::String(code.into()))),
-            },
-        ),
-    ]);
-    let body = GenericDatumWriter::builder(&schema)
-        .build()
-        .expect("a writer")
-        .write_value_to_vec(value)
-        .expect("written");
-    let mut message = vec![0];
-    message.extend_from_slice(&id.to_be_bytes());
-    message.extend_from_slice(&body);
-    message
+    apache_message(id, &schema, coupon_value(&event(), coupon))
 }
 
 #[test]

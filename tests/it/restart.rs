@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 use shopflow::checkpoint;
 use shopflow::generators::demographics;
-use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
+use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
 use shopflow::sources::kafka::{self, EventProducer};
 use shopflow::sources::mysql as source;
 
 use crate::e2e::{all_events, influx_rows, load_events, oracle};
-use crate::services::unique;
+use crate::support::scenario::knobs;
 
 /// `shopflow run` on the test's topic, database and checkpoint directory.
 fn pipeline(
@@ -68,19 +68,13 @@ fn checkpoint_after(dir: &Path, after: u64, deadline: Duration) -> u64 {
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
-    let test_database = crate::services::TestDatabase::create("shopflow_restart");
+    let test_database = crate::support::services::TestDatabase::create("shopflow_restart");
     let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();
     let (seed, users, new_users) = (31, 20_000u32, 200u32);
-    source::load_demographics(
-        &mysql_config,
-        demographics::table(seed, users),
-        u64::from(users),
-    )
-    .expect("loaded");
+    test_database.load_demographics(seed, users);
 
-    let topic = unique("shopflow-restart").replace('_', "-");
-    let kafka = crate::services::kafka_config(&brokers, &topic, 4);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let kafka = test_database.topic("shopflow-restart", 4);
+    let topic = kafka.topic.clone();
     let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
     let run = |extra: &[&str]| {
         pipeline(
@@ -96,22 +90,9 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
 
     // Events at 2,000/s for 12 s, produced while the pipeline runs, dies and comes back.
     let knobs = GeneratorKnobs {
-        seed,
-        events_per_second: 2_000.0,
-        users,
         new_users,
-        campaigns: 20,
-        campaign_zipf_exponent: 1.1,
-        conversion_share: 0.3,
-        funnel_span: 20,
-        median_order_cents: 4_000,
-        late_share: 0.1,
-        max_lateness_ms: 120_000,
-        refund_share: 0.1,
         duplicate_share: 0.05,
-        unknown_user_share: 0.05,
-        demographic_changes_per_second: 0.0,
-        pace: Pace::Realtime,
+        ..knobs(seed, users, 2_000.0)
     };
     let events = 24_000u64;
     let generator = EventGenerator::new(knobs, shopflow::runtime::now_ms() + 500).expect("knobs");

@@ -8,8 +8,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cli::{shopflow, text};
-use crate::services;
+use crate::support::process::{shopflow, text};
+use crate::support::services;
 
 /// What one run of the binary printed, and how it ended.
 struct Run {

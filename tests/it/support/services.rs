@@ -1,5 +1,9 @@
 //! What the tests that need real services share: their endpoints, unique names, and cleanup.
 
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
 use mysql::prelude::Queryable;
 
 /// An endpoint the service tests read from the environment (`scripts/services.sh env`).
@@ -124,6 +128,25 @@ impl TestDatabase {
         }
     }
 
+    /// Loads `users` generated demographics rows (`demographics::table(seed, users)`).
+    pub fn load_demographics(&self, seed: u64, users: u32) {
+        shopflow::sources::mysql::load_demographics(
+            &self.mysql,
+            shopflow::generators::demographics::table(seed, users),
+            u64::from(users),
+        )
+        .expect("loaded");
+    }
+
+    /// A topic of the test's own, `<prefix>-<unique>` with `partitions`, created: its settings
+    /// as [`kafka_config`] makes them.
+    pub fn topic(&self, prefix: &str, partitions: i32) -> shopflow::sources::kafka::KafkaConfig {
+        let topic = unique(prefix).replace('_', "-");
+        let kafka = kafka_config(&self.brokers, &topic, partitions);
+        shopflow::sources::kafka::ensure_topic(&kafka, &topic).expect("the topic");
+        kafka
+    }
+
     /// The InfluxDB URL, the brokers, the name, the pool and the MySQL configuration, owned.
     pub fn parts(
         &self,
@@ -141,5 +164,63 @@ impl TestDatabase {
             self.pool.clone(),
             self.mysql.clone(),
         )
+    }
+}
+
+/// The tests that stop and restart the shared services (`faults`, `campaign`): one at a time.
+static SERVICES: Mutex<()> = Mutex::new(());
+
+/// Holds the services for a test that stops and restarts them, until dropped.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    SERVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `scripts/services.sh` with the test's environment (the same state dir and ports).
+pub fn services(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let output = Command::new(&script)
+        .args(args)
+        .output()
+        .expect("scripts/services.sh runs");
+    assert!(
+        output.status.success(),
+        "scripts/services.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A service the test stopped: started again when the test is done with it, or when it fails
+/// first, so that a failing test leaves the services as it found them.
+pub struct Stopped {
+    service: &'static str,
+    started: bool,
+}
+
+impl Stopped {
+    /// Stops `service` (`mariadb`, `influxdb`, `kafka`).
+    pub fn stop(service: &'static str) -> Stopped {
+        services(&["stop", service]);
+        Stopped {
+            service,
+            started: false,
+        }
+    }
+
+    /// Starts the service again.
+    pub fn start(mut self) {
+        self.started = true;
+        services(&["start", self.service]);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.started {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+            let _ = Command::new(script).args(["start", self.service]).status();
+        }
     }
 }

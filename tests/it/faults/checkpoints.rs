@@ -1,0 +1,131 @@
+//! The pipeline killed around its checkpoints: before the first one, and after rows it wrote
+//! that the restored state no longer supports.
+
+use super::*;
+
+/// Killed before its first checkpoint: the restart has no state, and must count the topic from
+/// its start rather than resume at offsets committed for state that is gone (they were committed
+/// every tick). Every event counts once.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn a_kill_before_the_first_checkpoint_loses_nothing() {
+    let _services = exclusive();
+    let (seed, users) = (79, 3_000);
+    let scenario = Scenario::new("faults_early_kill", seed, users);
+    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+    let root = checkpoints.path().display().to_string();
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            // The first checkpoint is never reached before the kill.
+            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "3600000"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
+        ],
+    );
+    let mut pipeline = Pipeline::start(&env);
+    wait_until_running(&scenario, &mut pipeline);
+    let (rate, events) = (2_000.0, 20_000u64);
+    let generator =
+        EventGenerator::new(knobs(seed, users, rate), shopflow::runtime::now_ms() + 500)
+            .expect("valid knobs");
+    let producer = produce_in_background(&scenario.kafka, &generator, events);
+    wait_for("3,000 events written", Duration::from_secs(60), || {
+        influx::state(&scenario.influx_url, &scenario.database)
+            .is_some_and(|s| s.counter(Counter::EventsIn) >= 3_000)
+    });
+    pipeline.kill();
+    let committed = committed_total(&scenario.kafka);
+    assert_eq!(
+        committed, 0,
+        "no offset is committed before a checkpoint holds the state it covers"
+    );
+
+    let mut pipeline = Pipeline::start(&env);
+    let sent = producer.join().expect("the producer");
+    assert_eq!(sent, events);
+    settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
+}
+
+/// Users moved to a segment of their own after a checkpoint (the pipeline writes its rows), the
+/// pipeline killed before the next checkpoint, the users deleted while it is down: the restored
+/// state never held that segment, and the re-read table no longer has it, so no later output
+/// touches its rows. They must still end as removals, not keep the values the killed run wrote.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn rows_written_after_the_restored_checkpoint_and_no_longer_supported_are_removed() {
+    let _services = exclusive();
+    let (seed, users) = (83, 2_000);
+    let scenario = Scenario::new("faults_stale", seed, users);
+    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+    let root = checkpoints.path().display().to_string();
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "20000"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
+        ],
+    );
+    let dir = shopflow::checkpoint::pipeline_dir(checkpoints.path(), &scenario.kafka.group_id);
+    let mut pipeline = Pipeline::start(&env);
+    wait_until_running(&scenario, &mut pipeline);
+    let events = 6_000u64;
+    let generator = EventGenerator::new(
+        knobs(seed, users, 2_000.0),
+        shopflow::runtime::now_ms() + 500,
+    )
+    .expect("valid knobs");
+    produce_in_background(&scenario.kafka, &generator, events)
+        .join()
+        .expect("the producer");
+    wait_for("every event written", Duration::from_secs(60), || {
+        influx::state(&scenario.influx_url, &scenario.database)
+            .is_some_and(|s| s.counter(Counter::EventsIn) == events as i64)
+    });
+    // Right after a checkpoint, the users of ids below 200 move to a country of their own.
+    let boundary = {
+        let started = Instant::now();
+        loop {
+            let found = shopflow::checkpoint::latest(&dir).expect("readable");
+            if let Some(found) = found
+                && shopflow::runtime::now_ms() < found.tick + 2_000
+            {
+                break found.tick;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "a checkpoint");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    scenario
+        .mysql_conn()
+        .query_drop("UPDATE demographics SET country = 'Atlantis', state = 'Deep' WHERE id < 200")
+        .expect("moved");
+    wait_for(
+        "the moved users' rows written",
+        Duration::from_secs(10),
+        || {
+            influx::state(&scenario.influx_url, &scenario.database).is_some_and(|s| {
+                s.rows
+                    .keys()
+                    .any(|k| k.starts_with("country,country=Atlantis,window=all"))
+            })
+        },
+    );
+    pipeline.kill();
+    let newest = shopflow::checkpoint::latest(&dir)
+        .expect("readable")
+        .map(|f| f.tick);
+    assert_eq!(newest, Some(boundary), "killed before the next checkpoint");
+    scenario
+        .mysql_conn()
+        .query_drop("DELETE FROM demographics WHERE id < 200")
+        .expect("deleted");
+
+    let mut pipeline = Pipeline::start(&env);
+    let got = settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
+    assert!(
+        !got.rows.keys().any(|k| k.contains("Atlantis")),
+        "no row of the deleted users' country is left"
+    );
+}
