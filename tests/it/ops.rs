@@ -505,8 +505,8 @@ fn a_restarted_producer_sends_new_orders_and_every_purchase_counts() {
 #[test]
 #[ignore = "needs Kafka: run scripts/test-all"]
 fn a_restarted_produce_command_sends_new_orders_and_every_purchase_counts() {
-    let brokers = crate::services::env("SHOPFLOW_TEST_KAFKA_BROKERS");
-    let topic = crate::services::unique("shopflow-restarted-producer").replace('_', "-");
+    let brokers = crate::support::services::env("SHOPFLOW_TEST_KAFKA_BROKERS");
+    let topic = crate::support::services::unique("shopflow-restarted-producer").replace('_', "-");
     restarted_producer_scenario(&brokers, &topic, Producing::Binary);
 }
 
