@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, SinkKind};
 use crate::generators::events::Pace;
+use crate::logging::LogFormat;
 use crate::runtime::Workers;
 use crate::sources::kafka::StartPosition;
 
@@ -18,6 +19,10 @@ pub struct Cli {
     /// A configuration file layered over the built-in config/shopflow.toml: any subset of its keys.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines as text (coloured on a terminal only) or as one JSON object per line
+    /// (default: log.format).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -53,20 +58,31 @@ fn workers_parser() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(0..=crate::config::MAX_WORKERS as u64)
 }
 
-/// Timely's worker flags.
+/// `-p`: an index, or `auto` for the ordinal ending the host name (a StatefulSet pod's name).
+fn process_index(text: &str) -> Result<u32, String> {
+    if text == "auto" {
+        return crate::cluster::pod::ordinal_from_env().map_err(|e| e.to_string());
+    }
+    text.parse::<u32>()
+        .map_err(|e| format!("{e} (a process index from 0, or `auto`)"))
+}
+
+/// Timely's worker flags. Each may come from the environment too (containers set their
+/// command once and their environment per deployment).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Worker threads per process, at most 1024 (default: engine.workers; 0 = one per core).
-    #[arg(short = 'w', long, value_parser = workers_parser())]
+    #[arg(short = 'w', long, env = "SHOPFLOW_WORKERS", value_parser = workers_parser())]
     pub workers: Option<usize>,
     /// Number of processes in the cluster.
-    #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 'n', long, env = "SHOPFLOW_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub processes: u32,
-    /// This process's index, from 0.
-    #[arg(short = 'p', long, default_value_t = 0)]
+    /// This process's index, from 0; `auto`: the number ending the host name (`HOSTNAME`), as a
+    /// Kubernetes StatefulSet names its pods (`shopflow-2` is process 2).
+    #[arg(short = 'p', long, env = "SHOPFLOW_PROCESS", default_value = "0", value_parser = process_index)]
     pub process: u32,
     /// A file listing one host:port per process.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "SHOPFLOW_HOSTFILE", value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
     /// With several processes: give up connecting to the others after this long, e.g. 30s
     /// (default: engine.connect-timeout-ms).

@@ -23,6 +23,7 @@
 //!    and reads timely's own message framing from the next byte on. timely's 8-byte index prefix
 //!    is part of the setup this module replaces, so nothing else precedes that framing.
 
+pub mod pod;
 pub mod watchdog;
 
 use std::any::Any;

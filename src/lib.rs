@@ -16,6 +16,7 @@ pub mod experiments;
 pub mod generators;
 pub mod http;
 pub mod journal;
+pub mod logging;
 pub mod retry;
 pub mod runtime;
 pub mod sinks;

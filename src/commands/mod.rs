@@ -18,6 +18,7 @@ use crate::cli::{
 use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
+use crate::logging;
 use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
 use crate::sinks::influx::{self, InfluxSink};
 use crate::sinks::{Discard, LineProtocolWriter, Sink};
@@ -288,7 +289,10 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     let sink: Box<dyn Sink> = match config.output.sink {
         SinkKind::Influxdb => {
             if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {
-                eprintln!("stopped while waiting for InfluxDB; nothing was read");
+                crate::logging::report(
+                    tracing::Level::INFO,
+                    "stopped while waiting for InfluxDB; nothing was read",
+                );
                 return Ok(());
             }
             // The check created the database, if asked to.
@@ -324,13 +328,29 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         workers,
         config,
     };
-    let report = runtime::run(plan, sink, Arc::clone(&status))?;
-    eprintln!(
-        "{} events in {:.1}s; {} batches; {} lines written",
-        report.events,
-        report.elapsed.as_secs_f64(),
-        report.batches,
-        report.written
+    // On a terminal, the demo's live view, and its summary at the end.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| view::LiveView::start(Arc::clone(&status), None, true));
+    let result = runtime::run(plan, sink, Arc::clone(&status));
+    let shown = live.map(view::LiveView::finish).is_some();
+    let report = result?;
+    if shown {
+        let table = status
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        print!("{}", view::summary(&table));
+    }
+    crate::logging::report(
+        tracing::Level::INFO,
+        &format!(
+            "{} events in {:.1}s; {} batches; {} lines written",
+            report.events,
+            report.elapsed.as_secs_f64(),
+            report.batches,
+            report.written
+        ),
     );
     Ok(())
 }
@@ -359,11 +379,7 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     kafka::ensure_topic(&config.kafka, &config.kafka.topic)?;
-    let generator = EventGenerator::new(
-        config.generator.clone(),
-        args.start_ms.unwrap_or_else(crate::clock::now_ms),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let generator = resumed_generator(&config, args.start_ms.unwrap_or_else(crate::clock::now_ms))?;
     let mut producer = EventProducer::new(&config.kafka)?;
     let stop = AtomicBool::new(false);
     let status = Arc::new(Status::default());
@@ -385,6 +401,23 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     eprintln!("{sent} events sent to {} (flushed)", config.kafka.topic);
     Ok(())
+}
+
+/// The generator `produce` sends from, its first event arriving at `start_ms`: the configured
+/// stream, going on where the topic ends ([`topic_end`](crate::verify::scan::topic_end)). Started from the beginning, a
+/// restarted producer would send the order ids it sent before, which the pipeline drops as
+/// duplicates for the order horizon.
+pub fn resumed_generator(config: &Config, start_ms: u64) -> anyhow::Result<EventGenerator> {
+    let resume_at = crate::verify::scan::topic_end(&config.kafka)?;
+    if resume_at > 0 {
+        tracing::info!(
+            topic = %config.kafka.topic,
+            resume_at,
+            "the topic holds messages: the generator goes on from there"
+        );
+    }
+    EventGenerator::resuming(config.generator.clone(), start_ms, resume_at)
+        .map_err(anyhow::Error::msg)
 }
 
 /// `shopflow load-demographics`: the generated users into MySQL.
@@ -463,20 +496,16 @@ fn error_chain(error: &anyhow::Error) -> String {
 /// 2 for usage and configuration errors, 1 for failures while running.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The configuration may choose the log format, so logging starts once it is read.
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::init(cli.log_format.unwrap_or_default());
+            logging::report(tracing::Level::ERROR, &format!("error: {e}"));
             return ExitCode::from(2);
         }
     };
+    logging::init(cli.log_format.unwrap_or(config.log.format));
     let result = match cli.command {
         Command::Demo(args) => demo(config, args),
         Command::Run(args) => run(config, args),
@@ -501,7 +530,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            logging::report(
+                tracing::Level::ERROR,
+                &format!("error: {}", error_chain(&e)),
+            );
             if e.downcast_ref::<runtime::RunError>().is_some_and(|e| {
                 matches!(
                     e,

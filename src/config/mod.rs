@@ -88,6 +88,8 @@ pub enum ConfigError {
 pub struct Config {
     /// The engine: workers, ticks, windows.
     pub engine: EngineConfig,
+    /// How log lines look.
+    pub log: crate::logging::LogConfig,
     /// The embedded generators.
     pub generator: GeneratorKnobs,
     /// The events topic.

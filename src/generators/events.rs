@@ -116,10 +116,17 @@ impl GeneratorKnobs {
 }
 
 /// Generates events from knobs and a start time.
+///
+/// A generator may resume a stream where an earlier one left off ([`EventGenerator::resuming`]):
+/// its event `n` is then the stream's event `offset + n`, so a producer restarted with the same
+/// seed continues the stream (new order ids) instead of sending its beginning again, which the
+/// pipeline would drop as duplicates for the order horizon.
 #[derive(Clone, Debug)]
 pub struct EventGenerator {
     knobs: GeneratorKnobs,
     start_ms: u64,
+    /// The stream's position of this generator's event 0.
+    offset: u64,
     /// Campaign popularity: Zipf weights in an alias table, O(1) per draw.
     campaigns: WeightedAliasIndex<f64>,
     amounts: LogNormal<f64>,
@@ -128,6 +135,28 @@ pub struct EventGenerator {
 impl EventGenerator {
     /// A generator whose event 0 arrives at `start_ms`. The knobs must be valid.
     pub fn new(knobs: GeneratorKnobs, start_ms: u64) -> Result<EventGenerator, String> {
+        Self::resuming(knobs, start_ms, 0)
+    }
+
+    /// A generator whose event `n` is the stream's event `offset + n`, arriving at
+    /// `start_ms + n / rate`. Events it derives from earlier positions (the click a purchase
+    /// completes, the event a duplicate repeats, the purchase a refund takes back) are those the
+    /// stream had there: a restart continues the stream as if it had never stopped.
+    ///
+    /// ```
+    /// use shopflow::generators::events::EventGenerator;
+    /// # let knobs = shopflow::config::Config::load(None).unwrap().generator;
+    ///
+    /// let whole = EventGenerator::new(knobs.clone(), 0).unwrap();
+    /// let rest = EventGenerator::resuming(knobs, 5_000, 1_000).unwrap();
+    /// assert_eq!(rest.event(7).order_id, whole.event(1_007).order_id);
+    /// assert_eq!(rest.arrival_ms(0), 5_000);
+    /// ```
+    pub fn resuming(
+        knobs: GeneratorKnobs,
+        start_ms: u64,
+        offset: u64,
+    ) -> Result<EventGenerator, String> {
         knobs.validate()?;
         let weights = (1..=knobs.campaigns)
             .map(|k| 1.0 / f64::from(k).powf(knobs.campaign_zipf_exponent))
@@ -138,6 +167,7 @@ impl EventGenerator {
         Ok(EventGenerator {
             knobs,
             start_ms,
+            offset,
             campaigns,
             amounts,
         })
@@ -148,9 +178,26 @@ impl EventGenerator {
         &self.knobs
     }
 
+    /// The stream's position of this generator's event 0 (see [`EventGenerator::resuming`]).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// When event `n` arrives, in simulated milliseconds since the epoch.
     pub fn arrival_ms(&self, n: u64) -> u64 {
         self.start_ms + (n as f64 * 1_000.0 / self.knobs.events_per_second) as u64
+    }
+
+    /// When the stream's event at `position` arrives (or arrived, before this generator's start).
+    fn arrival_at(&self, position: u64) -> u64 {
+        match position.checked_sub(self.offset) {
+            Some(n) => self.arrival_ms(n),
+            None => {
+                let before = (self.offset - position) as f64 * 1_000.0;
+                self.start_ms
+                    .saturating_sub((before / self.knobs.events_per_second).ceil() as u64)
+            }
+        }
     }
 
     /// The first event arriving at or after `time_ms`.
@@ -169,6 +216,7 @@ impl EventGenerator {
 
     /// Event `n` as delivered.
     pub fn event(&self, n: u64) -> Event {
+        let n = self.offset.saturating_add(n);
         let mut rng = rng_for(self.knobs.seed, SALT_DELIVERY, n);
         let draw: f64 = rng.random();
         if draw < self.knobs.duplicate_share && n > 0 {
@@ -188,7 +236,7 @@ impl EventGenerator {
             if purchase.tag == Tag::Purchased {
                 return Event {
                     tag: Tag::Refunded,
-                    event_time: EventTimeMs(self.arrival_ms(n)),
+                    event_time: EventTimeMs(self.arrival_at(n)),
                     ..purchase
                 };
             }
@@ -196,7 +244,7 @@ impl EventGenerator {
         self.original(n)
     }
 
-    /// Event `n` as it first happened: a click, or the purchase of an earlier click's order.
+    /// The stream's event at `n` as it first happened: a click, or the purchase of an earlier click's order.
     fn original(&self, n: u64) -> Event {
         let mut rng = rng_for(self.knobs.seed, SALT_BASE, n);
         let span = u64::from(self.knobs.funnel_span);
@@ -209,7 +257,7 @@ impl EventGenerator {
         } else {
             rng.random_range(0..50)
         };
-        let event_time = EventTimeMs(self.arrival_ms(n).saturating_sub(lateness));
+        let event_time = EventTimeMs(self.arrival_at(n).saturating_sub(lateness));
         match purchase_of {
             Some(click) => {
                 let click = self.click(click);
@@ -347,6 +395,43 @@ mod tests {
         let c0 = share(&|e| e.campaign_id.0 == 0);
         let c9 = share(&|e| e.campaign_id.0 == 9);
         assert!(c0 > 3.0 * c9);
+    }
+
+    /// A resumed generator continues the stream: the same events (order ids, users, campaigns,
+    /// amounts, and the clicks, duplicates and refunds that reach back before the restart), its
+    /// arrival times counted from its own start.
+    #[test]
+    fn a_resumed_generator_continues_the_stream() {
+        let whole = EventGenerator::new(knobs(), 1_000_000).unwrap();
+        for offset in [1, 99, 100, 101, 400, 12_345] {
+            let rest = EventGenerator::resuming(knobs(), 1_000_000, offset).unwrap();
+            assert_eq!(rest.offset(), offset);
+            for n in 0..3_000 {
+                let (a, b) = (rest.event(n), whole.event(offset + n));
+                // Simulated time shifts back by the offset; everything else is the stream's.
+                let shift = whole.arrival_ms(offset) - 1_000_000;
+                assert_eq!(
+                    Event {
+                        event_time: EventTimeMs(0),
+                        ..a
+                    },
+                    Event {
+                        event_time: EventTimeMs(0),
+                        ..b
+                    },
+                    "offset {offset}, event {n}"
+                );
+                let want = b.event_time.0.saturating_sub(shift);
+                assert!(
+                    a.event_time.0.abs_diff(want) <= 1,
+                    "offset {offset}, event {n}: {} vs {want}",
+                    a.event_time.0
+                );
+            }
+        }
+        // From position 0 it is the plain generator, bit for bit.
+        let zero = EventGenerator::resuming(knobs(), 1_000_000, 0).unwrap();
+        assert!((0..5_000).all(|n| zero.event(n) == whole.event(n)));
     }
 
     #[test]

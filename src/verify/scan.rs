@@ -200,3 +200,33 @@ pub fn scan_topic(
     }
     Ok(extents)
 }
+
+/// How many messages the topic has ever held: the sum of its partitions' high watermarks (which
+/// deletion by retention does not lower). `produce` resumes its generator there, so that a
+/// restarted producer sends new events rather than the stream's beginning again.
+pub fn topic_end(config: &KafkaConfig) -> Result<u64, KafkaSourceError> {
+    let mut client = config.client();
+    // Required by the client, never used: nothing is consumed or committed.
+    client.set("group.id", format!("{}-produce", config.group_id));
+    let consumer: BaseConsumer<LogContext> = create(config, &client, "consumer")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(&config.topic), timeout)
+        .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == config.topic)
+        .map_or(0, |t| t.partitions().len());
+    let mut end = 0u64;
+    for partition in 0..partitions as i32 {
+        let (_, high) = consumer
+            .fetch_watermarks(&config.topic, partition, timeout)
+            .map_err(kafka(format!(
+                "cannot read the watermarks of {}/{partition}",
+                config.topic
+            )))?;
+        end = end.saturating_add(u64::try_from(high).unwrap_or(0));
+    }
+    Ok(end)
+}

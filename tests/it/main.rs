@@ -18,6 +18,7 @@ mod kafka_client;
 mod latency;
 mod mysql;
 mod mysql_tls;
+mod ops;
 mod producer;
 mod registry;
 mod restart;
