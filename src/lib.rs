@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod experiments;
 pub mod generators;
+pub mod http;
 pub mod journal;
 pub mod runtime;
 pub mod sinks;
