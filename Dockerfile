@@ -29,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:${DEBIAN_RELEASE}-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/shopflow --shell /usr/sbin/nologin shopflow \
     && mkdir -p /var/lib/shopflow/state \
@@ -37,6 +37,13 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/shopflow /usr/local/bin/shopflow
 USER shopflow
 WORKDIR /var/lib/shopflow
+# The HTTP server (docs/http.md) on every interface of the container: the dashboard, /metrics,
+# /health and /ready. The health check is `run`'s (and `demo`'s); other subcommands have no server,
+# so compose disables it for them.
+ENV SHOPFLOW__HTTP__LISTEN=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health >/dev/null || exit 1
 # shopflow stops cleanly on Ctrl-C: offsets committed, the sink drained.
 STOPSIGNAL SIGINT
 ENTRYPOINT ["shopflow"]

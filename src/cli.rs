@@ -129,6 +129,27 @@ pub struct DemoArgs {
     /// Avro and all), or straight from the generator into the dataflow.
     #[arg(long, value_enum, default_value = "embedded-kafka")]
     pub source: DemoSource,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The HTTP server's flag.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Serve the dashboard, /metrics, /health, /ready and the API on this address, e.g.
+    /// 127.0.0.1:8080 or 0.0.0.0:8080, or `off` (default: http.listen).
+    #[arg(long, value_name = "ADDR|off", value_parser = crate::http::config::Listen::parse)]
+    pub http: Option<crate::http::config::Listen>,
+}
+
+impl HttpArgs {
+    /// What to listen on: the flag, else `http.listen` (validated with the configuration).
+    pub fn listen(&self, config: &Config) -> crate::http::config::Listen {
+        self.http.unwrap_or_else(|| {
+            crate::http::config::Listen::parse(&config.http.listen)
+                .unwrap_or(crate::http::config::Listen::Off)
+        })
+    }
 }
 
 /// A rate for `--rate`: a finite number of events per second above 0.
@@ -174,6 +195,8 @@ pub struct RunArgs {
     /// Stop after this long (e.g. 10s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Where `run` takes demographics from.

@@ -61,6 +61,13 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let reader_gone = sink.reader_gone();
 
     let status = Arc::new(Status::default());
+    // First, before the live view: the URL to open.
+    let _server = crate::http::start(
+        args.http.listen(&config),
+        &status,
+        &config.http,
+        !args.quiet,
+    )?;
     let interrupt = Arc::new(AtomicBool::new(false));
     let on_interrupt = (Arc::clone(&status), Arc::clone(&interrupt));
     ctrlc::set_handler(move || {
@@ -269,6 +276,8 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
     let status = Arc::new(Status::default());
     stop_on_interrupt(&status)?;
+    // Before waiting for InfluxDB: /health and /ready answer (not ready) meanwhile.
+    let _server = crate::http::start(args.http.listen(&config), &status, &config.http, true)?;
     let sink: Box<dyn Sink> = match config.output.sink {
         SinkKind::Influxdb => {
             if influx::check_at_start(&config.influx, &status.stop)? == influx::Checked::Stopped {

@@ -87,6 +87,8 @@ pub struct Config {
     pub influx: InfluxConfig,
     /// Where results go.
     pub output: OutputConfig,
+    /// The HTTP server of `demo` and `run`.
+    pub http: crate::http::HttpConfig,
 }
 
 /// The `[engine]` section.
@@ -243,6 +245,9 @@ impl Config {
         self.influx.validate()?;
         if self.output.line_protocol.as_os_str().is_empty() {
             return invalid("output.line-protocol", "must be a path or -");
+        }
+        if let Err((key, message)) = self.http.validate() {
+            return Err(ConfigError::Invalid { key, message });
         }
         Ok(())
     }

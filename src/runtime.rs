@@ -186,6 +186,9 @@ pub struct Status {
     /// The latest all-time rows and counters, for display. A hash map: the sink thread updates
     /// thousands of rows a tick, and the display sorts what it shows.
     pub table: Mutex<LiveTable>,
+    /// What the HTTP server reads besides these: the recent windows, the workers' heartbeats,
+    /// the per-tick histograms.
+    pub observed: crate::http::observed::Observed,
 }
 
 /// The latest all-time rows and counters by key.
@@ -339,6 +342,17 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
 
     // Offsets are committed and checkpoints written only behind what the sink acknowledged.
     let acknowledged = sink.acknowledged();
+    status.observed.begin(crate::http::observed::Begun {
+        process,
+        processes: plan.workers.processes.max(1),
+        workers: local_workers,
+        first_worker: process * local_workers,
+        kafka: matches!(plan.events, EventSource::Kafka { .. }),
+        checkpoints: checkpoints.as_ref().map(|c| c.dir.clone()),
+        started_ms: now_ms(),
+        acknowledged: acknowledged.clone(),
+        recent_windows: plan.config.http.recent_windows,
+    });
     let written = match &checkpoints {
         Some(c) => Some(Written::open(
             c,
@@ -669,6 +683,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
                     }
                     if let Some(lag) = reader.lag() {
                         lock(&status.consumer_lags).insert(index, lag as u64);
+                        status.observed.source_answered(index);
                     }
                 }
             }
@@ -729,6 +744,7 @@ pub fn run(plan: Plan, mut sink: Box<dyn Sink>, status: Arc<Status>) -> Result<R
             counters_in.advance_to(tick);
             counters_in.flush();
             status.generated_until.fetch_max(tick, Ordering::Relaxed);
+            status.observed.tick_closed(index, tick);
             if let WorkerEvents::Kafka { reader, .. } = &mut events {
                 // With checkpoints, the checkpoint is what a restart resumes from: offsets are
                 // committed once one covering them is complete (below). Without, once the sink
@@ -965,6 +981,7 @@ fn wait_for_sink(
             }
             paused = true;
         }
+        status.observed.heartbeat(worker.index());
         // Promptly at first (a short wait is the common case), then without burning a core.
         worker.step_or_park(Some(Duration::from_millis(if paused { 10 } else { 1 })));
     }
@@ -1038,6 +1055,7 @@ fn forward_batches(
         status
             .completed_until
             .fetch_max(handed_below, Ordering::Relaxed);
+        status.observed.completed(handed_below);
         runtime.maybe_write(sink, status, false)?;
         if frontiers.len() == local_workers && frontiers.values().all(Option::is_none) {
             break;
@@ -1113,7 +1131,11 @@ impl RuntimeReport {
             events_per_second,
         };
         self.last = Some((Instant::now(), generated));
-        sink.write_runtime(&metrics)
+        sink.write_runtime(&metrics)?;
+        status
+            .observed
+            .runtime(&metrics, sink.written(), sink.bytes_written());
+        Ok(())
     }
 }
 
@@ -1144,6 +1166,7 @@ fn remember(status: &Status, batch: &Batch) {
             }
         }
     }
+    status.observed.record(batch, &table);
 }
 
 /// Where and what a run checkpoints.

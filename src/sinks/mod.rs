@@ -65,6 +65,10 @@ pub trait Sink: Send {
     fn write_runtime(&mut self, _metrics: &line_protocol::RuntimeMetrics) -> Result<(), SinkError> {
         Ok(())
     }
+    /// Bytes of line protocol written (or queued to be) so far, before any compression.
+    fn bytes_written(&self) -> u64 {
+        0
+    }
     /// Write retries so far.
     fn retries(&self) -> u64 {
         0
@@ -116,6 +120,7 @@ pub struct LineProtocolWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     buffer: String,
     lines: u64,
+    bytes: u64,
     acknowledged: Acknowledged,
     /// Set when a write failed because the reader of the pipe is gone.
     reader_gone: Arc<AtomicBool>,
@@ -139,6 +144,7 @@ impl LineProtocolWriter {
             out: BufWriter::with_capacity(1 << 16, out),
             buffer: String::new(),
             lines: 0,
+            bytes: 0,
             acknowledged: Acknowledged::default(),
             reader_gone: Arc::default(),
         })
@@ -170,6 +176,7 @@ impl Sink for LineProtocolWriter {
         self.buffer.clear();
         self.encoder.encode(batch, &mut self.buffer);
         self.lines += self.buffer.matches('\n').count() as u64;
+        self.bytes += self.buffer.len() as u64;
         self.out
             .write_all(self.buffer.as_bytes())
             .map_err(|e| self.io(e))?;
@@ -190,10 +197,14 @@ impl Sink for LineProtocolWriter {
     fn written(&self) -> u64 {
         self.lines
     }
+    fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
     fn write_runtime(&mut self, metrics: &line_protocol::RuntimeMetrics) -> Result<(), SinkError> {
         self.buffer.clear();
         line_protocol::encode_runtime(metrics, &mut self.buffer);
         self.lines += 1;
+        self.bytes += self.buffer.len() as u64;
         self.out
             .write_all(self.buffer.as_bytes())
             .map_err(|e| self.io(e))

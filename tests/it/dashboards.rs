@@ -1047,7 +1047,10 @@ fn the_compose_file_refers_only_to_what_exists() {
                 Some(other) => problems.push(format!("{}: condition {other}", at("depends_on"))),
             }
         }
-        if let Some(check) = service.get("healthcheck") {
+        if let Some(check) = service
+            .get("healthcheck")
+            .filter(|check| check.str("disable") != Some("true"))
+        {
             match check.get("test") {
                 Some(Yaml::Seq(items)) => {
                     let first = items.first().and_then(Yaml::as_str);

@@ -1151,12 +1151,21 @@ pub(crate) fn topic_messages(config: &KafkaConfig) -> i64 {
         .set("bootstrap.servers", &config.brokers)
         .create()
         .expect("a consumer");
+    // Just after a broker restart the partitions may have no leader yet (NotLeaderForPartition):
+    // asked again until they have one.
+    let deadline = Instant::now() + Duration::from_secs(90);
     (0..config.partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(&config.topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
+            loop {
+                match consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(error) if Instant::now() < deadline => {
+                        eprintln!("watermarks of partition {p}: {error}; asking again");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(error) => panic!("watermarks of partition {p}: {error}"),
+                }
+            }
         })
         .sum()
 }
@@ -2284,4 +2293,109 @@ fn repeated_kafka_outages_stall_nothing_and_sigterm_ends_the_run() {
         want.rows.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The HTTP server of `run` through a Kafka broker stop and start: `/metrics`, parsed with a
+/// Prometheus parser, counts what the pipeline wrote to InfluxDB; `/ready` answers 503 naming
+/// Kafka while the broker is down and 200 again once it is back, while `/health` stays 200 all
+/// along (the workers step). Stops the broker: run it only against services of its own.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn http_ready_and_health_through_a_broker_stop_and_start() {
+    let _services = exclusive();
+    let (seed, users) = (97, 2_000);
+    let scenario = Scenario::new("faults_http", seed, users);
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__HTTP__LISTEN", "127.0.0.1:0"),
+            ("SHOPFLOW__HTTP__READY_STALL_MS", "3000"),
+        ],
+    );
+    let mut pipeline = Pipeline::start(&env);
+    let mut url = String::new();
+    wait_for("the server's URL", Duration::from_secs(30), || {
+        pipeline.assert_running();
+        let log = pipeline.log();
+        let first = log.lines().next().unwrap_or("");
+        match first.split_whitespace().find(|w| w.starts_with("http://")) {
+            Some(found) => {
+                url = found.trim_end_matches('/').to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    let get = |path: &str| -> (u16, String) {
+        match reqwest::blocking::Client::new()
+            .get(format!("{url}{path}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+        {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    wait_for("ready", Duration::from_secs(60), || get("/ready").0 == 200);
+
+    let events = 3_000u64;
+    let generator = EventGenerator::new(
+        knobs(seed, users, 1_000.0),
+        shopflow::runtime::now_ms() + 500,
+    )
+    .expect("valid knobs");
+    let sent = produce_in_background(&scenario.kafka, &generator, events)
+        .join()
+        .expect("the producer");
+    assert_eq!(sent, events);
+    wait_for("every event written", Duration::from_secs(60), || {
+        influx_state(&scenario.influx_url, &scenario.database)
+            .is_some_and(|s| s.counter(Counter::EventsIn) == events as i64)
+    });
+    // Every counter, as InfluxDB holds it and as /metrics says.
+    let influx = influx_state(&scenario.influx_url, &scenario.database).expect("InfluxDB");
+    let (status, body) = get("/metrics");
+    assert_eq!(status, 200, "{body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the Prometheus text format");
+    for counter in Counter::ALL {
+        let name = match counter.origin() {
+            dataflows::model::CounterOrigin::DemographicsTable => {
+                format!("shopflow_pipeline_{}_rows", counter.name())
+            }
+            _ => format!("shopflow_pipeline_{}_total", counter.name()),
+        };
+        let value = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => panic!("{name}: not a counter or gauge"),
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"));
+        assert_eq!(value, influx.counter(counter) as f64, "{name}");
+    }
+
+    let broker = Stopped::stop("kafka");
+    wait_for("not ready, naming Kafka", Duration::from_secs(30), || {
+        let (status, body) = get("/ready");
+        status == 503 && body.contains("Kafka")
+    });
+    let (status, body) = get("/health");
+    assert_eq!(status, 200, "alive while the broker is down: {body}");
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, body) = get("/health");
+    assert_eq!(status, 200, "still alive: {body}");
+    broker.start();
+    wait_for("ready again", Duration::from_secs(90), || {
+        pipeline.assert_running();
+        get("/ready").0 == 200
+    });
+    assert_eq!(get("/health").0, 200);
+    pipeline.interrupt();
 }

@@ -12,6 +12,7 @@ mod e2e;
 mod embedded;
 mod experiments;
 mod faults;
+mod http;
 mod influx;
 mod kafka_client;
 mod latency;

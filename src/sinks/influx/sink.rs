@@ -36,6 +36,8 @@ pub struct InfluxSink {
     acknowledged: Acknowledged,
     /// The last watermark handed to the queue.
     marked_below: Tick,
+    /// Bytes of line protocol queued for the writer so far.
+    bytes: u64,
 }
 
 impl std::fmt::Debug for InfluxSink {
@@ -215,6 +217,7 @@ impl InfluxSink {
             buffer: String::new(),
             acknowledged,
             marked_below: 0,
+            bytes: 0,
         })
     }
 
@@ -324,6 +327,10 @@ impl Sink for InfluxSink {
         self.stats.retries()
     }
 
+    fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
     /// Stops the writer's retries and its queue, dropping what is queued; the write under way
     /// ends after its current attempt.
     fn canceller(&self) -> Option<Canceller> {
@@ -386,6 +393,7 @@ impl Sink for InfluxSink {
 impl InfluxSink {
     /// Splits the encoded buffer into requests and queues them, waiting while the queue is full.
     fn send_buffer(&mut self) -> Result<(), SinkError> {
+        self.bytes += self.buffer.len() as u64;
         for (body, lines) in split_lines(&self.buffer, self.batch_lines) {
             let request = Request {
                 body: body.to_owned(),

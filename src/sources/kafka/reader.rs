@@ -1,0 +1,1159 @@
+//! The per-worker partition reader: polls its share of the partitions, turns each message into an
+//! event or a counted rejection, and commits what the sink acknowledged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dataflows::model::{Counter, Event, EventTimeMs, Tick};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::sources::avro::{DecodeError, Decoder, SchemaError};
+use crate::sources::registry::{self, RegistryClient, RegistryError, SchemaCache};
+
+use super::{
+    client::{LogContext, consumer_config, create, error_librdkafka, log_librdkafka, redact_error},
+    config::{AmountBounds, KafkaConfig, StartPosition, TimeBounds},
+    coordinator::{committed_offsets, coordinator_patience, retry_coordinator},
+    dead_letter::dead_letter,
+    error::{KafkaSourceError, kafka},
+};
+
+/// What one poll round produced.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Messages read, malformed ones included.
+    pub messages: usize,
+    /// Malformed messages by counter.
+    pub malformed: Vec<(Counter, isize)>,
+}
+
+/// The pipeline consumer's context: librdkafka's messages go to `tracing`.
+///
+/// It keeps no commit outcome: rust-rdkafka registers no `offset_commit_cb`, and librdkafka
+/// propagates an asynchronous commit's result only to one (`rd_kafka_cgrp_propagate_commit_result`),
+/// so `commit_callback` is never called for `CommitMode::Async`. [`PartitionReader::commit_all`]
+/// asks the coordinator instead.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_librdkafka(&error, reason);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+type ReaderConsumer = BaseConsumer<ReaderContext>;
+
+/// The partitions' high watermarks, read on a thread of their own so that the worker never waits
+/// for brokers that do not answer: [`PartitionReader::lag`] only looks at the latest answer.
+struct Watermarks {
+    /// The latest answer and when it was asked for.
+    highs: Mutex<Option<(Instant, BTreeMap<i32, i64>)>>,
+    /// Set when the reader is dropped: the thread ends.
+    stop: AtomicBool,
+}
+
+/// The watermark thread's client context: it logs nothing, since the reader's own consumer
+/// already reports what goes wrong with the brokers.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+
+    fn error(&self, _error: KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for Quiet {}
+
+/// How long an answer of the watermark thread stands for the partitions' ends: older, the lag is
+/// unknown.
+const WATERMARKS_FRESH: Duration = Duration::from_secs(1);
+
+impl Watermarks {
+    /// Starts the thread asking for the high watermarks of `partitions` with a consumer of its
+    /// own (no group): every 100 ms (every second while they fail), each request bounded by 5 s. A consumer that fails for
+    /// [`STALL_AFTER`] is replaced, as a stuck reader's is.
+    fn start(config: &KafkaConfig, partitions: &[i32]) -> Arc<Watermarks> {
+        let shared = Arc::new(Watermarks {
+            highs: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        if partitions.is_empty() {
+            return shared;
+        }
+        let (watch, client, topic, partitions) = (
+            Arc::clone(&shared),
+            config.client(),
+            config.topic.clone(),
+            partitions.to_vec(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("shopflow-watermarks".into())
+            .spawn(move || {
+                let mut consumer: Option<BaseConsumer<Quiet>> = None;
+                let mut last_answer = Instant::now();
+                while !watch.stop.load(Ordering::Relaxed) {
+                    if consumer.is_none() || last_answer.elapsed() >= STALL_AFTER {
+                        consumer = client.create_with_context(Quiet).ok();
+                        last_answer = Instant::now();
+                    }
+                    let asked = Instant::now();
+                    let highs: Option<BTreeMap<i32, i64>> = consumer.as_ref().and_then(|c| {
+                        partitions
+                            .iter()
+                            .map(|&p| {
+                                c.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                                    .ok()
+                                    .map(|(_, high)| (p, high))
+                            })
+                            .collect()
+                    });
+                    let pause = if let Some(highs) = highs {
+                        last_answer = Instant::now();
+                        *watch.highs.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((asked, highs));
+                        Duration::from_millis(100)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    std::thread::sleep(pause);
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the watermark thread: the consumer lag is unknown");
+        }
+        shared
+    }
+}
+
+/// How long the worker waits for an offset commit at a graceful stop, and for its consumer to
+/// close, before it goes on without.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// One worker's share of the topic's partitions.
+pub struct PartitionReader {
+    /// Always `Some` but in `drop`, which closes it on another thread with a bound.
+    consumer: Option<ReaderConsumer>,
+    /// What a replacement consumer is created from.
+    config: KafkaConfig,
+    topic: String,
+    messages: MessageReader,
+    partitions: Vec<i32>,
+    /// The next offset to read, per partition (from the start: the resolved start position).
+    next_offsets: BTreeMap<i32, i64>,
+    /// Offsets reached at the end of each tick, waiting for the sink to acknowledge the tick.
+    uncommitted: VecDeque<(Tick, BTreeMap<i32, i64>)>,
+    max_poll: usize,
+    dead_letter: Option<(BaseProducer<LogContext>, String)>,
+    watermarks: Arc<Watermarks>,
+    /// When a message last arrived, or the watch below last looked.
+    last_progress: Instant,
+    /// Stalls in a row: the first is mended by a new assignment, the next by a new consumer.
+    stalls: u32,
+    /// Whether the partitions are paused (the sink is behind): no progress is expected.
+    paused: bool,
+}
+
+/// A reader that has received nothing for this long while its partitions hold unread messages
+/// re-assigns them at its positions: after a broker restart librdkafka's fetcher can stay stuck
+/// (confluentinc/librdkafka#5153, fede1024/rust-rdkafka#597), which a new assignment mends;
+/// when it does not (the consumer itself keeps reporting all brokers down while they are up), the
+/// next stall replaces the consumer.
+const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// Whether an error opening the reader may be a broker not up yet: worth another attempt.
+fn retryable(error: &KafkaSourceError) -> bool {
+    matches!(error, KafkaSourceError::Kafka { .. })
+}
+
+impl PartitionReader {
+    /// Assigns worker `index` of `peers` its partitions (`p % peers == index`), each at its offset
+    /// in `resume` (a checkpoint's) or else at the configured start position. A worker may get
+    /// none when there are more workers than partitions.
+    pub fn open(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        Self::open_once(config, index, peers, resume, Duration::from_secs(10))
+    }
+
+    /// [`open`](Self::open), retried while the brokers cannot be reached (a run started while
+    /// Kafka restarts) for up to `timeout`, each attempt logged; then fails naming the brokers
+    /// and the last error. Gives up at once when `stop` is set.
+    pub fn open_within(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let bound = left.clamp(Duration::from_millis(100), Duration::from_secs(2));
+            let error = match Self::open_once(config, index, peers, resume, bound) {
+                Ok(reader) => return Ok(reader),
+                Err(error) if retryable(&error) => error,
+                Err(error) => return Err(error),
+            };
+            if started.elapsed() + pause >= timeout {
+                return Err(KafkaSourceError::Unreachable {
+                    brokers: config.brokers.clone(),
+                    waited: started.elapsed(),
+                    last: Box::new(error),
+                });
+            }
+            tracing::warn!(%error, "kafka not reachable; retrying");
+            let until = Instant::now() + pause;
+            while Instant::now() < until {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(KafkaSourceError::StoppedWhileConnecting(
+                        config.brokers.clone(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One attempt of [`open`](Self::open), each request to the brokers bounded by `bound`.
+    fn open_once(
+        config: &KafkaConfig,
+        index: usize,
+        peers: usize,
+        resume: Option<&BTreeMap<i32, i64>>,
+        bound: Duration,
+    ) -> Result<PartitionReader, KafkaSourceError> {
+        let consumer: ReaderConsumer =
+            consumer_config(config)
+                .create_with_context(ReaderContext)
+                .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&config.topic), bound)
+            .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == config.topic)
+            .map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            return Err(KafkaSourceError::NoPartitions(config.topic.clone()));
+        }
+        let partitions: Vec<i32> = (0..count as i32)
+            .filter(|p| *p as usize % peers == index)
+            .collect();
+        // Every partition starts at an offset known now, so a checkpoint can record where each
+        // one was, read or not: the checkpoint's where it has one, else the configured start.
+        let mut next_offsets = BTreeMap::new();
+        let committed = match config.start {
+            StartPosition::Committed => {
+                let mut wanted = TopicPartitionList::new();
+                for &p in &partitions {
+                    wanted.add_partition(&config.topic, p);
+                }
+                // Just after a broker (re)starts, the group's coordinator loads or moves for a
+                // while: wait for it rather than fail the run.
+                Some(
+                    retry_coordinator(
+                        "reading the committed offsets",
+                        coordinator_patience(config),
+                        || committed_offsets(&consumer, &wanted),
+                        std::thread::sleep,
+                    )
+                    .map_err(kafka("cannot read the committed offsets"))?,
+                )
+            }
+            _ => None,
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let offset = match resume.and_then(|offsets| offsets.get(&p)) {
+                Some(&offset) => offset,
+                None => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&config.topic, p, bound)
+                        .map_err(kafka(format!("cannot read the offsets of partition {p}")))?;
+                    let stored = committed
+                        .as_ref()
+                        .and_then(|list| list.find_partition(&config.topic, p))
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                    match (config.start, stored) {
+                        (StartPosition::Earliest, _) | (StartPosition::Committed, None) => low,
+                        (StartPosition::Latest, _) => high,
+                        (StartPosition::Committed, Some(_)) => {
+                            return Err(KafkaSourceError::CommittedWithoutState {
+                                topic: config.topic.clone(),
+                                group: config.group_id.clone(),
+                            });
+                        }
+                    }
+                }
+            };
+            next_offsets.insert(p, offset);
+            assignment
+                .add_partition_offset(&config.topic, p, Offset::Offset(offset))
+                .map_err(kafka("cannot build the assignment"))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(kafka("cannot assign partitions"))?;
+        let dead_letter = if config.dead_letter_topic.is_empty() {
+            None
+        } else {
+            let producer: BaseProducer<LogContext> =
+                create(config, &config.client(), "dead-letter producer")?;
+            Some((producer, config.dead_letter_topic.clone()))
+        };
+        // With a registry, writer schemas are known by the ids it gives; without, the configured
+        // id names the bundled schema.
+        let schema = |e: SchemaError| KafkaSourceError::Schema(e.to_string());
+        let (decoder, schemas) = if config.schema_registry_url.is_empty() {
+            (
+                Decoder::with_bundled(config.schema_id).map_err(schema)?,
+                None,
+            )
+        } else {
+            let client = RegistryClient::new(&config.schema_registry_url)?;
+            (
+                Decoder::empty().map_err(schema)?,
+                Some(SchemaCache::new(client)),
+            )
+        };
+        tracing::info!(topic = %config.topic, ?partitions, "assigned partitions");
+        Ok(PartitionReader {
+            consumer: Some(consumer),
+            config: config.clone(),
+            watermarks: Watermarks::start(config, &partitions),
+            topic: config.topic.clone(),
+            messages: MessageReader {
+                decoder,
+                schemas,
+                max_message_bytes: config.max_message_bytes,
+                amount_bounds: config.amount_bounds(),
+                time_bounds: config.time_bounds(),
+                warnings: Warnings::default(),
+            },
+            partitions,
+            next_offsets,
+            uncommitted: VecDeque::new(),
+            max_poll: config.max_poll_messages,
+            dead_letter,
+            last_progress: Instant::now(),
+            stalls: 0,
+            paused: false,
+        })
+    }
+
+    fn consumer(&self) -> &ReaderConsumer {
+        self.consumer
+            .as_ref()
+            .expect("the consumer is taken only on drop")
+    }
+
+    /// The partitions this worker reads.
+    pub fn partitions(&self) -> &[i32] {
+        &self.partitions
+    }
+
+    /// The next offset to read in each of this worker's partitions.
+    pub fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.next_offsets
+    }
+
+    /// Reads what is available now (up to the poll limit) without waiting; decodes each message
+    /// and hands the events to `emit`. An event without an event time (0) gets `arrival`.
+    ///
+    /// What is not handed on is counted by reason in [`Polled::malformed`]: a payload over
+    /// `max-message-bytes` (not decoded), a message that does not decode, an event with negative
+    /// units or total, an event beyond the [`AmountBounds`], an event whose time lies outside the
+    /// [`TimeBounds`] around the wall clock at this poll. Each is logged (at most once a second) and copied to the dead-letter topic.
+    pub fn poll(
+        &mut self,
+        arrival: Tick,
+        mut emit: impl FnMut(Event),
+    ) -> Result<Polled, KafkaSourceError> {
+        let mut polled = Polled::default();
+        let mut malformed: BTreeMap<Counter, isize> = BTreeMap::new();
+        if self.partitions.is_empty() {
+            return Ok(polled);
+        }
+        let now = crate::runtime::now_ms();
+        while polled.messages < self.max_poll {
+            // The field, not `consumer()`: a message borrows the consumer, not the whole reader.
+            let consumer = self.consumer.as_ref().expect("taken only on drop");
+            let message = match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(self.out_of_range());
+                }
+                Some(Err(e)) => {
+                    // Transient broker errors are retried by librdkafka; report and go on.
+                    self.messages
+                        .warnings
+                        .warn(format_args!("consumer error: {e}"));
+                    break;
+                }
+                Some(Ok(message)) => message,
+            };
+            polled.messages += 1;
+            let (partition, offset) = (message.partition(), message.offset());
+            self.next_offsets.insert(partition, offset + 1);
+            let payload = message.payload().unwrap_or(&[]);
+            let rejected = match self.messages.read(payload, arrival, now) {
+                Ok(event) => {
+                    emit(event);
+                    continue;
+                }
+                Err(rejected) => rejected,
+            };
+            *malformed.entry(rejected.counter).or_default() += 1;
+            self.messages.warnings.warn(format_args!(
+                "rejected message at {}/{partition}/{offset} ({}): {}",
+                self.topic,
+                rejected.counter.name(),
+                rejected.detail
+            ));
+            if let Some((producer, topic)) = &self.dead_letter {
+                let origin = (self.topic.as_str(), partition, offset);
+                dead_letter(
+                    producer,
+                    topic,
+                    message.payload(),
+                    message.key(),
+                    &rejected,
+                    origin,
+                );
+            }
+        }
+        polled.malformed = malformed.into_iter().collect();
+        if polled.messages > 0 || self.paused {
+            self.last_progress = Instant::now();
+            self.stalls = 0;
+        } else if self.last_progress.elapsed() >= STALL_AFTER {
+            self.last_progress = Instant::now();
+            // The lag comes from a consumer of its own, so a stuck consumer here cannot hide it.
+            match self.lag().filter(|lag| *lag > 0) {
+                Some(lag) if self.stalls == 0 => {
+                    self.stalls += 1;
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partitions = ?self.partitions,
+                        lag,
+                        "nothing received for {STALL_AFTER:?} though messages wait: re-assigning the partitions at their positions"
+                    );
+                    self.reassign()?;
+                }
+                Some(lag) => {
+                    self.stalls += 1;
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partitions = ?self.partitions,
+                        lag,
+                        "still nothing received though messages wait: replacing the consumer, at the same positions"
+                    );
+                    self.recreate()?;
+                }
+                None => {}
+            }
+        }
+        Ok(polled)
+    }
+
+    /// Stops fetching this worker's partitions, dropping what librdkafka has pre-fetched, so that
+    /// unread messages wait in Kafka rather than in memory; [`resume`](Self::resume) goes on
+    /// from the first message not yet polled.
+    pub fn pause(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = true;
+        self.consumer()
+            .pause(&self.assignment())
+            .map_err(kafka("cannot pause the partitions"))
+    }
+
+    /// Fetches the partitions again after [`pause`](Self::pause).
+    pub fn resume(&mut self) -> Result<(), KafkaSourceError> {
+        self.paused = false;
+        self.last_progress = Instant::now();
+        self.consumer()
+            .resume(&self.assignment())
+            .map_err(kafka("cannot resume the partitions"))
+    }
+
+    /// Assigns the partitions afresh, each at the first message not yet polled (a partition not
+    /// read yet at the configured start), so that nothing is skipped or read twice.
+    /// [`poll`](Self::poll) does it when it has received nothing for 10 s while the partitions
+    /// hold unread messages: after a broker restart librdkafka's fetcher can stay stuck.
+    pub fn reassign(&mut self) -> Result<(), KafkaSourceError> {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            // Every partition has a position from the start (see `open`).
+            let offset = self
+                .next_offsets
+                .get(&partition)
+                .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+            list.add_partition_offset(&self.topic, partition, offset)
+                .map_err(kafka("cannot build the assignment"))?;
+        }
+        self.consumer()
+            .assign(&list)
+            .map_err(kafka("cannot re-assign the partitions"))?;
+        if self.paused {
+            self.consumer()
+                .pause(&self.assignment())
+                .map_err(kafka("cannot pause the partitions"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the consumer by a new one assigned at the same positions: what librdkafka had
+    /// pre-fetched is dropped and read again by the new one, so nothing is skipped or read twice.
+    /// The old one is closed on another thread (closing can wait for the brokers).
+    pub fn recreate(&mut self) -> Result<(), KafkaSourceError> {
+        let consumer: ReaderConsumer = consumer_config(&self.config)
+            .create_with_context(ReaderContext)
+            .map_err(|e| kafka("cannot create the consumer")(redact_error(&self.config, e)))?;
+        let old = self.consumer.replace(consumer);
+        close_in_background(old);
+        self.reassign()
+    }
+
+    /// The error for an offset out of range: librdkafka's does not say which partition, so the
+    /// watermarks do.
+    fn out_of_range(&self) -> KafkaSourceError {
+        let mut found = Vec::new();
+        for (&partition, &next) in &self.next_offsets {
+            match self
+                .consumer()
+                .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            {
+                Ok((low, _)) if next < low => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, but its log now \
+                     starts at {low}: {} messages were deleted before they were read",
+                    low - next
+                )),
+                Ok((low, high)) if next > high => found.push(format!(
+                    "partition {partition} was to be read from offset {next}, beyond its log \
+                     ({low}..{high}): was the topic re-created?"
+                )),
+                _ => {}
+            }
+        }
+        let detail = if found.is_empty() {
+            format!(
+                "an offset of partitions {:?} is out of range: messages were deleted before \
+                 they were read",
+                self.partitions
+            )
+        } else {
+            found.join("; ")
+        };
+        KafkaSourceError::OffsetOutOfRange {
+            topic: self.topic.clone(),
+            detail,
+        }
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+
+    /// Records that everything read so far belongs to ticks before `tick_end`.
+    pub fn end_tick(&mut self, tick_end: Tick) {
+        if self.next_offsets.is_empty() {
+            return;
+        }
+        if self
+            .uncommitted
+            .back()
+            .is_some_and(|(_, offsets)| *offsets == self.next_offsets)
+        {
+            return;
+        }
+        self.uncommitted
+            .push_back((tick_end, self.next_offsets.clone()));
+    }
+
+    /// Commits the offsets of every tick before `complete_below`: those the sink has written.
+    pub fn commit_through(&mut self, complete_below: Tick) -> Result<(), KafkaSourceError> {
+        let mut latest = None;
+        while self
+            .uncommitted
+            .front()
+            .is_some_and(|(tick_end, _)| *tick_end <= complete_below)
+        {
+            latest = self.uncommitted.pop_front().map(|(_, offsets)| offsets);
+        }
+        let Some(offsets) = latest else { return Ok(()) };
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("cannot build the commit"))?;
+        }
+        self.consumer()
+            .commit(&list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))
+    }
+
+    /// Commits `offsets` (a complete checkpoint's, for this worker's partitions), waiting for the
+    /// acknowledgement (at most [`COMMIT_WAIT`]) when `sync` (a graceful stop), else in the
+    /// background.
+    pub fn commit(
+        &mut self,
+        offsets: &BTreeMap<i32, i64>,
+        sync: bool,
+    ) -> Result<(), KafkaSourceError> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in offsets {
+            if self.partitions.contains(&partition) {
+                list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                    .map_err(kafka("cannot build the commit"))?;
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        if sync {
+            return self.commit_and_wait(&list);
+        }
+        self.consumer()
+            .commit(&list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))
+    }
+
+    /// Commits `list` and waits, at most [`COMMIT_WAIT`], until the group coordinator answers
+    /// with these offsets committed. A synchronous commit would wait for an unreachable
+    /// coordinator without end, and a stop with it. The partitions are paused first: what the
+    /// polls meanwhile return is not read (positions stay as they are).
+    fn commit_and_wait(&mut self, list: &TopicPartitionList) -> Result<(), KafkaSourceError> {
+        let _ = self.consumer().pause(&self.assignment());
+        self.paused = true;
+        let consumer = self.consumer();
+        consumer
+            .commit(list, CommitMode::Async)
+            .map_err(kafka("cannot commit offsets"))?;
+        let wanted: BTreeMap<i32, i64> = list
+            .elements()
+            .iter()
+            .filter_map(|e| e.offset().to_raw().map(|offset| (e.partition(), offset)))
+            .collect();
+        let deadline = Instant::now() + COMMIT_WAIT;
+        let mut last_error = "no answer from the group coordinator".to_string();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(KafkaSourceError::CommitTimedOut(COMMIT_WAIT, last_error));
+            }
+            // Serves librdkafka's queue; a message it returns is dropped, not read.
+            let _ = consumer.poll(Duration::ZERO);
+            match consumer.committed_offsets(list.clone(), left.min(Duration::from_secs(1))) {
+                Ok(committed) => {
+                    let done = committed.elements().iter().all(|e| {
+                        e.offset().to_raw().unwrap_or(-1)
+                            >= wanted.get(&e.partition()).copied().unwrap_or(0)
+                    });
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50).min(left));
+        }
+    }
+
+    /// Commits every offset read, waiting for the acknowledgement (at most [`COMMIT_WAIT`]); for
+    /// a graceful stop once the sink has flushed.
+    pub fn commit_all(&mut self) -> Result<(), KafkaSourceError> {
+        self.uncommitted.clear();
+        if self.next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.next_offsets {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("cannot build the commit"))?;
+        }
+        self.commit_and_wait(&list)
+    }
+
+    /// Messages between this worker's position and the partitions' ends, as the watermark
+    /// thread last read them (every 100 ms); `None` while it has no answer younger than a second
+    /// (the brokers do not answer). Never waits: it is called from the worker loop.
+    pub fn lag(&mut self) -> Option<i64> {
+        if self.partitions.is_empty() {
+            return Some(0);
+        }
+        let latest = self
+            .watermarks
+            .highs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (_, highs) = latest
+            .as_ref()
+            .filter(|(asked, _)| asked.elapsed() < WATERMARKS_FRESH)?;
+        Some(
+            highs
+                .iter()
+                .map(|(p, high)| (high - self.next_offsets.get(p).copied().unwrap_or(0)).max(0))
+                .sum(),
+        )
+    }
+}
+
+/// Turns payloads into events: the size limit, the decoder (with the registry's writer schemas),
+/// the amount bounds and the event-time bounds.
+struct MessageReader {
+    decoder: Decoder,
+    /// The schema registry's writer schemas, when there is one.
+    schemas: Option<SchemaCache>,
+    max_message_bytes: usize,
+    amount_bounds: AmountBounds,
+    time_bounds: TimeBounds,
+    warnings: Warnings,
+}
+
+impl MessageReader {
+    /// One message's event, or why it is rejected.
+    fn read(&mut self, payload: &[u8], arrival: Tick, now: u64) -> Result<Event, Rejected> {
+        if payload.len() > self.max_message_bytes {
+            return Err(Rejected {
+                counter: Counter::MalformedOversize,
+                reason: "oversize",
+                detail: format!(
+                    "{} bytes, over max-message-bytes {}",
+                    payload.len(),
+                    self.max_message_bytes
+                ),
+            });
+        }
+        // An id the decoder does not know is fetched from the registry once; when that fails,
+        // the message is counted as an unknown schema id.
+        if let Some(schemas) = &mut self.schemas
+            && let Some(id) = registry::header_schema_id(payload)
+            && !self.decoder.knows(id)
+            && let Err(error) = schemas.resolve(&mut self.decoder, id)
+            && !matches!(error, RegistryError::RecentlyFailed { .. })
+        {
+            self.warnings
+                .warn(format_args!("cannot fetch writer schema {id}: {error}"));
+        }
+        let event = match self.decoder.decode(payload) {
+            Ok(decoded) => decoded.into_event(EventTimeMs(arrival)),
+            Err(error) => {
+                return Err(Rejected {
+                    counter: counter_of(&error),
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                });
+            }
+        };
+        if let Some(field) = self.amount_bounds.exceeded(&event) {
+            return Err(Rejected {
+                counter: Counter::RejectedImplausible,
+                reason: Counter::RejectedImplausible.name(),
+                detail: format!(
+                    "{field} beyond the plausibility bound (total {} cents, {} units; {:?})",
+                    event.total, event.units, self.amount_bounds
+                ),
+            });
+        }
+        match self.time_bounds.check(event.event_time, now) {
+            None => Ok(event),
+            Some(counter) => Err(Rejected {
+                counter,
+                reason: counter.name(),
+                detail: format!(
+                    "event time {} is {} ms from the wall clock at {now}, beyond the bounds {:?}",
+                    event.event_time,
+                    i128::from(event.event_time.0) - i128::from(now),
+                    self.time_bounds
+                ),
+            }),
+        }
+    }
+}
+
+/// Why a message was not handed on.
+#[derive(Debug)]
+pub(super) struct Rejected {
+    /// The counter it is counted under.
+    pub(super) counter: Counter,
+    /// A stable snake_case reason: [`DecodeError::reason`], `oversize`, or the counter's name.
+    pub(super) reason: &'static str,
+    /// A message for the log and the dead-letter copy.
+    pub(super) detail: String,
+}
+
+/// Logs at most one warning per second, counting the ones it held back.
+#[derive(Debug, Default)]
+struct Warnings {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Warnings {
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "{message}");
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+impl Drop for PartitionReader {
+    fn drop(&mut self) {
+        self.watermarks.stop.store(true, Ordering::Relaxed);
+        if let Some((producer, _)) = &self.dead_letter {
+            let _ = producer.flush(Duration::from_secs(5));
+        }
+        // Closing a consumer of a group waits for the brokers for as long as they take: a stop
+        // waits for it at most CLOSE_WAIT.
+        let (closed, done) = std::sync::mpsc::channel();
+        let consumer = self.consumer.take();
+        let spawned = std::thread::Builder::new()
+            .name("shopflow-consumer-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() && done.recv_timeout(CLOSE_WAIT).is_err() {
+            tracing::warn!(
+                topic = %self.topic,
+                "the kafka consumer did not close within {CLOSE_WAIT:?}; going on without"
+            );
+        }
+    }
+}
+
+/// Closes a consumer on a thread of its own, without waiting: closing can wait for the brokers.
+fn close_in_background(consumer: Option<ReaderConsumer>) {
+    let spawned = std::thread::Builder::new()
+        .name("shopflow-consumer-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start a thread to close a consumer");
+    }
+}
+
+/// The pipeline counter a decoding failure is counted under: framing, unknown schema, truncated
+/// (or bytes left over), negative units or total, any other invalid value (wrong types included).
+pub fn counter_of(error: &DecodeError) -> Counter {
+    match error {
+        DecodeError::BadMagic(_) | DecodeError::TooShort => Counter::MalformedFraming,
+        DecodeError::UnknownSchemaId(_) => Counter::MalformedUnknownSchema,
+        DecodeError::Truncated | DecodeError::TrailingBytes => Counter::MalformedTruncated,
+        DecodeError::InvalidValue {
+            field: "units" | "total_amount",
+            reason: "negative",
+        } => Counter::RejectedNegative,
+        DecodeError::InvalidValue { .. } | DecodeError::Resolution(_) => {
+            Counter::MalformedInvalidValue
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflows::model::{CampaignId, Cents, OrderId, Tag, UserId};
+
+    use super::*;
+    use crate::sources::avro;
+    use crate::sources::kafka::config::MIN_MESSAGE_BYTES;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn event(event_time: u64) -> Event {
+        Event {
+            order_id: OrderId(7),
+            tag: Tag::Purchased,
+            user_id: UserId(3),
+            campaign_id: CampaignId(2),
+            total: Cents(1_999),
+            units: 2,
+            event_time: EventTimeMs(event_time),
+        }
+    }
+
+    fn message(event: &Event) -> Vec<u8> {
+        let mut out = Vec::new();
+        avro::encode_event(avro::DEFAULT_SCHEMA_ID, event, &mut out);
+        out
+    }
+
+    fn reader(max_message_bytes: usize, time_bounds: TimeBounds) -> MessageReader {
+        MessageReader {
+            decoder: Decoder::new().expect("the bundled schema"),
+            schemas: None,
+            max_message_bytes,
+            amount_bounds: AmountBounds::default(),
+            time_bounds,
+            warnings: Warnings::default(),
+        }
+    }
+
+    fn counter(reader: &mut MessageReader, payload: &[u8]) -> Option<Counter> {
+        reader
+            .read(payload, NOW - NOW % 1_000, NOW)
+            .err()
+            .map(|r| r.counter)
+    }
+
+    #[test]
+    fn every_decoding_failure_has_its_counter() {
+        let invalid = |field, reason| DecodeError::InvalidValue { field, reason };
+        let cases = [
+            (DecodeError::BadMagic(7), Counter::MalformedFraming),
+            (DecodeError::TooShort, Counter::MalformedFraming),
+            (
+                DecodeError::UnknownSchemaId(9),
+                Counter::MalformedUnknownSchema,
+            ),
+            (DecodeError::Truncated, Counter::MalformedTruncated),
+            (DecodeError::TrailingBytes, Counter::MalformedTruncated),
+            (invalid("units", "negative"), Counter::RejectedNegative),
+            (
+                invalid("total_amount", "negative"),
+                Counter::RejectedNegative,
+            ),
+            (invalid("id", "negative"), Counter::MalformedInvalidValue),
+            (
+                invalid("event_time", "negative"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                invalid("total_amount", "not a finite number"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                invalid("tag", "enum index out of range"),
+                Counter::MalformedInvalidValue,
+            ),
+            (
+                DecodeError::Resolution("x".into()),
+                Counter::MalformedInvalidValue,
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(counter_of(&error), expected, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn time_bounds_reject_beyond_them_and_zero_disables_them() {
+        let bounds = TimeBounds {
+            max_age_ms: 60_000,
+            max_future_skew_ms: 5_000,
+        };
+        assert_eq!(bounds.check(EventTimeMs(NOW), NOW), None);
+        assert_eq!(bounds.check(EventTimeMs(NOW - 60_000), NOW), None);
+        assert_eq!(
+            bounds.check(EventTimeMs(NOW - 60_001), NOW),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(
+            bounds.check(EventTimeMs(1), NOW),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(bounds.check(EventTimeMs(NOW + 5_000), NOW), None);
+        assert_eq!(
+            bounds.check(EventTimeMs(NOW + 5_001), NOW),
+            Some(Counter::RejectedFuture)
+        );
+        assert_eq!(
+            bounds.check(EventTimeMs(u64::MAX), NOW),
+            Some(Counter::RejectedFuture)
+        );
+        let off = TimeBounds::default();
+        assert_eq!(off.check(EventTimeMs(1), NOW), None);
+        assert_eq!(off.check(EventTimeMs(u64::MAX), NOW), None);
+    }
+
+    #[test]
+    fn a_message_is_read_or_rejected_under_one_counter() {
+        let bounds = TimeBounds {
+            max_age_ms: 86_400_000,
+            max_future_skew_ms: 300_000,
+        };
+        let mut reader = reader(64, bounds);
+        let good = event(NOW - 30_000);
+        assert_eq!(reader.read(&message(&good), NOW, NOW).ok(), Some(good));
+        // No event time: it gets the arrival tick, which is within the bounds.
+        let untimed = event(0);
+        assert_eq!(
+            reader.read(&message(&untimed), NOW - 500, NOW).ok(),
+            Some(event(NOW - 500))
+        );
+        let mut padded = message(&event(NOW));
+        padded.resize(65, 0);
+        assert_eq!(
+            counter(&mut reader, &padded),
+            Some(Counter::MalformedOversize)
+        );
+        padded.truncate(64);
+        assert_eq!(
+            counter(&mut reader, &padded),
+            Some(Counter::MalformedTruncated),
+            "at the limit it is decoded: bytes left over"
+        );
+        let negative_units = Event {
+            units: u32::MAX,
+            ..event(NOW)
+        };
+        let negative_total = Event {
+            total: Cents(-1),
+            ..event(NOW)
+        };
+        for bad in [negative_units, negative_total] {
+            assert_eq!(
+                counter(&mut reader, &message(&bad)),
+                Some(Counter::RejectedNegative)
+            );
+        }
+        assert_eq!(
+            counter(&mut reader, &message(&event(1))),
+            Some(Counter::RejectedTooOld)
+        );
+        assert_eq!(
+            counter(&mut reader, &message(&event(NOW + 3_600_000))),
+            Some(Counter::RejectedFuture)
+        );
+        assert_eq!(
+            counter(&mut reader, b"\x07junk"),
+            Some(Counter::MalformedFraming)
+        );
+        assert_eq!(counter(&mut reader, b""), Some(Counter::MalformedFraming));
+    }
+
+    /// Totals and units beyond the bounds are rejected as implausible, at the bound they are
+    /// read, and 0 disables a bound (the decoder's own limit still holds).
+    #[test]
+    fn amounts_beyond_the_plausibility_bounds_are_rejected() {
+        let mut reader = reader(64, TimeBounds::default());
+        reader.amount_bounds = AmountBounds {
+            max_order_cents: 1_000_000,
+            max_units: 500,
+        };
+        let at_bounds = Event {
+            total: Cents(1_000_000),
+            units: 500,
+            ..event(NOW)
+        };
+        assert_eq!(
+            reader.read(&message(&at_bounds), NOW, NOW).ok(),
+            Some(at_bounds.clone())
+        );
+        let huge = Event {
+            // The issue's purchase: 2.2e13 currency units.
+            total: Cents(2_200_000_000_000_000),
+            ..at_bounds.clone()
+        };
+        for bad in [
+            Event {
+                total: Cents(1_000_001),
+                ..at_bounds.clone()
+            },
+            Event {
+                units: 501,
+                ..at_bounds.clone()
+            },
+            huge.clone(),
+        ] {
+            let rejected = reader
+                .read(&message(&bad), NOW, NOW)
+                .expect_err("implausible");
+            assert_eq!(rejected.counter, Counter::RejectedImplausible, "{bad:?}");
+            assert_eq!(rejected.reason, "rejected_implausible");
+        }
+        // A negative total is counted as negative, whatever the bounds.
+        let negative = Event {
+            total: Cents(-5_000_000),
+            ..at_bounds.clone()
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&negative)),
+            Some(Counter::RejectedNegative)
+        );
+        // No bound: the decoder's limit is the only one.
+        reader.amount_bounds = AmountBounds::default();
+        assert_eq!(reader.read(&message(&huge), NOW, NOW).ok(), Some(huge));
+        let beyond_decoding = Event {
+            total: Cents(avro::MAX_CENTS + 1_000),
+            ..at_bounds
+        };
+        assert_eq!(
+            counter(&mut reader, &message(&beyond_decoding)),
+            Some(Counter::MalformedInvalidValue)
+        );
+    }
+
+    /// The shipped bounds admit every event the generator makes and reject the issue's totals.
+    #[test]
+    fn the_shipped_bounds_are_on() {
+        use crate::config::{Config, DEFAULT_TOML, no_env};
+        let config =
+            Config::from_layers(DEFAULT_TOML, no_env()).expect("the default configuration");
+        let bounds = config.kafka.amount_bounds();
+        assert!(
+            bounds.max_order_cents > 0 && bounds.max_units > 0,
+            "{bounds:?}"
+        );
+        let generator =
+            crate::generators::events::EventGenerator::new(config.generator.clone(), NOW)
+                .expect("the default generator");
+        for n in 0..200_000 {
+            let event = generator.event(n);
+            assert_eq!(bounds.exceeded(&event), None, "{event:?}");
+        }
+        let huge = Event {
+            total: Cents(2_200_000_000_000_000),
+            ..event(NOW)
+        };
+        assert_eq!(bounds.exceeded(&huge), Some("total_amount"));
+    }
+
+    #[test]
+    fn the_message_size_limit_leaves_room_for_every_event() {
+        const { assert!(MIN_MESSAGE_BYTES >= avro::MAX_ENCODED_LEN) };
+        let widest = Event {
+            order_id: OrderId(u64::MAX >> 1),
+            user_id: UserId(i32::MAX as u32),
+            campaign_id: CampaignId(i32::MAX as u32),
+            units: i32::MAX as u32,
+            total: Cents(avro::MAX_CENTS),
+            event_time: EventTimeMs(u64::MAX >> 1),
+            ..event(NOW)
+        };
+        assert!(message(&widest).len() <= avro::MAX_ENCODED_LEN);
+    }
+}
