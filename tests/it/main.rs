@@ -2,6 +2,7 @@
 //! real service are `#[ignore]`d here and run by `scripts/test-all`, which starts the services.
 
 mod avro;
+mod browser;
 mod campaign;
 mod cli;
 mod cluster;
