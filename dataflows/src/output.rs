@@ -13,7 +13,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
 
 use crate::model::{AggregateKey, Dimension, OutputKey, OutputRow, OutputValue, Tick};
-use crate::pending::by_time;
+use crate::operators::pending::by_time;
 
 /// One key's change at a timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

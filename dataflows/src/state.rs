@@ -18,18 +18,16 @@
 //! is never left with a row nobody removes. Nothing here knows where a checkpoint is stored;
 //! that is the runtime's business.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
+use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::implementations::KeySpine;
 use serde::{Deserialize, Serialize};
 use timely::progress::frontier::AntichainRef;
 
-use crate::aggregates::CounterTrace;
 use crate::model::{Contribution, Counter, OrderId, Segment, Tick, Totals, UserId};
-use crate::orders::{Ledger, OrderState};
-use crate::segments::Attribution;
+use crate::operators::attribute::AttributionHandle;
+use crate::operators::order_ledger::{LedgerHandle, OrderState};
 
 /// One worker's share of the graph's state at a tick boundary.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,18 +52,21 @@ impl State {
     }
 }
 
+/// The counters arranged: their totals so far, which a checkpoint reads.
+pub type CounterTrace = TraceAgent<KeySpine<Counter, Tick, isize>>;
+
 /// A worker's handles on its own state: the join's, the counters' arrangement and the ledger.
 pub struct Handles {
-    attribution: Rc<RefCell<Attribution>>,
+    attribution: AttributionHandle,
     counters: CounterTrace,
-    ledger: Rc<RefCell<Ledger>>,
+    ledger: LedgerHandle,
 }
 
 impl Handles {
     pub(crate) fn new(
-        attribution: Rc<RefCell<Attribution>>,
+        attribution: AttributionHandle,
         counters: CounterTrace,
-        ledger: Rc<RefCell<Ledger>>,
+        ledger: LedgerHandle,
     ) -> Handles {
         Handles {
             attribution,
@@ -87,7 +88,7 @@ impl Handles {
     /// How many contributions the join holds: one per (user, campaign) all-time remainder and
     /// per (user, campaign, window) not yet folded into it.
     pub fn held(&self) -> usize {
-        self.attribution.borrow().held()
+        self.attribution.held()
     }
 
     /// Reads this worker's state at boundary `through`: every update before it, accumulated.
@@ -100,13 +101,15 @@ impl Handles {
         let upper = [through];
         let upper = AntichainRef::new(&upper);
 
-        let attribution = self.attribution.borrow();
-        if attribution.applied().is_some_and(|tick| tick >= through) {
+        if self
+            .attribution
+            .applied()
+            .is_some_and(|tick| tick >= through)
+        {
             return None;
         }
-        let contributions = attribution.contributions();
-        let segments = attribution.segments();
-        drop(attribution);
+        let contributions = self.attribution.contributions();
+        let segments = self.attribution.segments();
 
         let mut counters = Vec::new();
         let (mut cursor, storage) = cursor_list(self.counters.batches_through(upper)?);
@@ -127,7 +130,7 @@ impl Handles {
             contributions,
             segments,
             counters,
-            orders: self.ledger.borrow().export(),
+            orders: self.ledger.export(),
         })
     }
 }

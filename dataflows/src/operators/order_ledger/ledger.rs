@@ -1,35 +1,16 @@
-//! The order ledger: turns delivered events into counted contributions, once each.
-//!
-//! Events are routed by order id. Each worker keeps, per order seen within the last
-//! `order_horizon_ms` of processing time, what was counted for it: whether its click was, and the
-//! purchase (so a refund can retract exactly what was counted, in the window it was counted in).
-//! That state is bounded by the event rate times the horizon, never by the total number of events;
-//! an order is forgotten `order_horizon_ms` after its first event arrived.
-//!
-//! Events of one tick are applied when the tick is complete, in a canonical order (by order, then
-//! click < purchase < refund, then the whole record), so the result is the same for any number of
-//! workers and any arrival order within and across ticks.
+//! The ledger's state: per order, what was counted for it, applied one complete tick at a time.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::collections::VecDeque;
 use std::sync::LazyLock;
 
-use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use super::order_table::OrderTable;
 use crate::model::{
     CampaignId, Cents, Contribution, Counter, Event, EventTimeMs, OrderId, Slot, Tag, Tick, Totals,
     UserId,
 };
-use crate::order_table::OrderTable;
 use crate::windows::WindowSpec;
 
 /// What one order has contributed so far, as checkpoints keep it.
@@ -226,7 +207,7 @@ impl Shards {
 
     /// The table of `order`: shard `floor(SHARDS * log2(1 + u))` for `u` uniform in `[0, 1)`,
     /// which has the density `2^(i / SHARDS)`. `u` is taken from a multiplicative hash (its top
-    /// 53 bits, independent of the low bits that [`route`] spreads over the workers).
+    /// 53 bits, independent of the low bits that [`super::route`] spreads over the workers).
     fn of(&mut self, order: OrderId) -> &mut OrderTable {
         &mut self.0[shard_of(order)]
     }
@@ -482,98 +463,6 @@ impl Ledger {
             }
         }
     }
-}
-
-/// The order id's route to a worker: events and restored orders take the same one.
-fn route(order: OrderId) -> u64 {
-    order.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17
-}
-
-/// Routes events by order and applies them to per-worker [`Ledger`]s, one complete tick at a time.
-///
-/// `restored` carries the orders a checkpoint remembered; they join the ledger of the worker their
-/// events go to before any tick at or after their time is applied. `ledger` is this worker's
-/// ledger, shared so the runtime can read it for a checkpoint while the dataflow is paused at a
-/// tick boundary.
-///
-/// Returns the counted contributions, each carrying its totals in the difference, and the engine's
-/// counters, each carrying its increment in the difference.
-pub fn order_ledger<'scope>(
-    events: StreamVec<'scope, Tick, Event>,
-    restored: StreamVec<'scope, Tick, (OrderId, OrderState)>,
-    ledger: Rc<RefCell<Ledger>>,
-) -> (
-    VecCollection<'scope, Tick, Contribution, Totals>,
-    VecCollection<'scope, Tick, Counter, isize>,
-) {
-    let events_route = Exchange::new(|event: &Event| route(event.order_id));
-    let restored_route = Exchange::new(|(order, _): &(OrderId, OrderState)| route(*order));
-    // Two inputs and two outputs: contributions and counters leave apart, each at its own port,
-    // rather than as one stream copied and filtered twice.
-    let mut builder = OperatorBuilder::new("Ledger: orders".to_owned(), events.scope());
-    let mut input = builder.new_input(events, events_route);
-    let mut restored = builder.new_input(restored, restored_route);
-    let (contributions_out, contributions) = builder.new_output();
-    let (counters_out, counters) = builder.new_output();
-    let mut contributions_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
-        OutputBuilder::from(contributions_out);
-    let mut counters_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
-        OutputBuilder::from(counters_out);
-    builder.build(move |_capabilities| {
-        // A tick's events, with a capability for each output.
-        let mut pending: BTreeMap<Tick, ([Capability<Tick>; 2], Vec<Event>)> = BTreeMap::new();
-        move |frontiers| {
-            let mut contributions_out = contributions_out.activate();
-            let mut counters_out = counters_out.activate();
-            let ports = [
-                contributions_out.output_index(),
-                counters_out.output_index(),
-            ];
-            restored.for_each_stamp(|_capability, data| {
-                let mut ledger = ledger.borrow_mut();
-                for batch in data {
-                    ledger.import(batch.drain(..));
-                }
-            });
-            input.for_each_stamp(|capability, data| {
-                if let (Some(for_contributions), Some(for_counters)) = (
-                    capability.retain_least(ports[0]),
-                    capability.retain_least(ports[1]),
-                ) {
-                    let time = *for_contributions.time();
-                    let entry = pending
-                        .entry(time)
-                        .or_insert_with(|| ([for_contributions, for_counters], Vec::new()));
-                    for batch in data {
-                        entry.1.append(batch);
-                    }
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                if frontiers
-                    .iter()
-                    .any(|frontier| frontier.less_equal(entry.key()))
-                {
-                    break;
-                }
-                let (tick, ([for_contributions, for_counters], mut events)) = entry.remove_entry();
-                let produced = ledger.borrow_mut().apply_tick(tick, &mut events);
-                contributions_out.session(&for_contributions).give_iterator(
-                    produced
-                        .contributions
-                        .into_iter()
-                        .map(|(contribution, totals)| (contribution, tick, totals)),
-                );
-                counters_out.session(&for_counters).give_iterator(
-                    produced
-                        .counters
-                        .into_iter()
-                        .map(|(counter, n)| (counter, tick, n as isize)),
-                );
-            }
-        }
-    });
-    (contributions.as_collection(), counters.as_collection())
 }
 
 #[cfg(test)]

@@ -24,31 +24,31 @@ use crate::model::{Name, Segment};
 
 /// A segment's number in its worker's [`Segments`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct SegmentId(u32);
+pub(super) struct SegmentId(u32);
 
 /// A country's number in its worker's [`Segments`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct CountryId(u32);
+pub(super) struct CountryId(u32);
 
 /// A state's number, within its country, in its worker's [`Segments`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct StateId(u32);
+pub(super) struct StateId(u32);
 
 /// A segment as the table holds it.
 #[derive(Clone, Debug)]
-pub(crate) struct Interned {
+pub(super) struct Interned {
     /// The segment.
-    pub(crate) segment: Segment,
+    pub(super) segment: Segment,
     /// The number of its country.
-    pub(crate) country: CountryId,
+    pub(super) country: CountryId,
     /// The number of its state within its country.
-    pub(crate) state: StateId,
+    pub(super) state: StateId,
 }
 
 /// Every segment this worker's users hold, and every country and state of those, each under its
 /// number.
 #[derive(Debug, Default)]
-pub(crate) struct Segments {
+pub(super) struct Segments {
     segments: Table<Segment, Interned>,
     countries: Table<Name, Name>,
     /// By `(country, state)`, as [`crate::model::Dimension::State`] has them.
@@ -58,7 +58,7 @@ pub(crate) struct Segments {
 impl Segments {
     /// The number of `segment`, given one if it has none. A segment no user holds by the next
     /// [`Segments::collect`] is freed then.
-    pub(crate) fn intern(&mut self, segment: Segment) -> SegmentId {
+    pub(super) fn intern(&mut self, segment: Segment) -> SegmentId {
         if let Some(id) = self.segments.find(&segment) {
             return SegmentId(id);
         }
@@ -79,35 +79,35 @@ impl Segments {
 
     /// Segment `id`.
     #[inline]
-    pub(crate) fn get(&self, id: SegmentId) -> &Interned {
+    pub(super) fn get(&self, id: SegmentId) -> &Interned {
         self.segments.get(id.0)
     }
 
     /// The name of country `id`.
     #[inline]
-    pub(crate) fn country(&self, id: CountryId) -> &Name {
+    pub(super) fn country(&self, id: CountryId) -> &Name {
         self.countries.get(id.0)
     }
 
     /// State `id`, as `(country, state)`.
     #[inline]
-    pub(crate) fn state(&self, id: StateId) -> &(Name, Name) {
+    pub(super) fn state(&self, id: StateId) -> &(Name, Name) {
         self.states.get(id.0)
     }
 
     /// A user took segment `id`.
-    pub(crate) fn hold(&mut self, id: SegmentId) {
+    pub(super) fn hold(&mut self, id: SegmentId) {
         self.segments.hold(id.0);
     }
 
     /// A user left segment `id`.
-    pub(crate) fn release(&mut self, id: SegmentId) {
+    pub(super) fn release(&mut self, id: SegmentId) {
         self.segments.release(id.0);
     }
 
     /// Frees the numbers of segments no user holds, and of countries and states no segment kept
     /// has. Nothing may name a freed number afterwards: call it when no sums are pending.
-    pub(crate) fn collect(&mut self) {
+    pub(super) fn collect(&mut self) {
         for Interned { country, state, .. } in self.segments.collect() {
             self.countries.release(country.0);
             self.states.release(state.0);

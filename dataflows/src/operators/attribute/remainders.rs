@@ -26,7 +26,7 @@ use crate::model::{CampaignId, Totals};
 /// encoding of what it adds, and a merge is paid for by the appends before it. Until then a
 /// campaign can have more than one entry: their sum is its remainder.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Remainders {
+pub(super) struct Remainders {
     bytes: Vec<u8>,
     /// How many leading bytes are merged.
     merged: u32,
@@ -36,12 +36,12 @@ pub(crate) struct Remainders {
 
 impl Remainders {
     /// Whether no campaign has a remainder. Entries that cancel count until they are merged.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
 
     /// The entries: a campaign's remainder is the sum of its entries.
-    pub(crate) fn iter(&self) -> Entries<'_> {
+    pub(super) fn iter(&self) -> Entries<'_> {
         Entries {
             bytes: &self.bytes,
             campaign: 0,
@@ -49,7 +49,7 @@ impl Remainders {
     }
 
     /// The remainders, one per campaign, by campaign, none zero, collected in `scratch`.
-    pub(crate) fn merged<'a>(
+    pub(super) fn merged<'a>(
         &self,
         scratch: &'a mut Vec<(CampaignId, Totals)>,
     ) -> &'a [(CampaignId, Totals)] {
@@ -70,7 +70,7 @@ impl Remainders {
     }
 
     /// How many campaigns have a remainder.
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         if self.merged as usize == self.bytes.len() {
             self.iter().count()
         } else {
@@ -80,15 +80,15 @@ impl Remainders {
 
     /// Starts loading the last bytes, where [`Remainders::add_sorted`] appends.
     #[inline]
-    pub(crate) fn prefetch_end(&self) {
+    pub(super) fn prefetch_end(&self) {
         if let Some(last) = self.bytes.last() {
-            crate::prefetch::prefetch_bytes(last, 1);
+            crate::operators::prefetch::prefetch_bytes(last, 1);
         }
     }
 
     /// Adds `additions`, sorted by campaign (a campaign may appear more than once), to the
     /// remainders; `scratch` is room for merging.
-    pub(crate) fn add_sorted(
+    pub(super) fn add_sorted(
         &mut self,
         additions: &[(CampaignId, Totals)],
         scratch: &mut Vec<(CampaignId, Totals)>,
@@ -244,7 +244,7 @@ impl Entry {
 }
 
 /// The entries of a [`Remainders`].
-pub(crate) struct Entries<'a> {
+pub(super) struct Entries<'a> {
     bytes: &'a [u8],
     campaign: i64,
 }

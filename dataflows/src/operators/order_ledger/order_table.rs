@@ -11,11 +11,11 @@
 //! be prefetched short of doing the lookup; and removals left tombstones that had to be swept by
 //! rebuilding the map.
 
-use crate::prefetch::prefetch;
+use crate::operators::prefetch::prefetch;
 
 /// Values are words that are never zero: a zero value marks a vacant entry.
 #[derive(Default)]
-pub(crate) struct OrderTable {
+pub(super) struct OrderTable {
     entries: Vec<Entry>,
     len: usize,
     /// `64 - log2(entries.len())`: an entry's home is the top bits of its key's hash.
@@ -52,13 +52,13 @@ fn hash(key: u64) -> u64 {
 
 impl OrderTable {
     /// The number of keys held.
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
     /// The number of entries allocated.
     #[cfg(test)]
-    pub(crate) fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.entries.len()
     }
 
@@ -88,14 +88,14 @@ impl OrderTable {
 
     /// Asks the processor to load `key`'s home entry, without waiting for it.
     #[inline]
-    pub(crate) fn prefetch(&self, key: u64) {
+    pub(super) fn prefetch(&self, key: u64) {
         if let Some(entry) = self.entries.get(self.home(key)) {
             prefetch(entry);
         }
     }
 
     /// The value of `key`.
-    pub(crate) fn get(&self, key: u64) -> Option<u64> {
+    pub(super) fn get(&self, key: u64) -> Option<u64> {
         if self.len == 0 {
             return None;
         }
@@ -109,7 +109,7 @@ impl OrderTable {
     ///
     /// # Panics
     /// If `value` is zero.
-    pub(crate) fn get_or_insert(&mut self, key: u64, value: u64) -> (&mut u64, bool) {
+    pub(super) fn get_or_insert(&mut self, key: u64, value: u64) -> (&mut u64, bool) {
         assert_ne!(value, 0, "an order table's values are never zero");
         if self.len + 1 > most(self.entries.len()) {
             self.grow();
@@ -124,7 +124,7 @@ impl OrderTable {
 
     /// Removes `key`, returning its value. The entries after it that can move closer to their
     /// home move back, so no entry is left marked as removed.
-    pub(crate) fn remove(&mut self, key: u64) -> Option<u64> {
+    pub(super) fn remove(&mut self, key: u64) -> Option<u64> {
         if self.len == 0 {
             return None;
         }
