@@ -308,7 +308,7 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         )?),
     };
     if let Some(server) = &server {
-        eprintln!("{}", server.announcement());
+        logging::report(tracing::Level::INFO, &server.announcement());
     }
     let plan = Plan {
         events: EventSource::Kafka {
@@ -399,7 +399,10 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    eprintln!("{sent} events sent to {} (flushed)", config.kafka.topic);
+    logging::report(
+        tracing::Level::INFO,
+        &format!("{sent} events sent to {} (flushed)", config.kafka.topic),
+    );
     Ok(())
 }
 
@@ -429,12 +432,15 @@ pub fn load_demographics(config: Config, args: LoadArgs) -> anyhow::Result<()> {
         demographics::table(seed, users),
         u64::from(users),
     )?;
-    eprintln!(
-        "{} rows loaded into {} in {:.2}s ({:.0} rows/s)",
-        report.rows,
-        config.mysql.table,
-        report.elapsed.as_secs_f64(),
-        report.rows as f64 / report.elapsed.as_secs_f64().max(1e-9)
+    logging::report(
+        tracing::Level::INFO,
+        &format!(
+            "{} rows loaded into {} in {:.2}s ({:.0} rows/s)",
+            report.rows,
+            config.mysql.table,
+            report.elapsed.as_secs_f64(),
+            report.rows as f64 / report.elapsed.as_secs_f64().max(1e-9)
+        ),
     );
     Ok(())
 }
@@ -454,9 +460,12 @@ pub fn change_demographics(config: Config, args: ChangeArgs) -> anyhow::Result<(
         args.duration,
         args.changes,
     )?;
-    eprintln!(
-        "{} changes: {} inserts, {} updates, {} deletes",
-        report.changes, report.inserts, report.updates, report.deletes
+    logging::report(
+        tracing::Level::INFO,
+        &format!(
+            "{} changes: {} inserts, {} updates, {} deletes",
+            report.changes, report.inserts, report.updates, report.deletes
+        ),
     );
     Ok(())
 }

@@ -219,7 +219,7 @@ pub fn start(
         crate::config::http::Listen::On(address) => {
             let server = Server::start(address, Arc::clone(status), config)?;
             if announce {
-                eprintln!("{}", server.announcement());
+                crate::logging::report(tracing::Level::INFO, &server.announcement());
             }
             Ok(Some(server))
         }

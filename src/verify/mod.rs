@@ -346,7 +346,7 @@ pub fn command(config: Config, options: &Options, list: usize) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            crate::logging::report(tracing::Level::ERROR, &format!("error: {error}"));
             ExitCode::from(2)
         }
     }
