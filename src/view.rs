@@ -392,23 +392,6 @@ fn counter(table: &LiveTable, counter: Counter) -> i64 {
 /// The top campaigns and segments by revenue, and the counters, as text.
 pub fn summary(table: &LiveTable) -> String {
     let mut out = String::new();
-    let rows = |family: fn(&Dimension) -> bool| {
-        let mut rows: Vec<(&Dimension, &Totals)> = table
-            .iter()
-            .filter_map(|(k, v)| match (k, v) {
-                (OutputKey::Aggregate(key), OutputValue::Totals(t))
-                    if key.window.is_none() && family(&key.dimension) =>
-                {
-                    Some((&key.dimension, t))
-                }
-                _ => None,
-            })
-            .collect();
-        rows.sort_by(|a, b| b.1.revenue_cents.cmp(&a.1.revenue_cents).then(a.0.cmp(b.0)));
-        rows.truncate(TOP);
-        rows
-    };
-    type Family = fn(&Dimension) -> bool;
     let sections: [(&str, Family); 4] = [
         ("top campaigns", |d| matches!(d, Dimension::Campaign(_))),
         ("top age bands x genders", |d| {
@@ -419,7 +402,7 @@ pub fn summary(table: &LiveTable) -> String {
     ];
     for (title, family) in sections {
         let _ = writeln!(out, "{title} (all time, by revenue):");
-        for (dimension, t) in rows(family) {
+        for (dimension, t) in top(table, family, TOP) {
             let _ = writeln!(
                 out,
                 "  {:<24} revenue {:>14}  purchases {:>8}  clicks {:>8}  units {:>8}  conversion {:>5.1}%",
