@@ -12,7 +12,7 @@ use crate::sources::avro::{self, DecodeError, Decoder, SchemaError};
 use crate::sources::registry::{self, RegistryClient, RegistryError};
 
 use crate::config::kafka::KafkaConfig;
-use crate::sources::kafka::{KafkaSourceError, LogContext, create, kafka};
+use crate::sources::kafka::{KafkaSourceError, LogContext, create, kafka, partition_count};
 
 /// One message read by [`scan_topic`].
 #[derive(Debug)]
@@ -66,14 +66,7 @@ pub fn scan_topic(
         .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer<LogContext> = create(config, &client, "consumer")?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), timeout)
-        .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
-    let count = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == config.topic)
-        .map_or(0, |t| t.partitions().len());
+    let count = partition_count(&consumer, &config.topic, timeout)?;
     if count == 0 {
         return Err(KafkaSourceError::NoPartitions(config.topic.clone()));
     }
@@ -210,14 +203,7 @@ pub fn topic_end(config: &KafkaConfig) -> Result<u64, KafkaSourceError> {
     client.set("group.id", format!("{}-produce", config.group_id));
     let consumer: BaseConsumer<LogContext> = create(config, &client, "consumer")?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), timeout)
-        .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == config.topic)
-        .map_or(0, |t| t.partitions().len());
+    let partitions = partition_count(&consumer, &config.topic, timeout)?;
     let mut end = 0u64;
     for partition in 0..partitions as i32 {
         let (_, high) = consumer

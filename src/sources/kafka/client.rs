@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
@@ -224,6 +224,23 @@ pub(super) fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaErro
         KafkaError::ClientCreation(message) => KafkaError::ClientCreation(mask(message)),
         other => other,
     }
+}
+
+/// How many partitions `topic` has, as the brokers' metadata says (0 for a topic they do not
+/// know), the request bounded by `timeout`.
+pub(crate) fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaSourceError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka(format!("cannot read metadata of {topic}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()))
 }
 
 /// A client of `kind` made from `client`, with [`LogContext`]; an error names no secret of

@@ -17,7 +17,7 @@ pub use crate::config::kafka::{
     AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds,
 };
 pub use client::LogContext;
-pub(crate) use client::create;
+pub(crate) use client::{create, partition_count};
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
 pub(crate) use error::kafka;

@@ -20,7 +20,10 @@ use crate::sources::avro::{DecodeError, Decoder, SchemaError};
 use crate::sources::registry::{self, RegistryClient, RegistryError, SchemaCache};
 
 use super::{
-    client::{LogContext, consumer_config, create, error_librdkafka, log_librdkafka, redact_error},
+    client::{
+        LogContext, consumer_config, create, error_librdkafka, log_librdkafka, partition_count,
+        redact_error,
+    },
     coordinator::{committed_offsets, coordinator_patience, retry_coordinator},
     dead_letter::dead_letter,
     error::{KafkaSourceError, kafka},
@@ -246,14 +249,7 @@ impl PartitionReader {
             consumer_config(config)
                 .create_with_context(ReaderContext)
                 .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&config.topic), bound)
-            .map_err(kafka(format!("cannot read metadata of {}", config.topic)))?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == config.topic)
-            .map_or(0, |t| t.partitions().len());
+        let count = partition_count(&consumer, &config.topic, bound)?;
         if count == 0 {
             return Err(KafkaSourceError::NoPartitions(config.topic.clone()));
         }
