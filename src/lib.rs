@@ -17,6 +17,7 @@ pub mod generators;
 pub mod http;
 pub mod journal;
 pub mod logging;
+pub mod plan;
 pub mod retry;
 pub mod runtime;
 pub mod sinks;

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::config::{Config, DEFAULT_TOML};
 use shopflow::generators::events::{EventGenerator, Pace};
-use shopflow::sources::embedded::EmbeddedKafka;
 use shopflow::sources::kafka::{
     self, EventProducer, HoldBack, KafkaConfig, KafkaSourceError, PartitionReader,
 };

@@ -493,7 +493,7 @@ fn a_restarted_producer_sends_new_orders_and_every_purchase_counts() {
         partitions: 3,
         ..crate::cli::temp_env_config(&[]).kafka
     };
-    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
     restarted_producer_scenario(
         &embedded.config().brokers,
         "restarted-producer",
@@ -643,7 +643,7 @@ fn run_shows_the_live_view_on_a_terminal_only() {
         partitions: 2,
         ..crate::cli::temp_env_config(&[]).kafka
     };
-    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
     let config = shopflow::config::Config {
         kafka: embedded.config().clone(),
         ..crate::cli::temp_env_config(&[])

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, Tag, UserId};
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::sources::avro::{DecodeError, DecodePath, Decoder, EVENT_SCHEMA};
-use shopflow::sources::embedded::EmbeddedKafka;
 use shopflow::sources::kafka::{
     EventProducer, KafkaConfig, KafkaSourceError, PartitionReader, StartPosition, counter_of,
 };

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, Tag, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::generators::events::{EventGenerator, Pace};
 use shopflow::sources::avro;
-use shopflow::sources::embedded::EmbeddedKafka;
 use shopflow::sources::kafka::{EventProducer, KafkaConfig, PartitionReader, StartPosition};
 use shopflow::sources::mysql as source;
 

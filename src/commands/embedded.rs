@@ -10,7 +10,8 @@ use rdkafka::mocking::MockCluster;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::generators::events::EventGenerator;
-use crate::runtime::{Status, Stop};
+use crate::plan::Stop;
+use crate::runtime::Status;
 use crate::sources::kafka::{
     EventProducer, HoldBack, KafkaConfig, KafkaSourceError, StartPosition, produce_generated_within,
 };
