@@ -24,3 +24,4 @@ pub mod sinks;
 pub mod sources;
 pub mod verify;
 pub mod view;
+pub mod writers;

@@ -23,9 +23,9 @@ use crate::plan::{DemographicSource, EventSource, Plan, Stop, Workers};
 use crate::runtime::{self, Status};
 use crate::sinks::influx::{self, InfluxSink};
 use crate::sinks::{Discard, LineProtocolWriter, Sink};
-use crate::sources::kafka::{self, EventProducer};
-use crate::sources::mysql;
 use crate::view;
+use crate::writers::kafka::{self, EventProducer};
+use crate::writers::mysql;
 use embedded::EmbeddedKafka;
 
 pub mod bench;

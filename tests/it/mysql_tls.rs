@@ -11,9 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataflows::model::{Demographic, Gender, UserId};
-use shopflow::sources::mysql::{
-    DemographicsSource, MysqlConfig, MysqlError, MysqlTls, load_demographics, read_table,
-};
+use shopflow::sources::mysql::{DemographicsSource, MysqlConfig, MysqlError, MysqlTls, read_table};
+use shopflow::writers::mysql::load_demographics;
 
 /// A private MariaDB serving TLS only, killed on drop.
 struct TlsServer {

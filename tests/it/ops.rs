@@ -476,7 +476,7 @@ enum Producing {
     /// `shopflow produce`, the binary, against a real broker.
     Binary,
     /// In this process, as `produce` does it (`commands::resumed_generator`, then
-    /// `kafka::produce_generated`): librdkafka's mock cluster refuses the topic creation
+    /// `writers::kafka::produce_generated`): librdkafka's mock cluster refuses the topic creation
     /// `produce` starts with.
     InProcess,
 }
@@ -557,9 +557,9 @@ fn restarted_producer_scenario(brokers: &str, topic: &str, producing: Producing)
                 let generator =
                     shopflow::commands::resumed_generator(&config, shopflow::runtime::now_ms())
                         .expect("a generator");
-                let mut producer = shopflow::sources::kafka::EventProducer::new(&config.kafka)
+                let mut producer = shopflow::writers::kafka::EventProducer::new(&config.kafka)
                     .expect("a producer");
-                let sent = shopflow::sources::kafka::produce_generated(
+                let sent = shopflow::writers::kafka::produce_generated(
                     &mut producer,
                     &generator,
                     Some(per_run),
@@ -654,7 +654,7 @@ fn run_shows_the_live_view_on_a_terminal_only() {
     let generator =
         shopflow::generators::events::EventGenerator::new(knobs, now - 1_000).expect("a generator");
     let mut producer =
-        shopflow::sources::kafka::EventProducer::new(&config.kafka).expect("a producer");
+        shopflow::writers::kafka::EventProducer::new(&config.kafka).expect("a producer");
     for n in 0..500 {
         producer.send(&generator.event(n), now).expect("sent");
     }

@@ -17,11 +17,12 @@ use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, 
 use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::sources::avro::{DecodeError, DecodePath, Decoder, EVENT_SCHEMA};
 use shopflow::sources::kafka::{
-    EventProducer, KafkaConfig, KafkaSourceError, PartitionReader, StartPosition, counter_of,
+    KafkaConfig, KafkaSourceError, PartitionReader, StartPosition, counter_of,
 };
 use shopflow::sources::registry::{
     CONTENT_TYPE, RegistryClient, RegistryError, SchemaCache, value_subject,
 };
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::avro::{apache_message, coupon_value};
 

@@ -100,7 +100,7 @@ pub enum MysqlError {
     },
 }
 
-pub(super) fn sql_error(context: impl Into<String>) -> impl FnOnce(mysql::Error) -> MysqlError {
+pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(mysql::Error) -> MysqlError {
     let context = context.into();
     move |source| MysqlError::Sql { context, source }
 }

@@ -25,7 +25,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use shopflow::cluster::Handshake;
 use shopflow::generators::events::{EventGenerator, Pace};
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig};
+use shopflow::sources::kafka::KafkaConfig;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::cli::{assert_same_state, final_state, reference_lines_from, temp_env_config};
 use crate::support::influx;

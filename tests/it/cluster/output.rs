@@ -388,7 +388,8 @@ fn writing_processes(url: &str, database: &str) -> BTreeSet<String> {
 fn two_processes_on_real_services_write_what_one_process_writes() {
     use crate::support::services::{Cleanup, env};
     use mysql::prelude::Queryable;
-    use shopflow::sources::mysql::{self as source, MysqlConfig};
+    use shopflow::sources::mysql::MysqlConfig;
+    use shopflow::writers;
 
     let (mysql_url, influx_url, brokers) = (
         env("SHOPFLOW_TEST_MYSQL_URL"),
@@ -409,7 +410,7 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
         .expect("a database");
     let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
     let knobs = temp_env_config(&KAFKA_SCENARIO).generator;
-    source::load_demographics(
+    writers::mysql::load_demographics(
         &mysql_config,
         shopflow::generators::demographics::table(knobs.seed, knobs.users),
         u64::from(knobs.users),
@@ -418,7 +419,7 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
 
     let topic = unique("shopflow-cluster").replace('_', "-");
     let kafka = crate::support::services::kafka_config(&brokers, &topic, 4);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let events = 12_000u64;
     let start_ms = shopflow::runtime::now_ms() - 600_000;
     produce_scenario(&kafka, start_ms, events);

@@ -10,8 +10,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::generators::events::{EventGenerator, Pace};
 use shopflow::sources::avro;
-use shopflow::sources::kafka::{EventProducer, KafkaConfig, PartitionReader, StartPosition};
+use shopflow::sources::kafka::{KafkaConfig, PartitionReader, StartPosition};
 use shopflow::sources::mysql as source;
+use shopflow::writers::kafka::EventProducer;
 
 use super::settle_and_compare;
 use crate::support::avro::{encoded, put_long};

@@ -1,7 +1,7 @@
 //! MariaDB unreachable at the start, and lost mid-run: a clear error after a bounded wait, and
 //! no change missed when it comes back.
 
-use shopflow::sources::kafka::{self, StartPosition};
+use shopflow::sources::kafka::StartPosition;
 
 use super::*;
 
@@ -43,7 +43,7 @@ fn mysql_unreachable_at_start_is_a_clear_error_after_a_bounded_wait() {
         max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let address = format!("127.0.0.1:{closed}");
     let env: Vec<(String, String)> = [
         ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
@@ -122,7 +122,7 @@ fn mysql_lost_mid_run_resumes_without_missing_a_change() {
     let producer = produce_in_background(&scenario.kafka, &generator, events);
     let mut changes = demographics::Changes::new(seed, users, 300);
     let mut churn = |n: u64| {
-        let report = source::apply_changes(
+        let report = writers::mysql::apply_changes(
             &scenario.mysql,
             &mut changes,
             20.0,

@@ -13,8 +13,9 @@ use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
 use shopflow::sinks::line_protocol::{Encoder, measurement_and_tags};
 use shopflow::sources::avro;
-use shopflow::sources::kafka::{self, KafkaConfig, StartPosition};
-use shopflow::sources::mysql::{self as source, MysqlConfig};
+use shopflow::sources::kafka::{KafkaConfig, StartPosition};
+use shopflow::sources::mysql::MysqlConfig;
+use shopflow::writers;
 
 use super::influx::{State, WINDOW_MS, row_key};
 use super::services::{Cleanup, env, unique};
@@ -54,8 +55,12 @@ impl Scenario {
             .and_then(|mut conn| conn.query_drop(format!("CREATE DATABASE `{database}`")))
             .expect("a MariaDB database");
         let mysql = MysqlConfig::new(format!("{mysql_url}/{database}"));
-        source::load_demographics(&mysql, demographics::table(seed, users), u64::from(users))
-            .expect("demographics loaded");
+        writers::mysql::load_demographics(
+            &mysql,
+            demographics::table(seed, users),
+            u64::from(users),
+        )
+        .expect("demographics loaded");
         let topic = database.replace('_', "-");
         let kafka = KafkaConfig {
             brokers,
@@ -75,7 +80,7 @@ impl Scenario {
             // No duplicates from producer retries when a broker goes away.
             properties: BTreeMap::from([("enable.idempotence".into(), "true".into())]),
         };
-        kafka::ensure_topic(&kafka, &topic).expect("the topic");
+        writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
         Scenario {
             mysql_url,
             influx_url,
