@@ -3,6 +3,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::support::process::{command, free_ports, hostfile};
+
 /// Runs `shopflow run` against a broker that refuses connections, with piped standard error and
 /// `extra` arguments: it logs a warning of its own (checkpoints off), librdkafka's connection
 /// failures, and ends with an error within seconds, without any service.
@@ -130,16 +132,13 @@ fn the_log_format_comes_from_config_too() {
 
 /// Runs the built binary with only `env` set for shopflow (none of the caller's `SHOPFLOW*`).
 fn shopflow_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+    let mut command = command(args, env);
     for (key, _) in std::env::vars() {
-        if key.starts_with("SHOPFLOW") {
+        if key.starts_with("SHOPFLOW") && !env.iter().any(|(set, _)| *set == key) {
             command.env_remove(key);
         }
     }
     command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -154,23 +153,10 @@ fn shopflow_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child
 #[test]
 fn a_cluster_is_configured_from_the_environment_and_pod_names() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let ports: Vec<u16> = {
-        let held: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().expect("an address").port())
-            .collect()
-    };
-    let hosts = dir.path().join("hosts");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .expect("the hostfile");
+    let hosts = hostfile(dir.path(), "hosts", &free_ports(2));
+    let hosts = hosts.as_str();
     let output = dir.path().join("out.lp");
     let output = output.to_str().expect("UTF-8");
-    let hosts = hosts.to_str().expect("UTF-8");
     let args = [
         "demo",
         "--source",
@@ -419,14 +405,7 @@ fn the_init_container_writes_the_hostfile_shopflow_reads() {
     // Each process's hostfile lists itself as 0.0.0.0 and the others by name: shopflow listens
     // on its own line and dials the others', so the files may differ there. Two such processes
     // form a cluster.
-    let ports: Vec<u16> = {
-        let held: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().expect("an address").port())
-            .collect()
-    };
+    let ports = free_ports(2);
     let pods: Vec<std::process::Child> = (0..2)
         .map(|me: usize| {
             let lines: Vec<String> = ports

@@ -25,6 +25,7 @@ use shopflow::sources::registry::{
 use shopflow::writers::kafka::EventProducer;
 
 use crate::support::avro::{apache_message, coupon_value};
+use crate::support::process::free_port;
 
 /// One request the responder received.
 #[derive(Clone, Debug)]
@@ -410,10 +411,7 @@ fn a_retry_after_longer_than_the_backoff_is_waited_for() {
 #[test]
 fn an_unreachable_registry_is_retried_then_reported() {
     // A port nothing listens on: bound, then released.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let error = client(&format!("http://u:secret@127.0.0.1:{port}"))
         .schema_by_id(1)
         .expect_err("unreachable");

@@ -4,6 +4,7 @@
 use shopflow::sources::kafka::StartPosition;
 
 use super::*;
+use crate::support::process::free_port;
 
 /// MySQL unreachable at start: the connection is retried `connect-retries` times with backoff,
 /// each attempt logged, then the run exits 1 with one line naming the server and the attempts.
@@ -11,10 +12,7 @@ use super::*;
 #[ignore = "needs Kafka and InfluxDB: run scripts/test-all"]
 fn mysql_unreachable_at_start_is_a_clear_error_after_a_bounded_wait() {
     let _services = exclusive();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let closed = free_port();
     let (influx_url, brokers) = (
         env("SHOPFLOW_TEST_INFLUX_URL"),
         env("SHOPFLOW_TEST_KAFKA_BROKERS"),

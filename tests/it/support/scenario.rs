@@ -127,6 +127,25 @@ impl Scenario {
         env
     }
 
+    /// [`Scenario::pipeline_env`] of a run at 250 ms ticks that checkpoints every `interval_ms`
+    /// into a directory of its own, which lives as long as the returned `TempDir`; `extra` on top.
+    pub fn checkpointed_env(
+        &self,
+        params: Params,
+        interval_ms: &str,
+        extra: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Vec<(String, String)>) {
+        let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+        let root = checkpoints.path().display().to_string();
+        let mut settings = vec![
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", interval_ms),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", root.as_str()),
+        ];
+        settings.extend_from_slice(extra);
+        (checkpoints, self.pipeline_env(params, &settings))
+    }
+
     /// A connection to the scenario's database.
     pub fn mysql_conn(&self) -> mysql::PooledConn {
         mysql::Pool::new(format!("{}/{}", self.mysql_url, self.database).as_str())
