@@ -232,7 +232,7 @@ fn conclude_demo(
         output.display(),
         view::summary(&table)
     );
-    let printed = if LineProtocolWriter::is_stdout(&output) {
+    let printed = if LineProtocolWriter::is_stdout(output) {
         std::io::stderr().lock().write_all(summary.as_bytes())
     } else {
         std::io::stdout().lock().write_all(summary.as_bytes())
