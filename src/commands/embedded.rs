@@ -10,10 +10,10 @@ use rdkafka::mocking::MockCluster;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::generators::events::EventGenerator;
-use crate::runtime::{Status, Stop};
-use crate::sources::kafka::{
-    EventProducer, HoldBack, KafkaConfig, KafkaSourceError, StartPosition, produce_generated_within,
-};
+use crate::plan::Stop;
+use crate::runtime::Status;
+use crate::sources::kafka::{KafkaConfig, KafkaSourceError, StartPosition};
+use crate::writers::kafka::{EventProducer, HoldBack, produce_generated_within};
 
 /// What librdkafka's mock cluster keeps of a partition: it deletes the oldest message sets once
 /// a partition holds more than 5 MiB of them (or 100,000 sets), and has no setting for it
