@@ -38,7 +38,7 @@ use crate::generators::events::EventGenerator;
 use crate::journal::JournalError;
 use crate::sinks::{Sink, SinkError};
 use crate::sources::kafka::{KafkaConfig, KafkaSourceError};
-use crate::sources::mysql::{MysqlConfig, MysqlError};
+use crate::sources::mysql::{Follower, MysqlConfig, MysqlError};
 
 pub use status::{LiveTable, Status};
 pub use workers::Workers;
@@ -147,8 +147,33 @@ pub enum EventSource {
 pub enum DemographicSource {
     /// The generator's table and its changes (`generator.demographic-changes-per-second`).
     Generator,
-    /// A MySQL table: a consistent snapshot, then its binlog.
-    Mysql(MysqlConfig),
+    /// A MySQL table: a consistent snapshot, then its binlog; worker 0 leaves its binlog
+    /// follower in the slot, where `/ready` watches it.
+    Mysql(MysqlConfig, FollowerSlot),
+}
+
+impl DemographicSource {
+    /// The MySQL table of `config`, with an empty follower slot.
+    pub fn mysql(config: MysqlConfig) -> DemographicSource {
+        DemographicSource::Mysql(config, FollowerSlot::default())
+    }
+}
+
+/// Where worker 0 leaves the MySQL binlog follower it started, for the HTTP server's `/ready`
+/// (empty until the snapshot is read).
+#[derive(Clone, Debug, Default)]
+pub struct FollowerSlot(Arc<std::sync::OnceLock<Follower>>);
+
+impl FollowerSlot {
+    /// The follower, once worker 0 has started it.
+    pub fn get(&self) -> Option<&Follower> {
+        self.0.get()
+    }
+
+    /// Keeps `follower` (the first one only: a run starts one).
+    pub fn set(&self, follower: Follower) {
+        let _ = self.0.set(follower);
+    }
 }
 
 /// Everything a run needs.
@@ -206,6 +231,11 @@ pub fn run(plan: Plan, sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Repor
         started_ms: now_ms(),
         acknowledged: acknowledged.clone(),
         recent_windows: plan.config.http.recent_windows,
+        // Worker 0 reads MySQL: in the process that runs it.
+        mysql: match &plan.demographics {
+            DemographicSource::Mysql(_, slot) if process == 0 => Some(slot.clone()),
+            _ => None,
+        },
     });
     let written = match &checkpoints {
         Some(c) => Some(c.journal(

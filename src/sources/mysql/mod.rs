@@ -36,4 +36,4 @@ pub use changes::{ApplyReport, apply_changes};
 pub use error::MysqlError;
 pub use load::{LoadReport, load_demographics};
 pub use rows::{read_table, read_table_counting};
-pub use source::{BinlogPosition, ChangeFeed, DemographicsSource};
+pub use source::{BinlogPosition, ChangeFeed, DemographicsSource, Follower};
