@@ -261,13 +261,15 @@ pub fn run(plan: Plan, sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Repor
     )
     .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
+    // A run bounded in time waits for its brokers at start no longer than it is meant to run.
+    let source_timeout = plan.stop.duration.map_or(timeout, |d| timeout.min(d));
     let shared = worker::Shared {
         params: plan.config.params(),
         plan,
         generator,
         start_ms,
         started,
-        timeout,
+        timeout: source_timeout,
         checkpoints,
         sender: Mutex::new(sender),
         status: Arc::clone(&status),

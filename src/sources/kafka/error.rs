@@ -49,8 +49,8 @@ pub enum KafkaSourceError {
     },
     /// The brokers could not be reached within the connect timeout when the reader started.
     #[error(
-        "kafka brokers {brokers} not reachable within {waited:?} (engine.connect-timeout-ms); \
-         the last attempt failed with: {last}"
+        "kafka brokers {brokers} not reachable within {waited:?} (engine.connect-timeout-ms, or \
+         the run's --duration if shorter); the last attempt failed with: {last}"
     )]
     Unreachable {
         /// The bootstrap servers.
