@@ -398,7 +398,7 @@ fn file_rows(path: &Path, time: u64, measurement: &str, key_tags: &[&str]) -> Ro
 fn file_through(path: &Path, time: u64) -> String {
     let end = format!(" {time}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    let prefix = loop {
+    loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let batch_end = text
             .lines()
@@ -408,15 +408,14 @@ fn file_through(path: &Path, time: u64) -> String {
             })
             .find(|(_, line)| line.starts_with("pipeline ") && line.ends_with(&end));
         if let Some((offset, _)) = batch_end {
-            break text[..offset].to_owned();
+            return text[..offset].to_owned();
         }
         assert!(
             Instant::now() < deadline,
             "the line protocol file has no batch at {time} (no `pipeline` line)"
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    prefix
+    }
 }
 
 /// One measurement's rows of the window starting at `start`, by their tags (name -> value).
@@ -674,30 +673,27 @@ fn chart_measurement(dashboard: &str, chart: &str) -> &'static str {
 /// rows its label stands for, and which field (in dollars for money), summed as the page sums
 /// them; `None` where no row counts (the page draws a gap).
 fn expected_point(dashboard: &str, chart: &str, label: &str, rows: &WindowRows) -> Option<String> {
-    let tag = |name: &str| -> Box<dyn Fn(&BTreeMap<String, String>) -> bool + '_> {
-        let name = name.to_owned();
-        Box::new(move |tags| tags.get(&name).map(String::as_str) == Some(label))
+    // The rows the label stands for (by one tag's value, or every row), and the field.
+    let (chosen, field): (Option<(&str, &str)>, &str) = match (dashboard, chart, label) {
+        ("purchases", "revenue", "revenue") => (None, "dollars"),
+        ("purchases", _, field) => (None, field),
+        ("campaigns", "revenue", _) => (
+            Some((
+                "campaign",
+                label.strip_prefix("campaign ").expect("a campaign label"),
+            )),
+            "dollars",
+        ),
+        ("demographics", "age", _) => (Some(("age_band", label)), "dollars"),
+        ("demographics", "gender", _) => (Some(("gender", label)), "purchases"),
+        ("demographics", "countries", _) => (Some(("country", label)), "dollars"),
+        other => panic!("no oracle for the series {other:?}"),
     };
-    let (chosen, field): (Box<dyn Fn(&BTreeMap<String, String>) -> bool>, &str) =
-        match (dashboard, chart, label) {
-            ("purchases", "revenue", "revenue") => (Box::new(|_| true), "dollars"),
-            ("purchases", _, "conversion") => (Box::new(|_| true), "conversion"),
-            ("purchases", _, field) => (Box::new(|_| true), field),
-            ("campaigns", "revenue", _) => {
-                let id = label.strip_prefix("campaign ").expect("a campaign label");
-                (
-                    Box::new(move |tags| tags.get("campaign").map(String::as_str) == Some(id)),
-                    "dollars",
-                )
-            }
-            ("demographics", "age", _) => (tag("age_band"), "dollars"),
-            ("demographics", "gender", _) => (tag("gender"), "purchases"),
-            ("demographics", "countries", _) => (tag("country"), "dollars"),
-            other => panic!("no oracle for the series {other:?}"),
-        };
     let summed = rows
         .iter()
-        .filter(|(tags, _)| chosen(tags))
+        .filter(|(tags, _)| {
+            chosen.is_none_or(|(tag, value)| tags.get(tag).map(String::as_str) == Some(value))
+        })
         .map(|(_, f)| *f)
         .reduce(|t, f| Fields {
             clicks: t.clicks + f.clicks,
