@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, SinkKind};
 use crate::generators::events::Pace;
 use crate::logging::LogFormat;
-use crate::runtime::Workers;
+use crate::plan::Workers;
 use crate::sources::kafka::StartPosition;
 
 /// Real-time e-commerce analytics on timely and differential dataflow.

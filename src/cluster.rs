@@ -42,8 +42,8 @@ use timely::worker::Worker;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::clock::now_ms;
+use crate::plan::{EventSource, Plan};
 use crate::retry::{Delays, RetryPolicy};
-use crate::runtime::{EventSource, Plan};
 use watchdog::{Failure, Watchdog};
 
 /// The first bytes of every handshake: not a shopflow process otherwise.

@@ -19,15 +19,17 @@ use crate::config::{Config, SinkKind};
 use crate::generators::demographics;
 use crate::generators::events::{EventGenerator, Pace};
 use crate::logging;
-use crate::runtime::{self, DemographicSource, EventSource, Plan, Status, Stop, Workers};
+use crate::plan::{DemographicSource, EventSource, Plan, Stop, Workers};
+use crate::runtime::{self, Status};
 use crate::sinks::influx::{self, InfluxSink};
 use crate::sinks::{Discard, LineProtocolWriter, Sink};
-use crate::sources::embedded::EmbeddedKafka;
-use crate::sources::kafka::{self, EventProducer};
-use crate::sources::mysql;
 use crate::view;
+use crate::writers::kafka::{self, EventProducer};
+use crate::writers::mysql;
+use embedded::EmbeddedKafka;
 
 pub mod bench;
+pub mod embedded;
 
 /// `shopflow demo`: everything embedded, no services.
 ///

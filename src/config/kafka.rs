@@ -2,12 +2,11 @@
 //! keep.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use dataflows::model::{Counter, Event, EventTimeMs};
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
-
-use crate::sources::avro;
-use crate::sources::registry::RegistryClient;
 
 /// The `[kafka]` section: what the event topic is and how to reach it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,8 +45,8 @@ pub struct KafkaConfig {
     /// rejected and counted as `rejected_future`; 0 for no bound.
     pub max_future_skew_ms: u64,
     /// An event whose total exceeds this many cents is rejected as implausible and counted as
-    /// `rejected_implausible`; 0 for no bound (the decoder's own limit, [`avro::MAX_CENTS`],
-    /// still holds).
+    /// `rejected_implausible`; 0 for no bound (the decoder's own limit, [`MAX_CENTS`], still
+    /// holds).
     pub max_order_cents: u64,
     /// An event with more units than this is rejected as implausible and counted as
     /// `rejected_implausible`; 0 for no bound.
@@ -103,9 +102,11 @@ impl KafkaConfig {
             return Err("kafka.group-id: must not be empty".into());
         }
         if !self.schema_registry_url.is_empty()
-            && let Err(error) = RegistryClient::new(&self.schema_registry_url)
+            && let Err(error) = RegistryUrl::parse(&self.schema_registry_url)
         {
-            return Err(format!("kafka.schema-registry-url: {error}"));
+            return Err(format!(
+                "kafka.schema-registry-url: schema registry url: {error}"
+            ));
         }
         if self.max_poll_messages == 0 {
             return Err("kafka.max-poll-messages: must be at least 1".into());
@@ -113,7 +114,7 @@ impl KafkaConfig {
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
             return Err(format!(
                 "kafka.max-message-bytes: must be at least {MIN_MESSAGE_BYTES} (an event takes up to {} bytes)",
-                avro::MAX_ENCODED_LEN
+                MAX_ENCODED_LEN
             ));
         }
         Ok(())
@@ -172,6 +173,76 @@ impl KafkaConfig {
 
 /// The smallest `max-message-bytes` accepted: room for every event the bundled schema encodes.
 pub const MIN_MESSAGE_BYTES: usize = 64;
+
+// The event on the wire, as far as this section's checks need it: `sources::avro` (above config)
+// re-exports these and encodes and decodes by them.
+
+/// The Confluent header's length: the magic byte and the 4-byte schema id.
+pub const HEADER_LEN: usize = 5;
+
+/// The largest order total accepted, in cents (2^51, about 22 trillion currency units).
+///
+/// Totals travel as a double in currency units; below this bound every whole number of cents
+/// survives the trip `cents / 100 -> double -> (x * 100).round()` exactly, and every larger
+/// one decodes to a value above it, so an amount is either exact or rejected.
+pub const MAX_CENTS: i64 = 1 << 51;
+
+/// The longest message `sources::avro::encode_event` writes: the header, four ints and two
+/// longs as varints (at most 5 and 10 bytes), the double, and the enum index.
+pub const MAX_ENCODED_LEN: usize = HEADER_LEN + 5 + 5 + 10 + 8 + 5 + 5 + 10;
+
+/// A schema registry's URL (`kafka.schema-registry-url`), checked and taken apart: an absolute
+/// `http[s]://[user:password@]host[:port][/path]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryUrl {
+    /// The base URL, without credentials, query or fragment, ending in `/`.
+    pub base: Url,
+    /// The basic-auth user and password the URL carried, percent-decoded.
+    pub auth: Option<(String, Option<String>)>,
+}
+
+impl fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryUrl")
+            .field("base", &self.base.as_str())
+            .field("auth", &self.auth.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl RegistryUrl {
+    /// Parses and checks `url`. The error never quotes the URL, so the credentials stay out of
+    /// it.
+    pub fn parse(url: &str) -> Result<RegistryUrl, String> {
+        let mut base = Url::parse(url.trim()).map_err(|e| e.to_string())?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err("must be an http:// or https:// URL with a host".into());
+        }
+        let auth = if base.username().is_empty() && base.password().is_none() {
+            None
+        } else {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(String::from)
+                    .map_err(|_| "credentials are not valid percent-encoded UTF-8".to_owned())
+            };
+            let user = decode(base.username())?;
+            let password = base.password().map(decode).transpose()?;
+            Some((user, password))
+        };
+        // Setting these fails only for URLs that cannot have credentials, ruled out above.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(RegistryUrl { base, auth })
+    }
+}
 
 /// How far an event's time may lie from the moment it is read (its processing time) before the
 /// source rejects it as implausible: a clock reset to 1970, a producer whose clock runs days ahead.

@@ -21,11 +21,10 @@ use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::generators::events::GeneratorKnobs;
-use crate::sources::mysql::MysqlError;
 
 use self::influx::InfluxConfig;
 use self::kafka::KafkaConfig;
-use self::mysql::MysqlConfig;
+use self::mysql::{MysqlConfig, MysqlConfigError};
 
 pub mod http;
 pub mod influx;
@@ -258,10 +257,9 @@ impl Config {
                 .map_or(message.clone(), |(_, m)| m.to_owned());
             return Err(ConfigError::Invalid { key, message });
         }
-        self.mysql.validate().map_err(|e| match e {
-            MysqlError::Config { key, message } => ConfigError::Invalid { key, message },
-            other => ConfigError::Parse(other.to_string()),
-        })?;
+        self.mysql
+            .validate()
+            .map_err(|MysqlConfigError { key, message }| ConfigError::Invalid { key, message })?;
         self.influx.validate()?;
         if self.output.line_protocol.as_os_str().is_empty() {
             return invalid("output.line-protocol", "must be a path or -");

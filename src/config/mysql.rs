@@ -6,7 +6,15 @@ use std::path::PathBuf;
 use mysql::Opts;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::sources::mysql::MysqlError;
+/// A `[mysql]` value is unusable: what [`MysqlConfig::validate`] finds, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct MysqlConfigError {
+    /// The key, as `mysql.key`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
 
 /// The environment variable a password is read from when the configuration names none.
 pub const PASSWORD_ENV: &str = "SHOPFLOW_MYSQL_PASSWORD";
@@ -133,8 +141,8 @@ impl MysqlConfig {
     }
 
     /// Checks every value; the error names the key.
-    pub fn validate(&self) -> Result<(), MysqlError> {
-        let invalid = |key, message: String| Err(MysqlError::Config { key, message });
+    pub fn validate(&self) -> Result<(), MysqlConfigError> {
+        let invalid = |key, message: String| Err(MysqlConfigError { key, message });
         if !self.url.starts_with("mysql://") {
             return invalid(
                 "mysql.url",

@@ -23,7 +23,6 @@ pub mod status;
 mod worker;
 pub mod workers;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,15 +32,16 @@ use dataflows::model::Tick;
 use crate::checkpoint::CheckpointError;
 use crate::cluster::watchdog::{self, Ending, Failure, Watchdog};
 use crate::cluster::{self, Agreement, ClusterError};
-use crate::config::Config;
 use crate::generators::events::EventGenerator;
 use crate::journal::JournalError;
 use crate::sinks::{Sink, SinkError};
-use crate::sources::kafka::{KafkaConfig, KafkaSourceError};
-use crate::sources::mysql::{Follower, MysqlConfig, MysqlError};
+use crate::sources::kafka::KafkaSourceError;
+use crate::sources::mysql::MysqlError;
 
+// What a run is lives in `crate::plan`, below `cluster`, which fingerprints it; the runtime's
+// modules keep naming it from here.
+pub use crate::plan::{DemographicSource, EventSource, FollowerSlot, Plan, Stop, Workers};
 pub use status::{LiveTable, Status};
-pub use workers::Workers;
 
 /// A run could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +96,6 @@ pub enum WorkerError {
     State(Tick),
 }
 
-/// When a run ends (besides Ctrl-C).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stop {
-    /// After this many generated events.
-    pub events: Option<u64>,
-    /// After this much wall-clock time.
-    pub duration: Option<Duration>,
-}
-
 /// What a finished run did.
 #[derive(Debug)]
 pub struct Report {
@@ -116,82 +107,6 @@ pub struct Report {
     pub batches: u64,
     /// Lines or records the sink wrote.
     pub written: u64,
-}
-
-/// Where events come from.
-#[derive(Clone, Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "built once per run: its size does not matter"
-)]
-pub enum EventSource {
-    /// The generator, in process: event `n` arrives at its simulated time, paced by
-    /// `generator.pace`. Worker `i` of `w` generates the events `n ≡ i (mod w)`.
-    Generator {
-        /// The simulated time of event 0; `None` for now.
-        start_ms: Option<u64>,
-    },
-    /// A Kafka topic; ticks follow the wall clock.
-    Kafka {
-        /// The topic and client settings.
-        config: KafkaConfig,
-        /// Stop once every partition is read to its end (and `producer_done` is set, if given).
-        until_caught_up: bool,
-        /// Set by an in-process producer when it has sent everything.
-        producer_done: Option<Arc<AtomicBool>>,
-    },
-}
-
-/// Where demographics come from: read once, at worker 0, and exchanged.
-#[derive(Clone, Debug)]
-pub enum DemographicSource {
-    /// The generator's table and its changes (`generator.demographic-changes-per-second`).
-    Generator,
-    /// A MySQL table: a consistent snapshot, then its binlog; worker 0 leaves its binlog
-    /// follower in the slot, where `/ready` watches it.
-    Mysql(MysqlConfig, FollowerSlot),
-}
-
-impl DemographicSource {
-    /// The MySQL table of `config`, with an empty follower slot.
-    pub fn mysql(config: MysqlConfig) -> DemographicSource {
-        DemographicSource::Mysql(config, FollowerSlot::default())
-    }
-}
-
-/// Where worker 0 leaves the MySQL binlog follower it started, for the HTTP server's `/ready`
-/// (empty until the snapshot is read).
-#[derive(Clone, Debug, Default)]
-pub struct FollowerSlot(Arc<std::sync::OnceLock<Follower>>);
-
-impl FollowerSlot {
-    /// The follower, once worker 0 has started it.
-    pub fn get(&self) -> Option<&Follower> {
-        self.0.get()
-    }
-
-    /// Keeps `follower` (the first one only: a run starts one).
-    pub fn set(&self, follower: Follower) {
-        let _ = self.0.set(follower);
-    }
-}
-
-/// Everything a run needs.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// The configuration.
-    pub config: Config,
-    /// The workers.
-    pub workers: Workers,
-    /// When to stop.
-    pub stop: Stop,
-    /// Where events come from.
-    pub events: EventSource,
-    /// Where demographics come from.
-    pub demographics: DemographicSource,
-    /// Where to keep checkpoints (Kafka sources only): the pipeline's own directory
-    /// ([`crate::checkpoint::pipeline_dir`]); `None` for none.
-    pub checkpoints: Option<PathBuf>,
 }
 
 pub use crate::clock::now_ms;

@@ -1,32 +1,12 @@
 //! How many workers, and where: timely's own flags, turned into its configuration.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::RunError;
 
-/// How many workers, and where: timely's own flags.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Workers {
-    /// Worker threads per process; 0 for one per core.
-    pub threads: usize,
-    /// Number of processes.
-    pub processes: usize,
-    /// This process's index.
-    pub process: usize,
-    /// A file with one `host:port` per process.
-    pub hostfile: Option<PathBuf>,
-}
+pub use crate::plan::Workers;
 
 impl Workers {
-    /// The number of threads per process, resolving 0 to the number of cores.
-    pub fn threads_per_process(&self) -> usize {
-        if self.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.threads
-        }
-    }
-
     /// Timely's configuration for these flags.
     pub fn timely_config(&self) -> Result<timely::Config, RunError> {
         let threads = self.threads_per_process();

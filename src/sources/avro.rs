@@ -37,19 +37,8 @@ pub const DEFAULT_SCHEMA_ID: u32 = 1;
 /// The first byte of every Confluent-framed message.
 pub const MAGIC: u8 = 0;
 
-/// The Confluent header's length: the magic byte and the 4-byte schema id.
-pub const HEADER_LEN: usize = 5;
-
-/// The largest order total accepted, in cents (2^51, about 22 trillion currency units).
-///
-/// Totals travel as a double in currency units; below this bound every whole number of cents
-/// survives the trip `cents / 100 -> double -> (x * 100).round()` exactly, and every larger
-/// one decodes to a value above it, so an amount is either exact or rejected.
-pub const MAX_CENTS: i64 = 1 << 51;
-
-/// The longest message [`encode_event`] writes: the header, four ints and two longs as varints
-/// (at most 5 and 10 bytes), the double, and the enum index.
-pub const MAX_ENCODED_LEN: usize = HEADER_LEN + 5 + 5 + 10 + 8 + 5 + 5 + 10;
+// The header's length and the limits `[kafka]`'s checks name live in config, below this module.
+pub use crate::config::kafka::{HEADER_LEN, MAX_CENTS, MAX_ENCODED_LEN};
 
 /// How deep the generic path follows nested records, arrays, maps and unions before it gives up.
 /// A recursive writer schema could otherwise nest without end; the event schema nests once.

@@ -10,8 +10,9 @@
 //! are taken out of the URL when the client is built and sent as an `Authorization` header; the
 //! client's `Debug`, its [`RegistryClient::url`] and its errors never show them.
 //!
-//! Request and response bodies are written and read with `serde_json`, the credentials
-//! percent-decoded with `percent-encoding` (both already in the tree for other reasons).
+//! Request and response bodies are written and read with `serde_json` (already in the tree for
+//! other reasons); the URL is checked and its credentials percent-decoded by
+//! [`RegistryUrl::parse`], which `[kafka]`'s validation shares.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +22,7 @@ use reqwest::Url;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Map, Value};
 
+use crate::config::kafka::RegistryUrl;
 use crate::retry::{Reason, RetryPolicy, Verdict, retry_after_header};
 use crate::sources::avro::{Decoder, HEADER_LEN, MAGIC, SchemaError};
 
@@ -153,40 +155,8 @@ impl RegistryClient {
     /// A client of the registry at `url` (`http[s]://[user:password@]host[:port][/path]`) whose
     /// requests each take at most `timeout`.
     pub fn with_timeout(url: &str, timeout: Duration) -> Result<RegistryClient, RegistryError> {
-        // The parse error never quotes the URL, so the credentials stay out of it.
-        let mut base =
-            Url::parse(url.trim()).map_err(|e| RegistryError::InvalidUrl(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-            return Err(RegistryError::InvalidUrl(
-                "must be an http:// or https:// URL with a host".into(),
-            ));
-        }
-        let auth = if base.username().is_empty() && base.password().is_none() {
-            None
-        } else {
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8()
-                    .map(String::from)
-                    .map_err(|_| {
-                        RegistryError::InvalidUrl(
-                            "credentials are not valid percent-encoded UTF-8".into(),
-                        )
-                    })
-            };
-            let user = decode(base.username())?;
-            let password = base.password().map(decode).transpose()?;
-            Some((user, password))
-        };
-        // Setting these fails only for URLs that cannot have credentials, ruled out above.
-        let _ = base.set_username("");
-        let _ = base.set_password(None);
-        base.set_query(None);
-        base.set_fragment(None);
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
+        let RegistryUrl { base, auth } =
+            RegistryUrl::parse(url).map_err(RegistryError::InvalidUrl)?;
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)

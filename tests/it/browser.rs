@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -19,6 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::cli::final_state;
+use crate::support::process::free_port;
 
 /// The demo's seed: a fixed workload (its timing still follows the wall clock).
 const SEED: &str = "11";
@@ -87,11 +88,7 @@ fn start_demo(output: &Path) -> (Guard, String) {
 
 /// Starts chromedriver on a free port; fails (never skips) when it is not installed.
 fn start_chromedriver() -> (Guard, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut command = Command::new("chromedriver");
     command
         .arg(format!("--port={port}"))

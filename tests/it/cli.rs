@@ -7,7 +7,7 @@ use dataflows::output::{Batch, Change};
 use shopflow::config::Config;
 use shopflow::sinks::line_protocol::Encoder;
 
-use crate::support::process::{shopflow, text};
+use crate::support::process::{free_port, shopflow, text};
 
 /// The final state a line protocol file describes: the last fields written per series (and per
 /// timestamp for window rows, whose points are the windows); all-zero rows are removals.
@@ -347,11 +347,7 @@ pub(crate) fn assert_same_state(got: &BTreeMap<String, String>, want: &BTreeMap<
 #[test]
 fn secrets_never_reach_the_output() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port();
+    let closed = free_port();
     let config = shopflow::config::DEFAULT_TOML
         .replace("[kafka.properties]", "[kafka.properties]\n\"sasl.password\" = \"kafka-secret-4711\"\n\"sasl.username\" = \"shop\"")
         .replace("brokers = \"127.0.0.1:9092\"", &format!("brokers = \"127.0.0.1:{closed}\""));

@@ -14,8 +14,8 @@ use dataflows::model::Event;
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-use shopflow::sources::kafka::EventProducer;
-use shopflow::sources::mysql as source;
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::influx;
 use crate::support::scenario::knobs;
@@ -259,8 +259,14 @@ fn pipeline_on_real_services_equals_sql_group_by() {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
             let mut changes = demographics::Changes::new(seed, users, new_users);
-            source::apply_changes(&config, &mut changes, 100.0, Duration::from_secs(10), 300)
-                .expect("changes applied")
+            writers::mysql::apply_changes(
+                &config,
+                &mut changes,
+                100.0,
+                Duration::from_secs(10),
+                300,
+            )
+            .expect("changes applied")
         })
     };
     let mut producer = EventProducer::new(&kafka).expect("a producer");

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::config::{Config, DEFAULT_TOML};
 use shopflow::generators::events::{EventGenerator, Pace};
-use shopflow::sources::embedded::EmbeddedKafka;
-use shopflow::sources::kafka::{
-    self, EventProducer, HoldBack, KafkaConfig, KafkaSourceError, PartitionReader,
-};
+use shopflow::sources::kafka::{KafkaConfig, KafkaSourceError, PartitionReader};
+use shopflow::writers;
+use shopflow::writers::kafka::{EventProducer, HoldBack};
 
 fn defaults() -> Config {
     toml::from_str(DEFAULT_TOML).expect("the shipped configuration")
@@ -84,7 +84,7 @@ fn the_producer_waits_for_the_consumer() {
     let stop = AtomicBool::new(false);
     let sent = std::thread::scope(|scope| {
         let producing = scope.spawn(|| {
-            kafka::produce_generated_within(
+            writers::kafka::produce_generated_within(
                 &mut producer,
                 &generator,
                 Some(1_000_000),

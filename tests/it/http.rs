@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::cli::final_state;
-use crate::support::process::text;
+use crate::support::process::{command, free_ports, hostfile, text};
 
 /// A running demo and its server's base URL.
 struct Demo {
@@ -32,16 +32,8 @@ impl Demo {
 
     /// [`start`](Demo::start) for another long-running command (`run`).
     fn start_command(subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Demo {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
-        command
-            .arg(subcommand)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
+        let mut command = command(&[&[subcommand], args].concat(), env);
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
         if !env.iter().any(|(key, _)| *key == "SHOPFLOW__HTTP__LISTEN") {
             command.args(["--http", "127.0.0.1:0"]);
         }
@@ -739,23 +731,7 @@ fn http_off_and_a_bad_address() {
 #[test]
 fn each_process_of_a_cluster_serves_its_own() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let ports: Vec<u16> = {
-        let held: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().expect("an address").port())
-            .collect()
-    };
-    let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}\n"))
-            .collect::<String>(),
-    )
-    .expect("the hostfile");
+    let hosts = hostfile(dir.path(), "hosts.txt", &free_ports(2));
     // A port both are told to use, held busy here: both fall back to one of their own.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let busy = busy.local_addr().expect("an address");
@@ -778,7 +754,7 @@ fn each_process_of_a_cluster_serves_its_own() {
                     "-p",
                     &process,
                     "--hostfile",
-                    hosts.to_str().expect("UTF-8"),
+                    &hosts,
                     "-o",
                     output.to_str().expect("UTF-8"),
                 ],
@@ -887,9 +863,9 @@ fn checkpoint_metrics_follow_the_checkpoints_on_disk() {
         partitions: 2,
         ..crate::cli::temp_env_config(&[]).kafka
     };
-    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
     let mut producer =
-        shopflow::sources::kafka::EventProducer::new(embedded.config()).expect("a producer");
+        shopflow::writers::kafka::EventProducer::new(embedded.config()).expect("a producer");
     let now = shopflow::runtime::now_ms();
     let mut knobs = crate::cli::temp_env_config(&[]).generator;
     knobs.users = 500;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
 use mysql::prelude::Queryable;
-use shopflow::sources::kafka::EventProducer;
+use shopflow::writers::kafka::EventProducer;
 
 /// The last all-time `purchases` of a country in InfluxDB, if it has a point.
 fn country_purchases(influx: &str, database: &str, country: &str) -> Option<i64> {

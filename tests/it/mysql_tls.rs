@@ -5,15 +5,15 @@
 //! with a CA and a server certificate (for the name `localhost` only) that it makes with the
 //! `openssl` command, and `require-secure-transport` so that no plain connection can pass.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataflows::model::{Demographic, Gender, UserId};
-use shopflow::sources::mysql::{
-    DemographicsSource, MysqlConfig, MysqlError, MysqlTls, load_demographics, read_table,
-};
+use shopflow::sources::mysql::{DemographicsSource, MysqlConfig, MysqlError, MysqlTls, read_table};
+use shopflow::writers::mysql::load_demographics;
+
+use crate::support::process::free_port;
 
 /// A private MariaDB serving TLS only, killed on drop.
 struct TlsServer {
@@ -117,10 +117,7 @@ impl TlsServer {
                 "--auth-root-authentication-method=socket",
             ]),
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         // A socket path short enough for sun_path, whatever the temporary directory.
         let socket = std::env::temp_dir().join(format!("shopflow-tls-{port}.sock"));
         let file = |name: &str| path.join(name).display().to_string();

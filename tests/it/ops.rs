@@ -3,6 +3,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::support::process::{command, free_ports, hostfile};
+
 /// Runs `shopflow run` against a broker that refuses connections, with piped standard error and
 /// `extra` arguments: it logs a warning of its own (checkpoints off), librdkafka's connection
 /// failures, and ends with an error within seconds, without any service.
@@ -130,16 +132,13 @@ fn the_log_format_comes_from_config_too() {
 
 /// Runs the built binary with only `env` set for shopflow (none of the caller's `SHOPFLOW*`).
 fn shopflow_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
+    let mut command = command(args, env);
     for (key, _) in std::env::vars() {
-        if key.starts_with("SHOPFLOW") {
+        if key.starts_with("SHOPFLOW") && !env.iter().any(|(set, _)| *set == key) {
             command.env_remove(key);
         }
     }
     command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -154,23 +153,10 @@ fn shopflow_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Child
 #[test]
 fn a_cluster_is_configured_from_the_environment_and_pod_names() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let ports: Vec<u16> = {
-        let held: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().expect("an address").port())
-            .collect()
-    };
-    let hosts = dir.path().join("hosts");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .expect("the hostfile");
+    let hosts = hostfile(dir.path(), "hosts", &free_ports(2));
+    let hosts = hosts.as_str();
     let output = dir.path().join("out.lp");
     let output = output.to_str().expect("UTF-8");
-    let hosts = hosts.to_str().expect("UTF-8");
     let args = [
         "demo",
         "--source",
@@ -419,14 +405,7 @@ fn the_init_container_writes_the_hostfile_shopflow_reads() {
     // Each process's hostfile lists itself as 0.0.0.0 and the others by name: shopflow listens
     // on its own line and dials the others', so the files may differ there. Two such processes
     // form a cluster.
-    let ports: Vec<u16> = {
-        let held: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        held.iter()
-            .map(|l| l.local_addr().expect("an address").port())
-            .collect()
-    };
+    let ports = free_ports(2);
     let pods: Vec<std::process::Child> = (0..2)
         .map(|me: usize| {
             let lines: Vec<String> = ports
@@ -476,7 +455,7 @@ enum Producing {
     /// `shopflow produce`, the binary, against a real broker.
     Binary,
     /// In this process, as `produce` does it (`commands::resumed_generator`, then
-    /// `kafka::produce_generated`): librdkafka's mock cluster refuses the topic creation
+    /// `writers::kafka::produce_generated`): librdkafka's mock cluster refuses the topic creation
     /// `produce` starts with.
     InProcess,
 }
@@ -493,7 +472,7 @@ fn a_restarted_producer_sends_new_orders_and_every_purchase_counts() {
         partitions: 3,
         ..crate::cli::temp_env_config(&[]).kafka
     };
-    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
     restarted_producer_scenario(
         &embedded.config().brokers,
         "restarted-producer",
@@ -557,9 +536,9 @@ fn restarted_producer_scenario(brokers: &str, topic: &str, producing: Producing)
                 let generator =
                     shopflow::commands::resumed_generator(&config, shopflow::runtime::now_ms())
                         .expect("a generator");
-                let mut producer = shopflow::sources::kafka::EventProducer::new(&config.kafka)
+                let mut producer = shopflow::writers::kafka::EventProducer::new(&config.kafka)
                     .expect("a producer");
-                let sent = shopflow::sources::kafka::produce_generated(
+                let sent = shopflow::writers::kafka::produce_generated(
                     &mut producer,
                     &generator,
                     Some(per_run),
@@ -643,7 +622,7 @@ fn run_shows_the_live_view_on_a_terminal_only() {
         partitions: 2,
         ..crate::cli::temp_env_config(&[]).kafka
     };
-    let embedded = shopflow::sources::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
     let config = shopflow::config::Config {
         kafka: embedded.config().clone(),
         ..crate::cli::temp_env_config(&[])
@@ -654,7 +633,7 @@ fn run_shows_the_live_view_on_a_terminal_only() {
     let generator =
         shopflow::generators::events::EventGenerator::new(knobs, now - 1_000).expect("a generator");
     let mut producer =
-        shopflow::sources::kafka::EventProducer::new(&config.kafka).expect("a producer");
+        shopflow::writers::kafka::EventProducer::new(&config.kafka).expect("a producer");
     for n in 0..500 {
         producer.send(&generator.event(n), now).expect("sent");
     }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dataflows::model::{CampaignId, Cents, Event, EventTimeMs, OrderId, Tag, UserId};
-use shopflow::sources::kafka::{
-    self, EventProducer, KafkaConfig, KafkaSourceError, PartitionReader,
-};
+use shopflow::sources::kafka::{KafkaConfig, KafkaSourceError, PartitionReader};
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::services::{env, unique};
 
@@ -28,7 +28,7 @@ fn config(properties: &[(&str, &str)]) -> KafkaConfig {
 fn a_refused_message_fails_the_flush() {
     // librdkafka would refuse 2 MB itself; let it through so that the broker (1 MB) refuses it.
     let config = config(&[("message.max.bytes", "10000000")]);
-    kafka::ensure_topic(&config, &config.topic).expect("the topic");
+    writers::kafka::ensure_topic(&config, &config.topic).expect("the topic");
     let mut producer = EventProducer::new(&config).expect("a producer");
     // Random bytes, so that compression does not shrink them below the limit.
     let payload: Vec<u8> = (0..2_000_000).map(|_| rand::random::<u8>()).collect();
@@ -47,7 +47,7 @@ fn a_refused_message_fails_the_flush() {
 #[ignore = "needs Kafka: run scripts/test-all"]
 fn events_arriving_ahead_of_the_clock_are_delivered() {
     let config = config(&[]);
-    kafka::ensure_topic(&config, &config.topic).expect("the topic");
+    writers::kafka::ensure_topic(&config, &config.topic).expect("the topic");
     let mut producer = EventProducer::new(&config).expect("a producer");
     let now = shopflow::runtime::now_ms();
     // A generator at full speed: simulated arrivals days ahead (brokers refuse an hour).

@@ -14,16 +14,18 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, Tag, UserId};
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::sources::avro::{DecodeError, DecodePath, Decoder, EVENT_SCHEMA};
-use shopflow::sources::embedded::EmbeddedKafka;
 use shopflow::sources::kafka::{
-    EventProducer, KafkaConfig, KafkaSourceError, PartitionReader, StartPosition, counter_of,
+    KafkaConfig, KafkaSourceError, PartitionReader, StartPosition, counter_of,
 };
 use shopflow::sources::registry::{
     CONTENT_TYPE, RegistryClient, RegistryError, SchemaCache, value_subject,
 };
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::avro::{apache_message, coupon_value};
+use crate::support::process::free_port;
 
 /// One request the responder received.
 #[derive(Clone, Debug)]
@@ -409,10 +411,7 @@ fn a_retry_after_longer_than_the_backoff_is_waited_for() {
 #[test]
 fn an_unreachable_registry_is_retried_then_reported() {
     // A port nothing listens on: bound, then released.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let error = client(&format!("http://u:secret@127.0.0.1:{port}"))
         .schema_by_id(1)
         .expect_err("unreachable");

@@ -11,8 +11,8 @@ use mysql::prelude::Queryable;
 use shopflow::checkpoint;
 use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-use shopflow::sources::kafka::EventProducer;
-use shopflow::sources::mysql as source;
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::e2e::{all_events, assert_same_rows, influx_rows, load_events, oracle};
 use crate::support::scenario::knobs;
@@ -117,7 +117,7 @@ fn killed_stopped_and_restarted_pipeline_counts_every_event_once() {
     // Demographics change while nothing runs: the restart must move these users' past
     // contributions, including out of segments the sink holds from before.
     let mut changes = demographics::Changes::new(seed, users, new_users);
-    let applied = source::apply_changes(
+    let applied = writers::mysql::apply_changes(
         &mysql_config,
         &mut changes,
         500.0,

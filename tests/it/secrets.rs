@@ -4,11 +4,10 @@
 //! broker, which must stay short, and the partial configuration files and worker flags that the
 //! command line must take or refuse with one line.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::process::{shopflow, text};
+use crate::support::process::{Running, free_port, shopflow, text};
 use crate::support::services;
 
 /// What one run of the binary printed, and how it ended.
@@ -30,11 +29,7 @@ pub(crate) fn run(name: &str, args: &[String], env: &[(String, String)], timeout
     // Its own working directory: whatever a run leaves there (a state directory) goes with it.
     let cwd = tempfile::tempdir().expect("a temporary directory");
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
-    command
-        .args(args)
-        .current_dir(cwd.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(args).current_dir(cwd.path());
     for (key, _) in std::env::vars() {
         if key.starts_with("SHOPFLOW") || key == "RUST_LOG" {
             command.env_remove(key);
@@ -43,37 +38,11 @@ pub(crate) fn run(name: &str, args: &[String], env: &[(String, String)], timeout
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().expect("the binary starts");
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let err = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("waits") {
-            break status.code();
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut output = text(&out.join().expect("reads stdout"));
-    output.push_str(&text(&err.join().expect("reads stderr")));
+    let finished = Running::spawn(command).end_within(timeout);
     Run {
         name: name.to_owned(),
-        code,
-        output,
+        code: finished.code,
+        output: finished.stdout + &finished.stderr,
     }
 }
 
@@ -102,15 +71,6 @@ fn complete(keys: &str) -> String {
         }
     }
     toml::to_string(&all).expect("TOML")
-}
-
-/// A local port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
 }
 
 /// A recognisable secret: `S3CRET-` and random hex.
@@ -198,7 +158,7 @@ fn commands(dir: &std::path::Path) -> Vec<Vec<String>> {
 #[test]
 fn no_failure_prints_a_secret() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let port = closed_port();
+    let port = free_port();
     let [
         mysql_password,
         file_password,
@@ -517,7 +477,7 @@ fn kafka_properties_from_variables_and_files_reach_librdkafka_without_printing_t
     let sasl_password = secret();
     let password_file = dir.path().join("kafka-password");
     std::fs::write(&password_file, format!("{sasl_password}\n")).expect("a password file");
-    let port = closed_port().to_string();
+    let port = free_port().to_string();
     let env = owned(&[
         ("SHOPFLOW__KAFKA__BROKERS", &format!("127.0.0.1:{port}")),
         (
@@ -642,7 +602,7 @@ fn a_partial_config_file_layers_over_the_defaults() {
 #[test]
 fn an_unreachable_broker_logs_a_bounded_number_of_lines() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let port = closed_port();
+    let port = free_port();
     let output = dir.path().join("out.lp").display().to_string();
     let brokers = format!("127.0.0.1:{port}");
     let env = owned(&[

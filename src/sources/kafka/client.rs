@@ -21,7 +21,7 @@ impl KafkaConfig {
     /// A client configuration: brokers, then shopflow's `tuning` defaults, then the pass-through
     /// properties, which may override those defaults. What correctness depends on is set by the
     /// caller afterwards, so no property overrides it.
-    pub(super) fn client_tuned(&self, tuning: &[(&str, &str)]) -> ClientConfig {
+    pub(crate) fn client_tuned(&self, tuning: &[(&str, &str)]) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &self.brokers);
         for (key, value) in tuning {
@@ -36,7 +36,7 @@ impl KafkaConfig {
 
 /// The producer's librdkafka settings unless `kafka.properties` says otherwise: small batches
 /// sent promptly, compressed.
-pub(super) const PRODUCER_TUNING: [(&str, &str); 3] = [
+pub(crate) const PRODUCER_TUNING: [(&str, &str); 3] = [
     ("linger.ms", "5"),
     ("queue.buffering.max.messages", "1000000"),
     ("compression.type", "lz4"),
@@ -145,7 +145,7 @@ impl RateLimiter {
 
 /// One librdkafka log line, through the limiter; its kind is its level and facility (`FAIL`,
 /// `COMMITFAIL`...): the text differs between attempts by addresses and milliseconds.
-pub(super) fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     let Some(suppressed) =
         LIBRDKAFKA_LIMITER.admit(&format!("log {level:?} {fac}"), Instant::now())
     else {
@@ -170,7 +170,7 @@ pub(super) fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
 /// One error librdkafka reports outside any request, through the limiter; its kind is its code.
 /// The end of a partition is an event, not an error. A fatal error is an error; the others
 /// librdkafka recovers from by itself (reconnecting, finding a new leader), so they are warnings.
-pub(super) fn error_librdkafka(error: &KafkaError, reason: &str) {
+pub(crate) fn error_librdkafka(error: &KafkaError, reason: &str) {
     let code = error.rdkafka_error_code();
     if matches!(error, KafkaError::PartitionEOF(_)) || code == Some(RDKafkaErrorCode::PartitionEOF)
     {
@@ -200,7 +200,7 @@ fn held_back(suppressed: u64) -> String {
 
 /// `error` without the secrets of `config`: librdkafka echoes a property's value when it refuses
 /// it, and may quote it in a client creation error.
-pub(super) fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaError {
+pub(crate) fn redact_error(config: &KafkaConfig, error: KafkaError) -> KafkaError {
     let secrets: Vec<&str> = config
         .properties
         .iter()

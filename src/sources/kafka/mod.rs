@@ -1,4 +1,5 @@
-//! Kafka: the event producer (`shopflow produce`) and the per-worker partition reader.
+//! Kafka: the per-worker partition reader, and the clients' settings, logs and errors it shares
+//! with the event producer ([`crate::writers::kafka`]).
 //!
 //! Like timely's old `kafkaesque` example, each worker owns a share of the partitions (partition
 //! `p` goes to worker `p % peers`, counting every worker of every process), polls its consumer
@@ -10,18 +11,17 @@ mod client;
 mod coordinator;
 mod dead_letter;
 mod error;
-mod producer;
 mod reader;
 
 pub use crate::config::kafka::{
     AmountBounds, KafkaConfig, MIN_MESSAGE_BYTES, StartPosition, TimeBounds,
 };
 pub use client::LogContext;
-pub(crate) use client::{create, partition_count};
+// What `writers::kafka` (the producer) shares with the reader.
+pub(crate) use client::{
+    PRODUCER_TUNING, create, error_librdkafka, log_librdkafka, partition_count, redact_error,
+};
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
 pub(crate) use error::kafka;
-pub use producer::{
-    EventProducer, HoldBack, ensure_topic, produce_generated, produce_generated_within,
-};
 pub use reader::{PartitionReader, Polled, counter_of};

@@ -53,7 +53,7 @@ pub(super) fn retrying<T>(
 }
 
 /// A connection, retried with bounded exponential backoff.
-pub(super) fn connect(config: &MysqlConfig) -> Result<Conn, MysqlError> {
+pub(crate) fn connect(config: &MysqlConfig) -> Result<Conn, MysqlError> {
     let opts = config.opts()?;
     let addr = endpoint(&opts);
     retrying(&addr, config.connect_retries, || Conn::new(opts.clone())).map_err(|(attempts, e)| {

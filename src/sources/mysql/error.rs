@@ -3,6 +3,7 @@
 use std::io;
 
 use super::source::BinlogPosition;
+use crate::config::mysql::MysqlConfigError;
 
 /// Why the connector failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,15 @@ pub enum MysqlError {
     },
 }
 
-pub(super) fn sql_error(context: impl Into<String>) -> impl FnOnce(mysql::Error) -> MysqlError {
+pub(crate) fn sql_error(context: impl Into<String>) -> impl FnOnce(mysql::Error) -> MysqlError {
     let context = context.into();
     move |source| MysqlError::Sql { context, source }
+}
+
+/// A bad `[mysql]` value found by [`crate::config::mysql::MysqlConfig::validate`] stops the
+/// connector as any other configuration error does.
+impl From<MysqlConfigError> for MysqlError {
+    fn from(MysqlConfigError { key, message }: MysqlConfigError) -> MysqlError {
+        MysqlError::Config { key, message }
+    }
 }

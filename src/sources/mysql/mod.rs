@@ -1,5 +1,5 @@
-//! MySQL/MariaDB: the demographics table, bulk-loaded, read as a consistent snapshot, and then
-//! followed through the binary log as differential updates.
+//! MySQL/MariaDB: the demographics table (loaded and changed by [`crate::writers::mysql`]), read
+//! as a consistent snapshot, and then followed through the binary log as differential updates.
 //!
 //! Reading has two halves that must meet exactly:
 //!
@@ -24,16 +24,15 @@
 //! is therefore validated as a plain identifier and quoted.
 
 mod binlog;
-mod changes;
 mod connection;
 mod error;
-mod load;
 mod rows;
 mod source;
 
 pub use crate::config::mysql::{MysqlConfig, MysqlTls, PASSWORD_ENV, is_identifier};
-pub use changes::{ApplyReport, apply_changes};
+// What `writers::mysql` (load-demographics, change-demographics) shares with the source.
+pub(crate) use connection::connect;
 pub use error::MysqlError;
-pub use load::{LoadReport, load_demographics};
+pub(crate) use error::sql_error;
 pub use rows::{read_table, read_table_counting};
 pub use source::{BinlogPosition, ChangeFeed, DemographicsSource, Follower};

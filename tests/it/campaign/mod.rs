@@ -52,8 +52,10 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use shopflow::generators::demographics;
 use shopflow::generators::events::EventGenerator;
-use shopflow::sources::kafka::{EventProducer, KafkaConfig};
+use shopflow::sources::kafka::KafkaConfig;
 use shopflow::sources::mysql as source;
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::influx::{self, State};
 use crate::support::kafka::{committed_lag, topic_messages};

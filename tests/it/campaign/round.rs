@@ -436,7 +436,7 @@ impl Round {
                 self.note(format!("started {}", service.name()));
             }
             Step::Changes(n) => {
-                let report = source::apply_changes(
+                let report = writers::mysql::apply_changes(
                     &self.scenario.mysql,
                     &mut self.changes,
                     200.0,

@@ -15,140 +15,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use shopflow::cluster::Handshake;
 use shopflow::generators::events::{EventGenerator, Pace};
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig};
+use shopflow::sources::kafka::KafkaConfig;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::cli::{assert_same_state, final_state, reference_lines_from, temp_env_config};
 use crate::support::influx;
+use crate::support::process::{Finished, Running, free_ports, hostfile, start};
 use crate::support::services::unique;
-
-/// A `shopflow` process started by a test; killed if the test ends first.
-struct Running {
-    child: Option<Child>,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
-    started: Instant,
-}
-
-/// What a process said and how it ended.
-#[derive(Debug)]
-struct Finished {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-    /// When it was seen to end.
-    ended: Instant,
-}
-
-/// Starts the built binary with `args` and `env`, collecting its output as it runs.
-fn start(args: &[String], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shopflow"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = child.stdout.take().map(|p| collect(Box::new(p)));
-    let stderr = child.stderr.take().map(|p| collect(Box::new(p)));
-    Running {
-        child: Some(child),
-        stdout,
-        stderr,
-        started: Instant::now(),
-    }
-}
-
-impl Running {
-    /// Waits for the process to end; kills it and fails the test after `limit`.
-    fn finish(mut self, limit: Duration) -> Finished {
-        let mut child = self.child.take().expect("not finished yet");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("the process can be waited for") {
-                break Some(status);
-            }
-            if self.started.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ended = Instant::now();
-        let elapsed = self.started.elapsed();
-        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default());
-        let stdout = join(self.stdout.take()).unwrap_or_default();
-        let stderr = join(self.stderr.take()).unwrap_or_default();
-        let Some(status) = status else {
-            panic!("still running after {limit:?}, killed; it said:\n{stderr}");
-        };
-        Finished {
-            code: status.code(),
-            stdout,
-            stderr,
-            elapsed,
-            ended,
-        }
-    }
-
-    /// Kills the process now (as SIGKILL does), returning when.
-    fn kill(mut self) -> Instant {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        Instant::now()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `n` loopback ports free right now (held together while chosen, so they differ).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("an address").port())
-        .collect()
-}
-
-/// A hostfile listing `127.0.0.1:port` for each port, with a comment and a blank line.
-fn hostfile(dir: &Path, name: &str, ports: &[u16]) -> String {
-    let path = dir.join(name);
-    let lines: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    std::fs::write(
-        &path,
-        format!("# process 0 first\n\n{}\n", lines.join("\n")),
-    )
-    .expect("the hostfile");
-    path.to_str().expect("a UTF-8 path").to_owned()
-}
 
 /// Words to owned arguments.
 fn args(words: &str) -> Vec<String> {

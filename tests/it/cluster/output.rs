@@ -386,39 +386,26 @@ fn writing_processes(url: &str, database: &str) -> BTreeSet<String> {
 #[test]
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn two_processes_on_real_services_write_what_one_process_writes() {
-    use crate::support::services::{Cleanup, env};
-    use mysql::prelude::Queryable;
-    use shopflow::sources::mysql::{self as source, MysqlConfig};
+    use crate::support::services::{Cleanup, TestDatabase, env};
 
-    let (mysql_url, influx_url, brokers) = (
-        env("SHOPFLOW_TEST_MYSQL_URL"),
-        env("SHOPFLOW_TEST_INFLUX_URL"),
-        env("SHOPFLOW_TEST_KAFKA_BROKERS"),
+    let test_database = TestDatabase::create("shopflow_cluster");
+    let (mysql_config, influx_url, brokers) = (
+        &test_database.mysql,
+        &test_database.influx_url,
+        &test_database.brokers,
     );
-    let database = unique("shopflow_cluster");
+    let database = test_database.name.clone();
     let single_database = format!("{database}_single");
-    let _cleanup = [&database, &single_database].map(|name| Cleanup {
-        mysql_admin: mysql_url.clone(),
-        database: name.clone(),
+    let _cleanup = Cleanup {
+        mysql_admin: env("SHOPFLOW_TEST_MYSQL_URL"),
+        database: single_database.clone(),
         influx: influx_url.clone(),
-    });
-    let pool = mysql::Pool::new(mysql_url.as_str()).expect("MariaDB");
-    pool.get_conn()
-        .expect("a connection")
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .expect("a database");
-    let mysql_config = MysqlConfig::new(format!("{mysql_url}/{database}"));
+    };
     let knobs = temp_env_config(&KAFKA_SCENARIO).generator;
-    source::load_demographics(
-        &mysql_config,
-        shopflow::generators::demographics::table(knobs.seed, knobs.users),
-        u64::from(knobs.users),
-    )
-    .expect("loaded");
+    test_database.load_demographics(knobs.seed, knobs.users);
 
-    let topic = unique("shopflow-cluster").replace('_', "-");
-    let kafka = crate::support::services::kafka_config(&brokers, &topic, 4);
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    let kafka = test_database.topic("shopflow-cluster", 4);
+    let topic = kafka.topic.clone();
     let events = 12_000u64;
     let start_ms = shopflow::runtime::now_ms() - 600_000;
     produce_scenario(&kafka, start_ms, events);

@@ -281,7 +281,7 @@ fn mysql_rows(
 #[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
 fn every_panel_query_returns_rows_after_a_real_run() {
     use mysql::prelude::Queryable;
-    use shopflow::sources::kafka::{self, EventProducer};
+    use shopflow::writers::{self, kafka::EventProducer};
 
     let started_ms = shopflow::runtime::now_ms();
     let db = crate::support::services::TestDatabase::create("shopflow_dash");
@@ -315,7 +315,7 @@ fn every_panel_query_returns_rows_after_a_real_run() {
     kafka.brokers = brokers.clone();
     kafka.topic = topic.clone();
     kafka.group_id = topic.clone();
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let mut producer = EventProducer::new(&kafka).expect("a producer");
     crate::support::services::send_malformed(&mut producer);
     producer.flush(Duration::from_secs(10)).expect("flushed");

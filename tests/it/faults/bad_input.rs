@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use dataflows::model::{CampaignId, Cents, Counter, Event, EventTimeMs, OrderId, Tag, UserId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use shopflow::commands::embedded::EmbeddedKafka;
 use shopflow::generators::events::{EventGenerator, Pace};
 use shopflow::sources::avro;
-use shopflow::sources::embedded::EmbeddedKafka;
-use shopflow::sources::kafka::{EventProducer, KafkaConfig, PartitionReader, StartPosition};
+use shopflow::sources::kafka::{KafkaConfig, PartitionReader, StartPosition};
 use shopflow::sources::mysql as source;
+use shopflow::writers::kafka::EventProducer;
 
 use super::settle_and_compare;
 use crate::support::avro::{encoded, put_long};

@@ -12,17 +12,8 @@ fn a_kill_before_the_first_checkpoint_loses_nothing() {
     let _services = exclusive();
     let (seed, users) = (79, 3_000);
     let scenario = Scenario::new("faults_early_kill", seed, users);
-    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
-    let root = checkpoints.path().display().to_string();
-    let env = scenario.pipeline_env(
-        timeless(),
-        &[
-            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
-            // The first checkpoint is never reached before the kill.
-            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "3600000"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
-        ],
-    );
+    // The first checkpoint is never reached before the kill.
+    let (_checkpoints, env) = scenario.checkpointed_env(timeless(), "3600000", &[]);
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);
     let (rate, events) = (2_000.0, 20_000u64);
@@ -57,16 +48,7 @@ fn rows_written_after_the_restored_checkpoint_and_no_longer_supported_are_remove
     let _services = exclusive();
     let (seed, users) = (83, 2_000);
     let scenario = Scenario::new("faults_stale", seed, users);
-    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
-    let root = checkpoints.path().display().to_string();
-    let env = scenario.pipeline_env(
-        timeless(),
-        &[
-            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "20000"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
-        ],
-    );
+    let (checkpoints, env) = scenario.checkpointed_env(timeless(), "20000", &[]);
     let dir = shopflow::checkpoint::pipeline_dir(checkpoints.path(), &scenario.kafka.group_id);
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);
@@ -142,17 +124,11 @@ fn a_stop_during_the_first_tick_after_a_restore_writes_the_tables_demographics()
     let _services = exclusive();
     let (seed, users) = (97, 2_000);
     let scenario = Scenario::new("faults_first_tick_stop", seed, users);
-    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
-    let root = checkpoints.path().display().to_string();
-    let env = scenario.pipeline_env(
+    let (_checkpoints, env) = scenario.checkpointed_env(
         timeless(),
-        &[
-            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "2000"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
-            // "restoring a checkpoint" is the moment the test stops it.
-            ("RUST_LOG", "warn,shopflow::runtime=info"),
-        ],
+        "2000",
+        // "restoring a checkpoint" is the moment the test stops it.
+        &[("RUST_LOG", "warn,shopflow::runtime=info")],
     );
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);

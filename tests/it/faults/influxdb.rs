@@ -171,16 +171,7 @@ fn an_influxdb_outage_then_a_kill_never_commits_or_checkpoints_ahead_of_influxdb
     let _services = exclusive();
     let (seed, users) = (73, 3_000);
     let scenario = Scenario::new("faults_ack", seed, users);
-    let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
-    let root = checkpoints.path().display().to_string();
-    let env = scenario.pipeline_env(
-        timeless(),
-        &[
-            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "500"),
-            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root),
-        ],
-    );
+    let (checkpoints, env) = scenario.checkpointed_env(timeless(), "500", &[]);
     let dir = shopflow::checkpoint::pipeline_dir(checkpoints.path(), &scenario.kafka.group_id);
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);

@@ -1,9 +1,10 @@
 //! MariaDB unreachable at the start, and lost mid-run: a clear error after a bounded wait, and
 //! no change missed when it comes back.
 
-use shopflow::sources::kafka::{self, StartPosition};
+use shopflow::sources::kafka::StartPosition;
 
 use super::*;
+use crate::support::process::free_port;
 
 /// MySQL unreachable at start: the connection is retried `connect-retries` times with backoff,
 /// each attempt logged, then the run exits 1 with one line naming the server and the attempts.
@@ -11,10 +12,7 @@ use super::*;
 #[ignore = "needs Kafka and InfluxDB: run scripts/test-all"]
 fn mysql_unreachable_at_start_is_a_clear_error_after_a_bounded_wait() {
     let _services = exclusive();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let closed = free_port();
     let (influx_url, brokers) = (
         env("SHOPFLOW_TEST_INFLUX_URL"),
         env("SHOPFLOW_TEST_KAFKA_BROKERS"),
@@ -43,7 +41,7 @@ fn mysql_unreachable_at_start_is_a_clear_error_after_a_bounded_wait() {
         max_units: 1_000_000,
         properties: BTreeMap::new(),
     };
-    kafka::ensure_topic(&kafka, &topic).expect("the topic");
+    writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
     let address = format!("127.0.0.1:{closed}");
     let env: Vec<(String, String)> = [
         ("SHOPFLOW__KAFKA__BROKERS", brokers.as_str()),
@@ -122,7 +120,7 @@ fn mysql_lost_mid_run_resumes_without_missing_a_change() {
     let producer = produce_in_background(&scenario.kafka, &generator, events);
     let mut changes = demographics::Changes::new(seed, users, 300);
     let mut churn = |n: u64| {
-        let report = source::apply_changes(
+        let report = writers::mysql::apply_changes(
             &scenario.mysql,
             &mut changes,
             20.0,

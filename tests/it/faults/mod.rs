@@ -41,8 +41,10 @@ use dataflows::model::{Counter, Demographic, Tick};
 use mysql::prelude::Queryable;
 use shopflow::generators::demographics;
 use shopflow::generators::events::EventGenerator;
-use shopflow::sources::kafka::{EventProducer, KafkaConfig};
+use shopflow::sources::kafka::KafkaConfig;
 use shopflow::sources::mysql::{self as source};
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 use crate::support::influx::{self, State, WINDOW_MS};
 use crate::support::kafka::{

@@ -124,7 +124,7 @@ fn steady_run_keeps_memory_flat_and_equals_the_oracle() {
         std::thread::sleep(Duration::from_millis(burst - now));
         pipeline.assert_running();
         let tick = burst - burst % tick_ms;
-        let report = source::apply_changes(
+        let report = writers::mysql::apply_changes(
             &scenario.mysql,
             &mut changes,
             200.0,

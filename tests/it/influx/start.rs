@@ -1,6 +1,7 @@
 //! The start: one check of InfluxDB, within timeout-ms.
 
 use super::*;
+use crate::support::process::free_port;
 
 /// `shopflow run` against `url`, started; stdout and stderr piped.
 fn run_against(url: &str, timeout_ms: u64) -> std::process::Child {
@@ -43,11 +44,7 @@ fn ended_within(
 
 #[test]
 fn an_unreachable_influxdb_fails_the_start_at_once_with_one_line() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let child = run_against(&format!("http://127.0.0.1:{port}"), 10_000);
     let (status, stderr) = ended_within(child, Duration::from_secs(20));

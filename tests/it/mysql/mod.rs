@@ -23,9 +23,9 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 use shopflow::generators::demographics::{self, Changes};
 use shopflow::sources::mysql::{
-    ChangeFeed, DemographicsSource, MysqlConfig, MysqlError, apply_changes, load_demographics,
-    read_table, read_table_counting,
+    ChangeFeed, DemographicsSource, MysqlConfig, MysqlError, read_table, read_table_counting,
 };
+use shopflow::writers::mysql::{apply_changes, load_demographics};
 
 type Updates = Vec<(Demographic, isize)>;
 

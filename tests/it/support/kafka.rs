@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use shopflow::generators::events::EventGenerator;
-use shopflow::sources::kafka::{self, EventProducer, KafkaConfig};
+use shopflow::sources::kafka::KafkaConfig;
+use shopflow::writers;
+use shopflow::writers::kafka::EventProducer;
 
 /// Messages in the topic: the sum of its partitions' high watermarks.
 pub fn topic_messages(config: &KafkaConfig) -> i64 {
@@ -80,7 +82,7 @@ pub fn produce_in_background(
 /// the generator's pace is unbounded); how many it sent.
 pub fn produce(producer: &mut EventProducer, generator: &EventGenerator, events: u64) -> u64 {
     let never = AtomicBool::new(false);
-    kafka::produce_generated(producer, generator, Some(events), None, &never, |_| {})
+    writers::kafka::produce_generated(producer, generator, Some(events), None, &never, |_| {})
         .expect("produced")
 }
 

@@ -13,8 +13,9 @@ use shopflow::generators::demographics;
 use shopflow::generators::events::{EventGenerator, GeneratorKnobs, Pace};
 use shopflow::sinks::line_protocol::{Encoder, measurement_and_tags};
 use shopflow::sources::avro;
-use shopflow::sources::kafka::{self, KafkaConfig, StartPosition};
-use shopflow::sources::mysql::{self as source, MysqlConfig};
+use shopflow::sources::kafka::{KafkaConfig, StartPosition};
+use shopflow::sources::mysql::MysqlConfig;
+use shopflow::writers;
 
 use super::influx::{State, WINDOW_MS, row_key};
 use super::services::{Cleanup, env, unique};
@@ -54,8 +55,12 @@ impl Scenario {
             .and_then(|mut conn| conn.query_drop(format!("CREATE DATABASE `{database}`")))
             .expect("a MariaDB database");
         let mysql = MysqlConfig::new(format!("{mysql_url}/{database}"));
-        source::load_demographics(&mysql, demographics::table(seed, users), u64::from(users))
-            .expect("demographics loaded");
+        writers::mysql::load_demographics(
+            &mysql,
+            demographics::table(seed, users),
+            u64::from(users),
+        )
+        .expect("demographics loaded");
         let topic = database.replace('_', "-");
         let kafka = KafkaConfig {
             brokers,
@@ -75,7 +80,7 @@ impl Scenario {
             // No duplicates from producer retries when a broker goes away.
             properties: BTreeMap::from([("enable.idempotence".into(), "true".into())]),
         };
-        kafka::ensure_topic(&kafka, &topic).expect("the topic");
+        writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
         Scenario {
             mysql_url,
             influx_url,
@@ -120,6 +125,25 @@ impl Scenario {
             env.push(((*key).to_owned(), (*value).to_owned()));
         }
         env
+    }
+
+    /// [`Scenario::pipeline_env`] of a run at 250 ms ticks that checkpoints every `interval_ms`
+    /// into a directory of its own, which lives as long as the returned `TempDir`; `extra` on top.
+    pub fn checkpointed_env(
+        &self,
+        params: Params,
+        interval_ms: &str,
+        extra: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Vec<(String, String)>) {
+        let checkpoints = tempfile::tempdir().expect("a checkpoint directory");
+        let root = checkpoints.path().display().to_string();
+        let mut settings = vec![
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", interval_ms),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", root.as_str()),
+        ];
+        settings.extend_from_slice(extra);
+        (checkpoints, self.pipeline_env(params, &settings))
     }
 
     /// A connection to the scenario's database.

@@ -45,7 +45,7 @@ impl Drop for Cleanup {
 
 /// The malformed messages the service tests send, one per reason a source counts: a wrong magic
 /// byte, a truncated body, an unknown schema id, an empty message. Returns how many.
-pub fn send_malformed(producer: &mut shopflow::sources::kafka::EventProducer) -> i64 {
+pub fn send_malformed(producer: &mut shopflow::writers::kafka::EventProducer) -> i64 {
     let messages: [&[u8]; 4] = [
         b"\x07junk",
         b"\x00\x00\x00\x00\x01\x02",
@@ -130,7 +130,7 @@ impl TestDatabase {
 
     /// Loads `users` generated demographics rows (`demographics::table(seed, users)`).
     pub fn load_demographics(&self, seed: u64, users: u32) {
-        shopflow::sources::mysql::load_demographics(
+        shopflow::writers::mysql::load_demographics(
             &self.mysql,
             shopflow::generators::demographics::table(seed, users),
             u64::from(users),
@@ -143,7 +143,7 @@ impl TestDatabase {
     pub fn topic(&self, prefix: &str, partitions: i32) -> shopflow::sources::kafka::KafkaConfig {
         let topic = unique(prefix).replace('_', "-");
         let kafka = kafka_config(&self.brokers, &topic, partitions);
-        shopflow::sources::kafka::ensure_topic(&kafka, &topic).expect("the topic");
+        shopflow::writers::kafka::ensure_topic(&kafka, &topic).expect("the topic");
         kafka
     }
 

@@ -97,8 +97,8 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
 
     use shopflow::generators::demographics;
     use shopflow::generators::events::{EventGenerator, GeneratorKnobs};
-    use shopflow::sources::kafka::EventProducer;
-    use shopflow::sources::mysql as source;
+    use shopflow::writers;
+    use shopflow::writers::kafka::EventProducer;
 
     use crate::support::scenario::knobs;
 
@@ -150,7 +150,7 @@ fn verify_passes_after_a_real_run_then_names_each_corrupted_key() {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(1));
             let mut changes = demographics::Changes::new(seed, users, new_users);
-            source::apply_changes(&config, &mut changes, 50.0, Duration::from_secs(10), 150)
+            writers::mysql::apply_changes(&config, &mut changes, 50.0, Duration::from_secs(10), 150)
                 .expect("changes applied")
         })
     };
@@ -336,7 +336,7 @@ fn verify_agrees_on_every_rejection_skipped_row_and_huge_sum() {
     use std::process::Command;
 
     use mysql::prelude::Queryable;
-    use shopflow::sources::kafka::EventProducer;
+    use shopflow::writers::kafka::EventProducer;
 
     let test_database = crate::support::services::TestDatabase::create("shopflow_verify_counters");
     let (influx_url, brokers, database, pool, mysql_config) = test_database.parts();

@@ -7,12 +7,9 @@ use mysql::prelude::Queryable;
 
 use crate::generators::demographics::Changes;
 
-use super::{
-    connection::connect,
-    error::{MysqlError, sql_error},
-    load::{insert_statement, push_row},
-};
+use super::load::{insert_statement, push_row};
 use crate::config::mysql::MysqlConfig;
+use crate::sources::mysql::{MysqlError, connect, sql_error};
 
 /// What [`apply_changes`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The event producer (`shopflow produce`): generated events, Avro-encoded, sent to the topic.
+//! The event producer (`shopflow produce`, and the demo's producer thread): generated events,
+//! Avro-encoded, sent to the topic.
 
 use std::time::{Duration, Instant};
 
@@ -9,12 +10,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::sources::avro;
+use crate::sources::kafka::{
+    KafkaSourceError, LogContext, PRODUCER_TUNING, create, error_librdkafka, kafka, log_librdkafka,
+    redact_error,
+};
 use crate::sources::registry::{self, RegistryClient};
 
-use super::{
-    client::{LogContext, PRODUCER_TUNING, create, error_librdkafka, log_librdkafka, redact_error},
-    error::{KafkaSourceError, kafka},
-};
 use crate::config::kafka::KafkaConfig;
 
 /// Counts the messages the brokers did not take, and keeps the first reason.

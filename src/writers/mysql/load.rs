@@ -7,11 +7,8 @@ use dataflows::model::Demographic;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Params, Value};
 
-use super::{
-    connection::connect,
-    error::{MysqlError, sql_error},
-};
 use crate::config::mysql::{MysqlConfig, is_identifier};
+use crate::sources::mysql::{MysqlError, connect, sql_error};
 
 /// The table's DDL; the table name is substituted after validation.
 const DDL: &str = include_str!("../../../config/mysql/demographics.sql");

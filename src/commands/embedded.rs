@@ -11,11 +11,10 @@ use rdkafka::producer::{Producer as _, ThreadedProducer};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::generators::events::EventGenerator;
-use crate::runtime::{Status, Stop};
-use crate::sources::kafka::{
-    EventProducer, HoldBack, KafkaConfig, KafkaSourceError, LogContext, StartPosition, create,
-    produce_generated_within,
-};
+use crate::plan::Stop;
+use crate::runtime::Status;
+use crate::sources::kafka::{KafkaConfig, KafkaSourceError, LogContext, StartPosition, create};
+use crate::writers::kafka::{EventProducer, HoldBack, produce_generated_within};
 
 /// What librdkafka's mock cluster keeps of a partition: it deletes the oldest message sets once
 /// a partition holds more than 5 MiB of them (or 100,000 sets), and has no setting for it
