@@ -555,13 +555,14 @@ pub fn connect_all(
 ) -> Result<Connected, ClusterError> {
     let me = hello.process;
     let deadline = Instant::now() + timeout;
+    let listen_error = |e: std::io::Error| ClusterError::Listen {
+        address: addresses[me].clone(),
+        process: me,
+        reason: describe(&e),
+    };
     let listener = TcpListener::bind(addresses[me].as_str())
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| ClusterError::Listen {
-            address: addresses[me].clone(),
-            process: me,
-            reason: describe(&e),
-        })?;
+        .map_err(listen_error)?;
     tracing::info!(process = me, address = %addresses[me], "connecting to the other processes");
     // Per process, the data connection and the control link.
     let mut links: [Vec<Option<TcpStream>>; 2] = [
@@ -579,81 +580,17 @@ pub fn connect_all(
     while let Some(first_missing) = (0..addresses.len()).find(|&j| !complete(&links, j)) {
         let now = Instant::now();
         if now >= deadline {
-            let (process, address) = (first_missing, addresses[first_missing].clone());
-            return Err(if process < me {
-                ClusterError::Unreachable {
-                    process,
-                    address,
-                    waited: Seconds(timeout),
-                    reason: attempts[process]
-                        .2
-                        .clone()
-                        .unwrap_or_else(|| "no attempt finished".to_owned()),
-                }
-            } else {
-                ClusterError::NotConnected {
-                    process,
-                    address,
-                    waited: Seconds(timeout),
-                }
-            });
+            let last_error = attempts.get(first_missing).and_then(|a| a.2.clone());
+            return Err(gave_up(first_missing, me, addresses, timeout, last_error));
         }
-        loop {
-            match listener.accept() {
-                Ok((stream, from)) => {
-                    let (process, control, stream) = accept(stream, from, hello, &links, deadline)?;
-                    tracing::info!(process, %from, control, "process connected");
-                    links[usize::from(control)][process] = Some(stream);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(e) => {
-                    return Err(ClusterError::Listen {
-                        address: addresses[me].clone(),
-                        process: me,
-                        reason: describe(&e),
-                    });
-                }
-            }
-        }
-        for (process, (next, pauses, last_error)) in attempts.iter_mut().enumerate() {
-            if complete(&links, process) || *next > Instant::now() {
-                continue;
-            }
-            let address = &addresses[process];
-            // The data connection first, then the control link: the peer accepts them in order.
-            for control in [false, true] {
-                if links[usize::from(control)][process].is_some() {
-                    continue;
-                }
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .clamp(MIN_WAIT, MAX_BACKOFF);
-                match dial(address, wait) {
-                    Ok(stream) => {
-                        let mine = Handshake { control, ..*hello };
-                        let (stream, theirs) = greet(stream, process, address, &mine, deadline)?;
-                        if process == 0 {
-                            start_ms = theirs.clock_ms;
-                        }
-                        tracing::info!(process, %address, control, "connected to process");
-                        links[usize::from(control)][process] = Some(stream);
-                    }
-                    Err(e) => {
-                        if last_error.is_none() {
-                            tracing::info!(process, %address, error = %e, "waiting for process");
-                        }
-                        *last_error = Some(e);
-                        // The retries are unbounded: the deadline ends them.
-                        *next = Instant::now() + pauses.next().unwrap_or(MAX_BACKOFF);
-                        break;
-                    }
-                }
-            }
+        accept_waiting(&listener, hello, &mut links, deadline).map_err(
+            |refused| match refused {
+                Refused::Listener(e) => listen_error(e),
+                Refused::Peer(e) => e,
+            },
+        )?;
+        if let Some(clock_ms) = dial_due(&mut attempts, &mut links, addresses, hello, deadline)? {
+            start_ms = clock_ms;
         }
         let next_attempt = attempts
             .iter()
@@ -686,6 +623,116 @@ pub fn connect_all(
         control,
         start_ms,
     })
+}
+
+/// Why [`connect_all`] gave up at its deadline on `process`, the first one still missing: a
+/// process before `me` never accepted (with the `last_error` of dialling it), one after never
+/// connected.
+fn gave_up(
+    process: usize,
+    me: usize,
+    addresses: &[String],
+    timeout: Duration,
+    last_error: Option<String>,
+) -> ClusterError {
+    let address = addresses[process].clone();
+    if process < me {
+        ClusterError::Unreachable {
+            process,
+            address,
+            waited: Seconds(timeout),
+            reason: last_error.unwrap_or_else(|| "no attempt finished".to_owned()),
+        }
+    } else {
+        ClusterError::NotConnected {
+            process,
+            address,
+            waited: Seconds(timeout),
+        }
+    }
+}
+
+/// Why accepting a connection failed: the listener itself, or the peer's handshake.
+enum Refused {
+    Listener(std::io::Error),
+    Peer(ClusterError),
+}
+
+/// Accepts every connection waiting on `listener`, checking each one's handshake, into `links`.
+fn accept_waiting(
+    listener: &TcpListener,
+    hello: &Handshake,
+    links: &mut [Vec<Option<TcpStream>>; 2],
+    deadline: Instant,
+) -> Result<(), Refused> {
+    loop {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                let (process, control, stream) =
+                    accept(stream, from, hello, links, deadline).map_err(Refused::Peer)?;
+                tracing::info!(process, %from, control, "process connected");
+                links[usize::from(control)][process] = Some(stream);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => return Err(Refused::Listener(e)),
+        }
+    }
+}
+
+/// Dials every process before this one whose next attempt is due and that still misses a
+/// connection: the data connection first, then the control link (the peer accepts them in that
+/// order). A failed dial sets the process's next attempt after its next pause. Returns process
+/// 0's clock when this round connected to it.
+fn dial_due(
+    attempts: &mut [(Instant, Delays, Option<String>)],
+    links: &mut [Vec<Option<TcpStream>>; 2],
+    addresses: &[String],
+    hello: &Handshake,
+    deadline: Instant,
+) -> Result<Option<u64>, ClusterError> {
+    let mut start_ms = None;
+    for (process, (next, pauses, last_error)) in attempts.iter_mut().enumerate() {
+        let complete = links[0][process].is_some() && links[1][process].is_some();
+        if complete || *next > Instant::now() {
+            continue;
+        }
+        let address = &addresses[process];
+        // The data connection first, then the control link: the peer accepts them in order.
+        for control in [false, true] {
+            if links[usize::from(control)][process].is_some() {
+                continue;
+            }
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(MIN_WAIT, MAX_BACKOFF);
+            match dial(address, wait) {
+                Ok(stream) => {
+                    let mine = Handshake { control, ..*hello };
+                    let (stream, theirs) = greet(stream, process, address, &mine, deadline)?;
+                    if process == 0 {
+                        start_ms = Some(theirs.clock_ms);
+                    }
+                    tracing::info!(process, %address, control, "connected to process");
+                    links[usize::from(control)][process] = Some(stream);
+                }
+                Err(e) => {
+                    if last_error.is_none() {
+                        tracing::info!(process, %address, error = %e, "waiting for process");
+                    }
+                    *last_error = Some(e);
+                    // The retries are unbounded: the deadline ends them.
+                    *next = Instant::now() + pauses.next().unwrap_or(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(start_ms)
 }
 
 /// One connection attempt to every address `address` resolves to; the error as a phrase.

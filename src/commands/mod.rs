@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -38,23 +39,7 @@ pub mod embedded;
 /// pipeline too. At the end every event produced must have gone through the dataflow (counted in
 /// `events_in` or under a rejection counter): anything else is an error.
 pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    config.generator.events_per_second = args.rate;
-    if let Some(pace) = args.pace {
-        config.generator.pace = pace;
-    }
-    if let Some(seed) = args.seed {
-        config.generator.seed = seed;
-    }
-    if let Some(output) = args.output.clone() {
-        config.output.line_protocol = output;
-    }
-    args.workers.apply(&mut config);
-    // Simulated time leaves the wall clock with --start-ms or an unbounded pace; the embedded
-    // Kafka's reader would then reject its events as implausibly old or early.
-    if args.start_ms.is_some() || config.generator.pace == Pace::Unbounded {
-        config.kafka.max_event_age_ms = 0;
-        config.kafka.max_future_skew_ms = 0;
-    }
+    apply_demo_flags(&mut config, &args);
     config.validate()?;
     let workers = args.workers.workers(&config);
     workers.timely_config()?;
@@ -98,32 +83,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         events: args.events,
         duration: args.duration,
     };
-    let (events, producer) = match args.source {
-        DemoSource::Generator => (
-            EventSource::Generator {
-                start_ms: args.start_ms,
-            },
-            None,
-        ),
-        DemoSource::EmbeddedKafka => {
-            let embedded = EmbeddedKafka::start(&config.kafka)?;
-            let done = Arc::new(AtomicBool::new(false));
-            let producer = embedded.produce_in_background(
-                &config,
-                args.start_ms,
-                stop,
-                Arc::clone(&interrupt),
-                Arc::clone(&status),
-                Arc::clone(&done),
-            )?;
-            let source = EventSource::Kafka {
-                config: embedded.config().clone(),
-                until_caught_up: true,
-                producer_done: Some(done),
-            };
-            (source, Some((embedded, producer)))
-        }
-    };
+    let (events, producer) = demo_events(&config, &args, stop, &interrupt, &status)?;
     // With Kafka in between, the producer counts events and keeps time; the pipeline reads until
     // it has read everything the producer sent.
     let stop = match events {
@@ -170,6 +130,80 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     let report = result?;
     let produced = produced.transpose()?.unwrap_or(report.events);
+    conclude_demo(&report, produced, &status, &workers, &output)
+}
+
+/// The demo's flags over `config`: rate, pace, seed, output and workers.
+fn apply_demo_flags(config: &mut Config, args: &DemoArgs) {
+    config.generator.events_per_second = args.rate;
+    if let Some(pace) = args.pace {
+        config.generator.pace = pace;
+    }
+    if let Some(seed) = args.seed {
+        config.generator.seed = seed;
+    }
+    if let Some(output) = args.output.clone() {
+        config.output.line_protocol = output;
+    }
+    args.workers.apply(config);
+    // Simulated time leaves the wall clock with --start-ms or an unbounded pace; the embedded
+    // Kafka's reader would then reject its events as implausibly old or early.
+    if args.start_ms.is_some() || config.generator.pace == Pace::Unbounded {
+        config.kafka.max_event_age_ms = 0;
+        config.kafka.max_future_skew_ms = 0;
+    }
+}
+
+/// The embedded Kafka, kept alive as long as the demo reads it, and its producer thread.
+type EmbeddedProducer = (EmbeddedKafka, JoinHandle<anyhow::Result<u64>>);
+
+/// Where the demo's events come from: the generator in process, or the embedded Kafka, which a
+/// producer thread fills until `stop` or `interrupt`.
+fn demo_events(
+    config: &Config,
+    args: &DemoArgs,
+    stop: Stop,
+    interrupt: &Arc<AtomicBool>,
+    status: &Arc<Status>,
+) -> anyhow::Result<(EventSource, Option<EmbeddedProducer>)> {
+    Ok(match args.source {
+        DemoSource::Generator => (
+            EventSource::Generator {
+                start_ms: args.start_ms,
+            },
+            None,
+        ),
+        DemoSource::EmbeddedKafka => {
+            let embedded = EmbeddedKafka::start(&config.kafka)?;
+            let done = Arc::new(AtomicBool::new(false));
+            let producer = embedded.produce_in_background(
+                config,
+                args.start_ms,
+                stop,
+                Arc::clone(interrupt),
+                Arc::clone(status),
+                Arc::clone(&done),
+            )?;
+            let source = EventSource::Kafka {
+                config: embedded.config().clone(),
+                until_caught_up: true,
+                producer_done: Some(done),
+            };
+            (source, Some((embedded, producer)))
+        }
+    })
+}
+
+/// Fails unless every one of the `produced` events went through the dataflow (in a single
+/// process, which sees every worker's counters), then prints the summary: on standard error when
+/// the line protocol goes to standard output.
+fn conclude_demo(
+    report: &runtime::Report,
+    produced: u64,
+    status: &Status,
+    workers: &Workers,
+    output: &Path,
+) -> anyhow::Result<()> {
     let table = status
         .table
         .lock()
@@ -198,7 +232,7 @@ pub fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         output.display(),
         view::summary(&table)
     );
-    let printed = if LineProtocolWriter::is_stdout(&output) {
+    let printed = if LineProtocolWriter::is_stdout(output) {
         std::io::stderr().lock().write_all(summary.as_bytes())
     } else {
         std::io::stdout().lock().write_all(summary.as_bytes())

@@ -450,11 +450,11 @@ fn two_processes_on_real_services_write_what_one_process_writes() {
     assert_eq!(events_read(&single), events);
 
     assert_eq!(
-        writing_processes(&influx_url, &database),
+        writing_processes(influx_url, &database),
         BTreeSet::from(["0".to_owned(), "1".to_owned()])
     );
-    let together = influx_state(&influx_url, &database);
-    let alone = influx_state(&influx_url, &single_database);
+    let together = influx_state(influx_url, &database);
+    let alone = influx_state(influx_url, &single_database);
     assert!(
         alone.len() > 500,
         "a meaningful scenario: {} rows",
