@@ -531,6 +531,9 @@ kafka_keystore() { # the SASL_SSL listener's key and self-signed certificate, ma
 start_kafka() {
     local pid cluster_id
     if pid=$(pid_of kafka); then
+        if ! grep -q "^listeners=.*SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" "$KAFKA_CONF" 2>/dev/null; then
+            die "kafka (pid $pid) runs with a configuration without the SASL listeners on :$KAFKA_SASL_PORT and :$KAFKA_SASL_SSL_PORT (started before they were added, or with other ports): restart it with '$0 stop kafka' then '$0 start kafka'"
+        fi
         if port_open "$KAFKA_PORT"; then
             say "kafka already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
         else
