@@ -226,8 +226,27 @@ fn outcome(
     };
     // The workers' errors first: a worker that fails (a source that gives up) cancels the sink,
     // whose error then only follows from it; a failing sink ends the workers without an error.
+    // A worker stopped while it waited for its brokers only followed another's failure: the
+    // other's error is the cause.
+    let mut failed: Option<WorkerError> = None;
     for result in workers {
-        result.map_err(RunError::Dataflow)??;
+        if let Err(error) = result.map_err(RunError::Dataflow)? {
+            let followed = |e: &WorkerError| {
+                matches!(
+                    e,
+                    WorkerError::Kafka(KafkaSourceError::StoppedWhileConnecting(_))
+                )
+            };
+            if failed
+                .as_ref()
+                .is_none_or(|f| followed(f) && !followed(&error))
+            {
+                failed = Some(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error.into());
     }
     sink.map_err(|_| RunError::Dataflow("the sink thread panicked".into()))?
         .map_err(RunError::from)
