@@ -16,11 +16,17 @@
 #   scripts/services.sh start influxdb kafka   start them and wait until they answer
 # Services: mariadb, influxdb, kafka.
 #
+# Kafka has two more listeners that ask for a password (SASL mechanism PLAIN, the user and
+# password `env` prints): SASL_PLAINTEXT on SHOPFLOW_KAFKA_SASL_PORT, and SASL_SSL on
+# SHOPFLOW_KAFKA_SASL_SSL_PORT with a self-signed certificate for 127.0.0.1 made by keytool at the
+# first start (its PEM, for ssl.ca.location, is the path `env` prints).
+#
 # Settings (environment):
 #   SHOPFLOW_SERVICES_DIR       state dir (default target/services, relative to the repo root)
 #   SHOPFLOW_MYSQL_PORT         3307     SHOPFLOW_INFLUX_PORT            8087
 #   SHOPFLOW_INFLUX_RPC_PORT    8089     SHOPFLOW_KAFKA_PORT             9093
 #   SHOPFLOW_KAFKA_CONTROLLER_PORT 9094  SHOPFLOW_KAFKA_VERSION          4.1.0
+#   SHOPFLOW_KAFKA_SASL_PORT    9095     SHOPFLOW_KAFKA_SASL_SSL_PORT    9096
 #   SHOPFLOW_KAFKA_HEAP         512m     SHOPFLOW_SERVICES_TIMEOUT       90 (s, per service)
 set -euo pipefail
 
@@ -37,6 +43,8 @@ INFLUX_PORT=${SHOPFLOW_INFLUX_PORT:-8087}
 INFLUX_RPC_PORT=${SHOPFLOW_INFLUX_RPC_PORT:-8089}
 KAFKA_PORT=${SHOPFLOW_KAFKA_PORT:-9093}
 KAFKA_CONTROLLER_PORT=${SHOPFLOW_KAFKA_CONTROLLER_PORT:-9094}
+KAFKA_SASL_PORT=${SHOPFLOW_KAFKA_SASL_PORT:-9095}
+KAFKA_SASL_SSL_PORT=${SHOPFLOW_KAFKA_SASL_SSL_PORT:-9096}
 KAFKA_VERSION=${SHOPFLOW_KAFKA_VERSION:-4.1.0}
 KAFKA_HEAP=${SHOPFLOW_KAFKA_HEAP:-512m}
 TIMEOUT=${SHOPFLOW_SERVICES_TIMEOUT:-90}
@@ -44,6 +52,9 @@ STOP_TIMEOUT=20
 
 MYSQL_USER=shopflow
 MYSQL_PASSWORD=shopflow
+# The SASL/PLAIN user of Kafka's SASL listeners (test credentials of a local broker, not secrets).
+KAFKA_SASL_USER=shopflow
+KAFKA_SASL_PASSWORD=shopflow-sasl-password
 
 MYSQL_DIR=$STATE/mariadb
 MYSQL_CNF=$MYSQL_DIR/my.cnf
@@ -52,6 +63,10 @@ INFLUX_CONF=$INFLUX_DIR/influxdb.conf
 KAFKA_DIR=$STATE/kafka
 KAFKA_LIBS=$KAFKA_DIR/libs
 KAFKA_CONF=$KAFKA_DIR/server.properties
+KAFKA_TLS=$KAFKA_DIR/tls
+KAFKA_KEYSTORE=$KAFKA_TLS/broker.p12
+KAFKA_KEYSTORE_PASSWORD=shopflow-keystore
+KAFKA_CA=$KAFKA_TLS/broker.pem
 
 # Kafka main classes (Kafka 4.x).
 KAFKA_MAIN=kafka.Kafka
@@ -441,11 +456,19 @@ write_kafka_conf() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
+# The SASL listeners: mechanism PLAIN, users and passwords inline (user_<name>="<password>").
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$KAFKA_KEYSTORE_PASSWORD
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
 auto.create.topics.enable=true
@@ -491,9 +514,26 @@ rootLogger.appenderRef.err.ref = STDERR
 EOF
 }
 
+kafka_keystore() { # the SASL_SSL listener's key and self-signed certificate, made once
+    [ -s "$KAFKA_KEYSTORE" ] && [ -s "$KAFKA_CA" ] && return 0
+    mkdir -p "$KAFKA_TLS"
+    rm -f "$KAFKA_KEYSTORE" "$KAFKA_CA"
+    say "kafka: a self-signed certificate for 127.0.0.1 in $KAFKA_KEYSTORE"
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
+        -dname "CN=127.0.0.1" -ext "SAN=ip:127.0.0.1,dns:localhost" -storetype PKCS12 \
+        -keystore "$KAFKA_KEYSTORE" -storepass "$KAFKA_KEYSTORE_PASSWORD" \
+        >>"$LOGS/kafka-keystore.log" 2>&1 \
+        && keytool -exportcert -rfc -alias broker -keystore "$KAFKA_KEYSTORE" \
+            -storepass "$KAFKA_KEYSTORE_PASSWORD" -file "$KAFKA_CA" >>"$LOGS/kafka-keystore.log" 2>&1 \
+        || die "keytool could not make the SASL_SSL certificate (log: $LOGS/kafka-keystore.log)"
+}
+
 start_kafka() {
     local pid cluster_id
     if pid=$(pid_of kafka); then
+        if ! grep -q "^listeners=.*SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" "$KAFKA_CONF" 2>/dev/null; then
+            die "kafka (pid $pid) runs with a configuration without the SASL listeners on :$KAFKA_SASL_PORT and :$KAFKA_SASL_SSL_PORT (started before they were added, or with other ports): restart it with '$0 stop kafka' then '$0 start kafka'"
+        fi
         if port_open "$KAFKA_PORT"; then
             say "kafka already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
         else
@@ -502,6 +542,7 @@ start_kafka() {
         return 0
     fi
     rm -f "$RUN/kafka.pid"
+    kafka_keystore
     write_kafka_conf
     if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
         if [ ! -s "$KAFKA_DIR/cluster.id" ]; then
@@ -526,6 +567,7 @@ start_kafka() {
 }
 
 kafka_port_open() { port_open "$KAFKA_PORT"; }
+kafka_sasl_ports_open() { port_open "$KAFKA_SASL_PORT" && port_open "$KAFKA_SASL_SSL_PORT"; }
 
 kafka_metadata() {
     kafka_tool "$KAFKA_TOPIC_TOOL" --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list \
@@ -535,7 +577,8 @@ kafka_metadata() {
 ready_kafka() {
     wait_until kafka "TCP 127.0.0.1:$KAFKA_PORT" kafka_port_open
     wait_until kafka "topic list via $KAFKA_TOPIC_TOOL" kafka_metadata
-    say "kafka ready: 127.0.0.1:$KAFKA_PORT (Kafka $KAFKA_VERSION, KRaft)"
+    wait_until kafka "TCP 127.0.0.1:$KAFKA_SASL_PORT and :$KAFKA_SASL_SSL_PORT (SASL)" kafka_sasl_ports_open
+    say "kafka ready: 127.0.0.1:$KAFKA_PORT (Kafka $KAFKA_VERSION, KRaft), SASL/PLAIN on :$KAFKA_SASL_PORT (SASL_PLAINTEXT) and :$KAFKA_SASL_SSL_PORT (SASL_SSL)"
 }
 
 # ---------------------------------------------------------------- commands
@@ -576,7 +619,7 @@ cmd_start() { # [service...]
         case $name in
             mariadb) check_ports_free mariadb "$MYSQL_PORT" ;;
             influxdb) check_ports_free influxdb "$INFLUX_PORT" "$INFLUX_RPC_PORT" ;;
-            kafka) check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" ;;
+            kafka) check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT" "$KAFKA_SASL_SSL_PORT" ;;
         esac
     done
     # Launch them all first (they boot in parallel), then wait for each.
@@ -643,6 +686,11 @@ cmd_env() {
     echo "export SHOPFLOW_TEST_MYSQL_URL=mysql://$MYSQL_USER:$MYSQL_PASSWORD@127.0.0.1:$MYSQL_PORT"
     echo "export SHOPFLOW_TEST_INFLUX_URL=http://127.0.0.1:$INFLUX_PORT"
     echo "export SHOPFLOW_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+    echo "export SHOPFLOW_TEST_KAFKA_SASL_BROKERS=127.0.0.1:$KAFKA_SASL_PORT"
+    echo "export SHOPFLOW_TEST_KAFKA_SASL_SSL_BROKERS=127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    echo "export SHOPFLOW_TEST_KAFKA_SASL_USERNAME=$KAFKA_SASL_USER"
+    echo "export SHOPFLOW_TEST_KAFKA_SASL_PASSWORD=$KAFKA_SASL_PASSWORD"
+    echo "export SHOPFLOW_TEST_KAFKA_CA=$KAFKA_CA"
 }
 
 cmd_clean() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::kafka::KafkaConfig;
 use crate::config::mysql::MysqlConfig;
+use crate::sources::mysql::Follower;
 
 /// How many workers, and where: timely's own flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,8 +74,33 @@ pub enum EventSource {
 pub enum DemographicSource {
     /// The generator's table and its changes (`generator.demographic-changes-per-second`).
     Generator,
-    /// A MySQL table: a consistent snapshot, then its binlog.
-    Mysql(MysqlConfig),
+    /// A MySQL table: a consistent snapshot, then its binlog; worker 0 leaves its binlog
+    /// follower in the slot, where `/ready` watches it.
+    Mysql(MysqlConfig, FollowerSlot),
+}
+
+impl DemographicSource {
+    /// The MySQL table of `config`, with an empty follower slot.
+    pub fn mysql(config: MysqlConfig) -> DemographicSource {
+        DemographicSource::Mysql(config, FollowerSlot::default())
+    }
+}
+
+/// Where worker 0 leaves the MySQL binlog follower it started, for the HTTP server's `/ready`
+/// (empty until the snapshot is read).
+#[derive(Clone, Debug, Default)]
+pub struct FollowerSlot(Arc<std::sync::OnceLock<Follower>>);
+
+impl FollowerSlot {
+    /// The follower, once worker 0 has started it.
+    pub fn get(&self) -> Option<&Follower> {
+        self.0.get()
+    }
+
+    /// Keeps `follower` (the first one only: a run starts one).
+    pub fn set(&self, follower: Follower) {
+        let _ = self.0.set(follower);
+    }
 }
 
 /// Everything a run needs.

@@ -1,6 +1,6 @@
 // The page's panels: time series (uPlot, vendored), bar lists, tables and stat tiles. Each draws
 // into a container and can be redrawn with new data; raw values ride along in `data-value`
-// attributes so what is shown can be checked against the engine.
+// (`data-series` for a chart) attributes so what is shown can be checked against the engine.
 
 export const COLORS = ['#73bf69', '#f2cc0c', '#5794f2', '#ff9830', '#f2495c', '#b877d9', '#8ab8ff', '#96d98d', '#ffb357', '#ca95e5'];
 
@@ -37,8 +37,15 @@ export class TimeChart {
       this.plot = null;
       this.labels = '';
       this.container.innerHTML = '<div class="empty">no data yet</div>';
+      delete this.container.dataset.series;
       return;
     }
+    // What is drawn, raw: the window starts (ms) and each series' values, each as the exact
+    // shortest text of its number.
+    this.container.dataset.series = JSON.stringify({
+      starts: xs,
+      series: series.map((s) => ({ label: s.label, values: s.values.map((v) => (v === null ? null : String(v))) })),
+    });
     const data = [xs.map((x) => x / 1000), ...series.map((s) => s.values)];
     const labels = series.map((s) => `${s.label}${s.percent ? '%' : ''}`).join('\u0000');
     if (this.plot && labels === this.labels) {

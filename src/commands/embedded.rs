@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{Producer as _, ThreadedProducer};
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::generators::events::EventGenerator;
 use crate::plan::Stop;
 use crate::runtime::Status;
-use crate::sources::kafka::{KafkaConfig, KafkaSourceError, StartPosition};
+use crate::sources::kafka::{KafkaConfig, KafkaSourceError, LogContext, StartPosition, create};
 use crate::writers::kafka::{EventProducer, HoldBack, produce_generated_within};
 
 /// What librdkafka's mock cluster keeps of a partition: it deletes the oldest message sets once
@@ -34,17 +35,30 @@ pub const UNREAD_PER_PARTITION: u64 = MOCK_RETAINED_BYTES / MAX_BYTES_PER_EVENT 
 
 /// A running in-process cluster with the events topic created.
 pub struct EmbeddedKafka {
-    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    /// The client that owns the cluster (`test.mock.num.brokers`): the cluster lives as long as
+    /// it and logs through it. librdkafka queues a client's log lines until the client is
+    /// polled; this one's thread polls it, so the cluster's lines reach [`LogContext`],
+    /// rate-limited like every other client's. (`MockCluster::new`'s client is never polled:
+    /// its lines were never shown, and piled up in its queue.)
+    _owner: ThreadedProducer<LogContext>,
     config: KafkaConfig,
 }
 
 impl EmbeddedKafka {
     /// Starts a one-broker cluster and creates the topic of `kafka` with its partitions.
     pub fn start(kafka: &KafkaConfig) -> Result<EmbeddedKafka, KafkaSourceError> {
-        let cluster = MockCluster::new(1).map_err(|source| KafkaSourceError::Kafka {
-            context: "cannot start the embedded cluster".into(),
-            source,
-        })?;
+        let mut client = ClientConfig::new();
+        client.set("test.mock.num.brokers", "1");
+        let owner: ThreadedProducer<LogContext> = create(kafka, &client, "embedded cluster")?;
+        let cluster = owner
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| KafkaSourceError::Kafka {
+                context: "cannot start the embedded cluster".into(),
+                source: rdkafka::error::KafkaError::MockCluster(
+                    rdkafka::types::RDKafkaErrorCode::Fail,
+                ),
+            })?;
         cluster
             .create_topic(&kafka.topic, kafka.partitions, 1)
             .map_err(|source| KafkaSourceError::Kafka {
@@ -56,8 +70,9 @@ impl EmbeddedKafka {
             start: StartPosition::Earliest,
             ..kafka.clone()
         };
+        drop(cluster);
         Ok(EmbeddedKafka {
-            _cluster: cluster,
+            _owner: owner,
             config,
         })
     }

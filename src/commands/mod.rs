@@ -353,7 +353,7 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
             producer_done: None,
         },
         demographics: match args.demographics {
-            DemographicsFrom::Mysql => DemographicSource::Mysql(config.mysql.clone()),
+            DemographicsFrom::Mysql => DemographicSource::mysql(config.mysql.clone()),
             DemographicsFrom::Generator => DemographicSource::Generator,
         },
         checkpoints: checkpoint_dir(&config),

@@ -63,6 +63,12 @@ pub fn ready(status: &Status, config: &HttpConfig, now: u64) -> Result<String, S
             }
         }
     }
+    if let Some(slot) = &begun.mysql {
+        match slot.get() {
+            None => return Err("starting: the MySQL demographics are not read yet".into()),
+            Some(follower) => follower.connected()?,
+        }
+    }
     let stalled = now.saturating_sub(advanced_ms);
     if stalled > config.ready_stall_ms {
         return Err(format!(
@@ -142,6 +148,7 @@ mod tests {
             started_ms: crate::runtime::now_ms(),
             acknowledged: acknowledged.clone(),
             recent_windows: 3,
+            mysql: None,
         }
     }
 

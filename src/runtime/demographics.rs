@@ -73,8 +73,9 @@ impl Demographics {
                     start_ms,
                 })
             }
-            (0, DemographicSource::Mysql(config)) => {
+            (0, DemographicSource::Mysql(config, slot)) => {
                 let (rows, feed) = DemographicsSource::start(config)?;
+                slot.set(feed.follower());
                 tracing::info!(rows = rows.len(), "demographics snapshot");
                 self.snapshot = rows;
                 Some(Changes::Mysql(feed))

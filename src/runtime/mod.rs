@@ -40,7 +40,7 @@ use crate::sources::mysql::MysqlError;
 
 // What a run is lives in `crate::plan`, below `cluster`, which fingerprints it; the runtime's
 // modules keep naming it from here.
-pub use crate::plan::{DemographicSource, EventSource, Plan, Stop, Workers};
+pub use crate::plan::{DemographicSource, EventSource, FollowerSlot, Plan, Stop, Workers};
 pub use status::{LiveTable, Status};
 
 /// A run could not start or did not finish.
@@ -146,6 +146,11 @@ pub fn run(plan: Plan, sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Repor
         started_ms: now_ms(),
         acknowledged: acknowledged.clone(),
         recent_windows: plan.config.http.recent_windows,
+        // Worker 0 reads MySQL: in the process that runs it.
+        mysql: match &plan.demographics {
+            DemographicSource::Mysql(_, slot) if process == 0 => Some(slot.clone()),
+            _ => None,
+        },
     });
     let written = match &checkpoints {
         Some(c) => Some(c.journal(
@@ -171,13 +176,15 @@ pub fn run(plan: Plan, sink: Box<dyn Sink>, status: Arc<Status>) -> Result<Repor
     )
     .map_err(|e| RunError::Dataflow(format!("cannot start the sink thread: {e}")))?;
 
+    // A run bounded in time waits for its brokers at start no longer than it is meant to run.
+    let source_timeout = plan.stop.duration.map_or(timeout, |d| timeout.min(d));
     let shared = worker::Shared {
         params: plan.config.params(),
         plan,
         generator,
         start_ms,
         started,
-        timeout,
+        timeout: source_timeout,
         checkpoints,
         sender: Mutex::new(sender),
         status: Arc::clone(&status),
@@ -219,8 +226,27 @@ fn outcome(
     };
     // The workers' errors first: a worker that fails (a source that gives up) cancels the sink,
     // whose error then only follows from it; a failing sink ends the workers without an error.
+    // A worker stopped while it waited for its brokers only followed another's failure: the
+    // other's error is the cause.
+    let mut failed: Option<WorkerError> = None;
     for result in workers {
-        result.map_err(RunError::Dataflow)??;
+        if let Err(error) = result.map_err(RunError::Dataflow)? {
+            let followed = |e: &WorkerError| {
+                matches!(
+                    e,
+                    WorkerError::Kafka(KafkaSourceError::StoppedWhileConnecting(_))
+                )
+            };
+            if failed
+                .as_ref()
+                .is_none_or(|f| followed(f) && !followed(&error))
+            {
+                failed = Some(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error.into());
     }
     sink.map_err(|_| RunError::Dataflow("the sink thread panicked".into()))?
         .map_err(RunError::from)

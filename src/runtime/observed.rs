@@ -52,6 +52,9 @@ pub struct Begun {
     pub acknowledged: Acknowledged,
     /// How many recent windows to keep.
     pub recent_windows: usize,
+    /// The MySQL binlog follower's slot, in the process whose worker 0 reads MySQL (then
+    /// readiness needs it connected).
+    pub mysql: Option<crate::runtime::FollowerSlot>,
 }
 
 /// One local worker's figures, each written by that worker alone.

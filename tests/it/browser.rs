@@ -371,26 +371,7 @@ fn api_rows(base: &str, measurement: &str, key_tags: &[&str]) -> (u64, Rows) {
 /// `time`: the file up to that timestamp's batch (each batch is flushed whole and ends with its
 /// `pipeline` line; all-time rows carry their batch's timestamp).
 fn file_rows(path: &Path, time: u64, measurement: &str, key_tags: &[&str]) -> Rows {
-    let end = format!(" {time}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let prefix = loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let batch_end = text
-            .lines()
-            .scan(0, |offset, line| {
-                *offset += line.len() + 1;
-                Some((*offset, line))
-            })
-            .find(|(_, line)| line.starts_with("pipeline ") && line.ends_with(&end));
-        if let Some((offset, _)) = batch_end {
-            break text[..offset].to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the line protocol file has no batch at {time} (no `pipeline` line)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let prefix = file_through(path, time);
     let head = format!("{measurement},");
     final_state(&prefix)
         .into_iter()
@@ -408,6 +389,91 @@ fn file_rows(path: &Path, time: u64, measurement: &str, key_tags: &[&str]) -> Ro
             Some((key, Fields::from_line_protocol(&fields)))
         })
         .collect()
+}
+
+/// The line protocol file up to the end of completed timestamp `time`'s batch, once written.
+fn file_through(path: &Path, time: u64) -> String {
+    let end = format!(" {time}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let batch_end = text
+            .lines()
+            .scan(0, |offset, line| {
+                *offset += line.len() + 1;
+                Some((*offset, line))
+            })
+            .find(|(_, line)| line.starts_with("pipeline ") && line.ends_with(&end));
+        if let Some((offset, _)) = batch_end {
+            return text[..offset].to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the line protocol file has no batch at {time} (no `pipeline` line)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One measurement's rows of the window starting at `start`, by their tags (name -> value).
+type WindowRows = BTreeMap<BTreeMap<String, String>, Fields>;
+
+/// The rows of `measurement`'s window starting at `start` from the API, with the time they are at.
+fn api_window_rows(base: &str, measurement: &str, start: u64) -> (u64, WindowRows) {
+    let url = format!("{base}api/rows?measurement={measurement}&window={start}");
+    let text = reqwest::blocking::get(&url)
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let rows = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert_eq!(row["window"].as_u64(), Some(start), "{url}: {row}");
+            let tags = row["tags"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            (tags, Fields::from_json(&row["fields"]))
+        })
+        .collect();
+    (body["time"].as_u64().expect("the API's time"), rows)
+}
+
+/// The rows of `measurement`'s window starting at `start` as the line protocol file has them at
+/// completed timestamp `time`: window rows are written at their window's start (tagged with the
+/// window's size), a later line of the same series and start replacing an earlier one; a row
+/// written with every field zero is a removed one.
+fn file_window_rows(path: &Path, time: u64, measurement: &str, start: u64) -> WindowRows {
+    let head = format!("{measurement},");
+    let mut rows = WindowRows::new();
+    for line in file_through(path, time).lines() {
+        let (series, rest) = crate::cli::split_unescaped(line, ' ').unwrap();
+        let (fields, at) = crate::cli::split_unescaped(rest, ' ').unwrap();
+        let Some(tags) = series.strip_prefix(&head) else {
+            continue;
+        };
+        if at.parse::<u64>().unwrap() != start || tags.ends_with(",window=all") {
+            continue;
+        }
+        let tags: BTreeMap<String, String> = tags
+            .split(',')
+            .map(|t| t.split_once('=').unwrap())
+            .filter(|(name, _)| *name != "window")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let fields = Fields::from_line_protocol(fields);
+        if fields == Fields::default() {
+            rows.remove(&tags);
+        } else {
+            rows.insert(tags, fields);
+        }
+    }
+    rows
 }
 
 /// Checks one table row the page shows against the oracle's fields: each raw value exactly, and
@@ -581,6 +647,151 @@ fn check_numbers(browser: &Browser, base: &str, output: &Path, dashboard: &str) 
     }
 }
 
+/// What the charts of the dashboard `arguments[0]` draw (their `data-series`), with the time.
+const READ_CHARTS: &str = "
+    const s = document.getElementById('dashboard-' + arguments[0]);
+    const charts = {};
+    for (const c of s.querySelectorAll('[data-chart]')) {
+      charts[c.dataset.chart] = c.dataset.series ? JSON.parse(c.dataset.series) : null;
+    }
+    return { time: Number(document.body.dataset.time), drawn: Number(s.dataset.time), charts };";
+
+/// The windowed measurement each chart of `dashboard` draws.
+fn chart_measurement(dashboard: &str, chart: &str) -> &'static str {
+    match (dashboard, chart) {
+        ("purchases" | "campaigns", _) => "campaign",
+        ("demographics", "age" | "gender") => "age_gender",
+        ("demographics", "countries") => "country",
+        other => panic!("no oracle for the chart {other:?}"),
+    }
+}
+
+/// What a series of a chart of `dashboard` draws at one window, from that window's rows: which
+/// rows its label stands for, and which field (in dollars for money), summed as the page sums
+/// them; `None` where no row counts (the page draws a gap).
+fn expected_point(dashboard: &str, chart: &str, label: &str, rows: &WindowRows) -> Option<String> {
+    // The rows the label stands for (by one tag's value, or every row), and the field.
+    let (chosen, field): (Option<(&str, &str)>, &str) = match (dashboard, chart, label) {
+        ("purchases", "revenue", "revenue") => (None, "dollars"),
+        ("purchases", _, field) => (None, field),
+        ("campaigns", "revenue", _) => (
+            Some((
+                "campaign",
+                label.strip_prefix("campaign ").expect("a campaign label"),
+            )),
+            "dollars",
+        ),
+        ("demographics", "age", _) => (Some(("age_band", label)), "dollars"),
+        ("demographics", "gender", _) => (Some(("gender", label)), "purchases"),
+        ("demographics", "countries", _) => (Some(("country", label)), "dollars"),
+        other => panic!("no oracle for the series {other:?}"),
+    };
+    let summed = rows
+        .iter()
+        .filter(|(tags, _)| {
+            chosen.is_none_or(|(tag, value)| tags.get(tag).map(String::as_str) == Some(value))
+        })
+        .map(|(_, f)| *f)
+        .reduce(|t, f| Fields {
+            clicks: t.clicks + f.clicks,
+            purchases: t.purchases + f.purchases,
+            units: t.units + f.units,
+            revenue_cents: t.revenue_cents + f.revenue_cents,
+            conversion: 0.0,
+        })?;
+    // The shortest text of the number, as JavaScript's String() writes it (and Rust's Display,
+    // for numbers of this size): equal texts are equal numbers.
+    Some(match field {
+        "dollars" => format!("{}", summed.revenue_cents as f64 / 100.0),
+        "conversion" if summed.clicks > 0 => {
+            format!("{}", summed.purchases as f64 / summed.clicks as f64)
+        }
+        "conversion" => return None,
+        "purchases" => summed.purchases.to_string(),
+        "units" => summed.units.to_string(),
+        "clicks" => summed.clicks.to_string(),
+        other => panic!("no field {other}"),
+    })
+}
+
+/// The newest windows of each chart compared: each is a request to the API, and all must answer
+/// at the page's timestamp, which moves on every second.
+const COMPARED_WINDOWS: usize = 4;
+
+/// Reads what the windowed charts of `dashboard` draw and checks every point of their newest
+/// [`COMPARED_WINDOWS`] windows the engine still keeps (`http.recent-windows`) against its rows
+/// of that window at the same timestamp: from the API, and from the line protocol file. Returns
+/// the time and how many windows were compared.
+fn check_charts(browser: &Browser, base: &str, output: &Path, dashboard: &str) -> (u64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'read: loop {
+        assert!(
+            Instant::now() < deadline,
+            "the page and the API never showed the same timestamp"
+        );
+        let page = browser.js(READ_CHARTS, vec![json!(dashboard)]);
+        let time = page["time"].as_u64().unwrap();
+        assert_eq!(
+            page["drawn"].as_u64(),
+            Some(time),
+            "{dashboard} drawn at the time shown"
+        );
+        let charts = page["charts"].as_object().unwrap();
+        assert!(!charts.is_empty(), "{dashboard} has charts");
+        // The API's rows of each window a chart draws, at the page's time.
+        let mut api: BTreeMap<(&str, u64), WindowRows> = BTreeMap::new();
+        for (chart, drawn) in charts {
+            assert!(!drawn.is_null(), "{dashboard}/{chart} draws nothing");
+            let measurement = chart_measurement(dashboard, chart);
+            let starts = drawn["starts"].as_array().unwrap();
+            for start in &starts[starts.len().saturating_sub(COMPARED_WINDOWS)..] {
+                let start = start.as_u64().unwrap();
+                if api.contains_key(&(measurement, start)) {
+                    continue;
+                }
+                let (at, rows) = api_window_rows(base, measurement, start);
+                if at != time {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'read;
+                }
+                api.insert((measurement, start), rows);
+            }
+        }
+        let mut compared = std::collections::BTreeSet::new();
+        for (chart, drawn) in charts {
+            let measurement = chart_measurement(dashboard, chart);
+            let starts = drawn["starts"].as_array().unwrap();
+            let newest = starts.len().saturating_sub(COMPARED_WINDOWS);
+            for (i, start) in starts.iter().enumerate().skip(newest) {
+                let start = start.as_u64().unwrap();
+                let rows = &api[&(measurement, start)];
+                if rows.is_empty() {
+                    // A window the engine no longer keeps (older than its recent windows) that
+                    // the page still draws: nothing to compare it with.
+                    continue;
+                }
+                let file = file_window_rows(output, time, measurement, start);
+                assert_eq!(
+                    &file, rows,
+                    "{measurement} window {start} at {time}: the API against the file"
+                );
+                for series in drawn["series"].as_array().unwrap() {
+                    let label = series["label"].as_str().unwrap();
+                    let shown = series["values"][i].as_str().map(str::to_owned);
+                    assert_eq!(
+                        shown,
+                        expected_point(dashboard, chart, label, rows),
+                        "{dashboard}/{chart} {label} at window {start}, timestamp {time}"
+                    );
+                }
+                compared.insert(start);
+            }
+        }
+        assert!(!compared.is_empty(), "{dashboard}: no window compared");
+        return (time, compared.len());
+    }
+}
+
 /// Checks a screenshot is a PNG of the window's size with something on it.
 fn check_png(png: &[u8], what: &str) {
     let decoder = png::Decoder::new(png);
@@ -682,6 +893,15 @@ fn the_dashboard_shows_the_engines_rows_live() {
         );
     }
     assert!(seen[2] > seen[0], "the page never moved on: {seen:?}");
+
+    // The windowed charts draw the engine's window rows, point for point.
+    for dashboard in ["purchases", "campaigns", "demographics"] {
+        show(&browser, dashboard);
+        let (time, windows) = check_charts(&browser, &base, &output, dashboard);
+        eprintln!(
+            "{dashboard}: the charts' points of {windows} window(s) equal the rows at {time}"
+        );
+    }
     let mark = browser.js("return window.shopflowTestMark ?? null", vec![]);
     assert_eq!(mark, json!(1), "the page reloaded instead of updating");
 

@@ -46,7 +46,7 @@ pub(crate) fn final_state(lines: &str) -> BTreeMap<String, String> {
 }
 
 /// Splits at the first separator not escaped by a backslash.
-fn split_unescaped(s: &str, separator: char) -> Option<(&str, &str)> {
+pub(crate) fn split_unescaped(s: &str, separator: char) -> Option<(&str, &str)> {
     let mut escaped = false;
     for (i, c) in s.char_indices() {
         if escaped {

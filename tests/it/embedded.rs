@@ -1,5 +1,5 @@
 //! The embedded Kafka (librdkafka's in-process mock cluster), which `demo` runs through: its small
-//! retention must never cost an event silently.
+//! retention must never cost an event silently, and its log is rate-limited like every client's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,4 +112,90 @@ fn the_producer_waits_for_the_consumer() {
         sent
     });
     assert_eq!(sent, 4_000);
+}
+
+/// Set in the environment of [`mock_cluster_flood_child`] when the parent test runs it.
+const FLOOD_CHILD: &str = "SHOPFLOW_TEST_MOCK_FLOOD";
+/// Malformed requests the child sends.
+const FLOOD_REQUESTS: usize = 300;
+
+/// The child half of [`a_flood_of_mock_cluster_messages_is_rate_limited`], in a process of its
+/// own: with the global log of a command (`logging::init`: standard error), it starts an embedded
+/// cluster and sends its broker [`FLOOD_REQUESTS`] requests it cannot parse, each of which the
+/// mock broker reports, in two bursts a second apart. Does nothing unless the parent runs it.
+#[test]
+#[ignore = "the child half of a_flood_of_mock_cluster_messages_is_rate_limited"]
+fn mock_cluster_flood_child() {
+    use std::io::{Read as _, Write as _};
+    if std::env::var_os(FLOOD_CHILD).is_none() {
+        return;
+    }
+    shopflow::logging::init(shopflow::logging::LogFormat::Text);
+    let embedded = cluster(1);
+    let broker = embedded
+        .config()
+        .brokers
+        .split(',')
+        .next()
+        .expect("a broker")
+        .to_owned();
+    for n in 0..FLOOD_REQUESTS {
+        if n == FLOOD_REQUESTS / 2 {
+            // Past the limiter's second: the next line says how many were held back.
+            std::thread::sleep(Duration::from_millis(1_100));
+        }
+        let mut stream = std::net::TcpStream::connect(&broker).expect("the mock broker");
+        // A request header with an ApiKey no Kafka has: size 8, key 32767, version 0, id 1.
+        stream
+            .write_all(&[0, 0, 0, 8, 0x7f, 0xff, 0, 0, 0, 0, 0, 1])
+            .expect("sent");
+        // The broker closes the connection once it has reported the request.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        let _ = stream.read(&mut [0; 64]);
+    }
+    // The owner's thread polls every 100 ms: the last lines are handed over.
+    std::thread::sleep(Duration::from_millis(500));
+    eprintln!("flood sent");
+}
+
+/// The mock cluster logs through the same rate limit as every client: a flood of
+/// [`FLOOD_REQUESTS`] malformed requests, each reported by the mock broker, reaches the log as a
+/// few lines (at most one per kind per second, with a count of those held back), through
+/// `tracing` (target `librdkafka`), not hundreds.
+#[test]
+fn a_flood_of_mock_cluster_messages_is_rate_limited() {
+    let started = Instant::now();
+    let child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "embedded::mock_cluster_flood_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FLOOD_CHILD, "1")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the test binary runs");
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(child.status.success(), "{stderr}");
+    assert!(stderr.contains("flood sent"), "the child ran:\n{stderr}");
+    let seconds = started.elapsed().as_secs() + 1;
+    let reports: Vec<&str> = stderr.lines().filter(|l| l.contains("PROTOERR")).collect();
+    assert!(
+        !reports.is_empty() && reports.iter().all(|l| l.contains("librdkafka")),
+        "the mock broker's reports reach the log, as librdkafka's:\n{stderr}"
+    );
+    assert!(
+        reports.len() as u64 <= 2 * seconds,
+        "{} lines for {FLOOD_REQUESTS} requests in {seconds} s:\n{stderr}",
+        reports.len()
+    );
+    assert!(
+        reports.iter().any(|l| l.contains("more like it")),
+        "the lines held back are counted:\n{stderr}"
+    );
 }

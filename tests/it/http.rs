@@ -27,7 +27,12 @@ impl Demo {
     /// `shopflow demo` with `args` and `--http 127.0.0.1:0` (unless `env` sets `http.listen`),
     /// once it has said where it listens.
     fn start(args: &[&str], env: &[(&str, &str)]) -> Demo {
-        let mut command = command(&[&["demo"], args].concat(), env);
+        Demo::start_command("demo", args, env)
+    }
+
+    /// [`start`](Demo::start) for another long-running command (`run`).
+    fn start_command(subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Demo {
+        let mut command = command(&[&[subcommand], args].concat(), env);
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         if !env.iter().any(|(key, _)| *key == "SHOPFLOW__HTTP__LISTEN") {
             command.args(["--http", "127.0.0.1:0"]);
@@ -794,4 +799,176 @@ fn each_process_of_a_cluster_serves_its_own() {
             "each process its own worker (global index {process})"
         );
     }
+}
+
+/// The newest complete checkpoint under `root` as the disk holds it, found without the engine's
+/// code: the tick directory with the greatest number whose `peers` files `worker-<i>-of-<peers>`
+/// are all there; its tick, the sum of their sizes and the newest modification time.
+fn newest_checkpoint_on_disk(
+    root: &Path,
+    peers: usize,
+) -> Option<(u64, u64, std::time::SystemTime)> {
+    let mut found = None;
+    for pipeline in std::fs::read_dir(root).ok()?.flatten() {
+        for entry in std::fs::read_dir(pipeline.path()).ok()?.flatten() {
+            let Some(tick) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let files: Option<Vec<std::fs::Metadata>> = (0..peers)
+                .map(|i| {
+                    std::fs::metadata(entry.path().join(format!("worker-{i}-of-{peers}"))).ok()
+                })
+                .collect();
+            let Some(files) = files else { continue };
+            if found.as_ref().is_some_and(|(newest, _, _)| *newest >= tick) {
+                continue;
+            }
+            let size = files.iter().map(std::fs::Metadata::len).sum();
+            let modified = files
+                .iter()
+                .filter_map(|m| m.modified().ok())
+                .max()
+                .expect("modification times");
+            found = Some((tick, size, modified));
+        }
+    }
+    found
+}
+
+/// The value of the gauge `name` in a `/metrics` scrape, parsed with a Prometheus parser.
+fn gauge(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => v,
+            ref other => panic!("{name}: not a gauge: {other:?}"),
+        })
+}
+
+/// `run` with checkpoints every second, scraped for several checkpoints: the checkpoint size
+/// `/metrics` gives equals the bytes of the newest complete checkpoint's files on disk (found
+/// without the engine's code), and its age is the time since they were written: it grows between
+/// checkpoints and drops when a new one completes.
+#[test]
+fn checkpoint_metrics_follow_the_checkpoints_on_disk() {
+    let topic = "checkpoint-metrics";
+    let kafka = shopflow::sources::kafka::KafkaConfig {
+        topic: topic.into(),
+        partitions: 2,
+        ..crate::cli::temp_env_config(&[]).kafka
+    };
+    let embedded = shopflow::commands::embedded::EmbeddedKafka::start(&kafka).expect("a cluster");
+    let mut producer =
+        shopflow::writers::kafka::EventProducer::new(embedded.config()).expect("a producer");
+    let now = shopflow::runtime::now_ms();
+    let mut knobs = crate::cli::temp_env_config(&[]).generator;
+    knobs.users = 500;
+    let generator =
+        shopflow::generators::events::EventGenerator::new(knobs, now - 1_000).expect("a generator");
+    for n in 0..2_000 {
+        producer.send(&generator.event(n), now).expect("sent");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = dir.path().join("state");
+    let output = dir.path().join("out.lp");
+    let brokers = embedded.config().brokers.clone();
+    let root_text = root.display().to_string();
+    let run = Demo::start_command(
+        "run",
+        &[
+            "-w",
+            "2",
+            "--demographics",
+            "generator",
+            "--sink",
+            "line-protocol",
+            "--start",
+            "earliest",
+            "--duration",
+            "60s",
+            "-o",
+            output.to_str().expect("UTF-8"),
+        ],
+        &[
+            ("SHOPFLOW__KAFKA__BROKERS", &brokers),
+            ("SHOPFLOW__KAFKA__TOPIC", topic),
+            ("SHOPFLOW__KAFKA__GROUP_ID", topic),
+            ("SHOPFLOW__GENERATOR__USERS", "500"),
+            ("SHOPFLOW__ENGINE__TICK_MS", "100"),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_DIR", &root_text),
+            ("SHOPFLOW__ENGINE__CHECKPOINT_INTERVAL_MS", "1000"),
+        ],
+    );
+    // Scrapes until three checkpoints have followed one another under the scraper's eyes.
+    let mut seen: Vec<(u64, f64)> = Vec::new();
+    let mut compared = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while seen
+        .iter()
+        .map(|(tick, _)| tick)
+        .collect::<BTreeSet<_>>()
+        .len()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not three new checkpoints in 40 s: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let before = newest_checkpoint_on_disk(&root, 2);
+        let (status, body) = run.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        let scraped_at = std::time::SystemTime::now();
+        let after = newest_checkpoint_on_disk(&root, 2);
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .expect("the Prometheus text format");
+        let (size, age) = (
+            gauge(&scrape, "shopflow_checkpoint_size_bytes"),
+            gauge(&scrape, "shopflow_checkpoint_age_seconds"),
+        );
+        let (Some((tick, bytes, modified)), true) = (before, before == after) else {
+            // None yet, or one completed (or was pruned) while scraping: look again.
+            continue;
+        };
+        let (Some(size), Some(age)) = (size, age) else {
+            panic!("a checkpoint on disk at {tick} but no checkpoint metrics:\n{body}");
+        };
+        assert_eq!(size, bytes as f64, "the size of checkpoint {tick}");
+        let written_ago = scraped_at
+            .duration_since(modified)
+            .unwrap_or_default()
+            .as_secs_f64();
+        assert!(
+            age >= 0.0 && (age - written_ago).abs() < 0.5,
+            "checkpoint {tick}: age {age} s, written {written_ago:.3} s before the scrape"
+        );
+        compared += 1;
+        seen.push((tick, age));
+    }
+    // Between checkpoints the age grows; when a newer one completes it drops.
+    let (mut grew, mut dropped) = (0, 0);
+    for pair in seen.windows(2) {
+        let ((tick, age), (next_tick, next_age)) = (pair[0], pair[1]);
+        if next_tick == tick {
+            assert!(next_age >= age, "the age of {tick} went back: {seen:?}");
+            grew += usize::from(next_age > age);
+        } else {
+            assert!(next_tick > tick, "an older checkpoint came back: {seen:?}");
+            assert!(next_age < age, "a new checkpoint, no younger: {seen:?}");
+            dropped += 1;
+        }
+    }
+    assert!(
+        grew >= 3 && dropped >= 3,
+        "{grew} rises, {dropped} drops: {seen:?}"
+    );
+    eprintln!("checkpoint metrics: {compared} scrapes compared, {grew} rises, {dropped} drops");
 }

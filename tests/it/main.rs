@@ -23,6 +23,7 @@ mod ops;
 mod producer;
 mod registry;
 mod restart;
+mod sasl;
 mod secrets;
 mod support;
 mod verify;

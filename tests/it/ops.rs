@@ -694,3 +694,51 @@ fn run_shows_the_live_view_on_a_terminal_only() {
     assert!(!stderr.contains("events/s"), "{stderr}");
     assert!(!stdout.contains("top campaigns"), "{stdout}");
 }
+
+/// `run --duration 5s` with no broker to reach: the run's duration bounds its wait for the
+/// brokers at start too (not only `engine.connect-timeout-ms`, a minute by default), so it ends
+/// by about then, exit 1, with an error naming the brokers. Eight workers give up together: the
+/// error is the cause (not reachable), not the stop the first failure caused in the others.
+#[test]
+fn a_run_duration_bounds_the_wait_for_brokers_at_start() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = dir.path().join("out.lp");
+    let brokers = format!("127.0.0.1:{closed}");
+    let started = std::time::Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_shopflow"))
+        .args(["run", "-w", "8", "--duration", "5s", "--http", "off"])
+        .args([
+            "--demographics",
+            "generator",
+            "--sink",
+            "line-protocol",
+            "-o",
+        ])
+        .arg(&output)
+        .env("SHOPFLOW__KAFKA__BROKERS", &brokers)
+        .env("SHOPFLOW__ENGINE__CHECKPOINT_DIR", "off")
+        .env_remove("SHOPFLOW__ENGINE__CONNECT_TIMEOUT_MS")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{took:?}:\n{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error line:\n{stderr}"));
+    assert!(
+        error.contains(&brokers) && error.contains("not reachable"),
+        "{error}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "ended after {took:?}, not by about 5 s:\n{stderr}"
+    );
+}

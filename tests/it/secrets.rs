@@ -11,13 +11,13 @@ use crate::support::process::{Running, free_port, shopflow, text};
 use crate::support::services;
 
 /// What one run of the binary printed, and how it ended.
-struct Run {
+pub(crate) struct Run {
     /// What was run, for messages.
-    name: String,
+    pub(crate) name: String,
     /// The exit code; `None` when it had to be killed.
-    code: Option<i32>,
+    pub(crate) code: Option<i32>,
     /// Standard output and standard error, one after the other.
-    output: String,
+    pub(crate) output: String,
 }
 
 /// A run to make: its name, its arguments, its environment.
@@ -25,7 +25,7 @@ type Scenario = (String, Vec<String>, Vec<(String, String)>);
 
 /// Runs the binary with `args` and `env` (on top of a clean `SHOPFLOW__*`-free environment),
 /// killed after `timeout` if it has not ended by then.
-fn run(name: &str, args: &[String], env: &[(String, String)], timeout: Duration) -> Run {
+pub(crate) fn run(name: &str, args: &[String], env: &[(String, String)], timeout: Duration) -> Run {
     // Its own working directory: whatever a run leaves there (a state directory) goes with it.
     let cwd = tempfile::tempdir().expect("a temporary directory");
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopflow"));
@@ -74,7 +74,7 @@ fn complete(keys: &str) -> String {
 }
 
 /// A recognisable secret: `S3CRET-` and random hex.
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     format!("S3CRET-{:016x}", rand::random::<u64>())
 }
 

@@ -49,8 +49,8 @@ pub enum KafkaSourceError {
     },
     /// The brokers could not be reached within the connect timeout when the reader started.
     #[error(
-        "kafka brokers {brokers} not reachable within {waited:?} (engine.connect-timeout-ms); \
-         the last attempt failed with: {last}"
+        "kafka brokers {brokers} not reachable within {waited:?} (engine.connect-timeout-ms, or \
+         the run's --duration if shorter); the last attempt failed with: {last}"
     )]
     Unreachable {
         /// The bootstrap servers.
@@ -59,6 +59,17 @@ pub enum KafkaSourceError {
         waited: Duration,
         /// The last attempt's error.
         last: Box<KafkaSourceError>,
+    },
+    /// The brokers refused the client's credentials (SASL): waiting would not help.
+    #[error(
+        "kafka brokers {brokers} refused the credentials (authentication failed: check \
+         sasl.username and sasl.password in kafka.properties): {reason}"
+    )]
+    Authentication {
+        /// The bootstrap servers.
+        brokers: String,
+        /// What librdkafka reported (it names the broker and the mechanism, never a password).
+        reason: String,
     },
     /// Asked to stop while waiting for the brokers at start: nothing was read.
     #[error("stopped while waiting for the kafka brokers {0}; nothing was read")]

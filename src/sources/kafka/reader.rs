@@ -45,7 +45,14 @@ pub struct Polled {
 /// propagates an asynchronous commit's result only to one (`rd_kafka_cgrp_propagate_commit_result`),
 /// so `commit_callback` is never called for `CommitMode::Async`. [`PartitionReader::commit_all`]
 /// asks the coordinator instead.
-struct ReaderContext;
+///
+/// It also keeps the first authentication failure the brokers reported: credentials they refuse
+/// will not start working by waiting, so the reader stops at once, naming it
+/// ([`KafkaSourceError::Authentication`]), instead of waiting out the connect timeout.
+#[derive(Default)]
+struct ReaderContext {
+    authentication: Mutex<Option<String>>,
+}
 
 impl ClientContext for ReaderContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -53,9 +60,55 @@ impl ClientContext for ReaderContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            self.authentication_failed(reason);
+        }
         error_librdkafka(&error, reason);
     }
 }
+
+impl ReaderContext {
+    /// Keeps the first authentication failure reported.
+    fn authentication_failed(&self, reason: &str) {
+        self.authentication
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| reason.to_owned());
+    }
+
+    /// The authentication failure `consumer` has reported, if any. librdkafka queues its errors
+    /// until the consumer is polled, and may queue this one just after the request it failed
+    /// returned: the queue is served for up to [`AUTHENTICATION_GRACE`].
+    fn authentication_failure(consumer: &ReaderConsumer) -> Option<String> {
+        let deadline = Instant::now() + AUTHENTICATION_GRACE;
+        loop {
+            let context = consumer.context();
+            if let Some(reason) = context
+                .authentication
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return Some(reason);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Nothing is assigned yet: a poll serves events and returns no message.
+            match consumer.poll(left) {
+                Some(Err(error))
+                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) =>
+                {
+                    context.authentication_failed(&error.to_string());
+                }
+                _ if left.is_zero() => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How long a reader that could not read the topic's metadata looks for an authentication
+/// failure behind it.
+const AUTHENTICATION_GRACE: Duration = Duration::from_millis(300);
 
 impl ConsumerContext for ReaderContext {}
 
@@ -245,11 +298,18 @@ impl PartitionReader {
         resume: Option<&BTreeMap<i32, i64>>,
         bound: Duration,
     ) -> Result<PartitionReader, KafkaSourceError> {
-        let consumer: ReaderConsumer =
-            consumer_config(config)
-                .create_with_context(ReaderContext)
-                .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
-        let count = partition_count(&consumer, &config.topic, bound)?;
+        let consumer: ReaderConsumer = consumer_config(config)
+            .create_with_context(ReaderContext::default())
+            .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
+        let count = partition_count(&consumer, &config.topic, bound).map_err(|error| {
+            match ReaderContext::authentication_failure(&consumer) {
+                Some(reason) => KafkaSourceError::Authentication {
+                    brokers: config.brokers.clone(),
+                    reason,
+                },
+                None => error,
+            }
+        })?;
         if count == 0 {
             return Err(KafkaSourceError::NoPartitions(config.topic.clone()));
         }
@@ -526,7 +586,7 @@ impl PartitionReader {
     /// The old one is closed on another thread (closing can wait for the brokers).
     pub fn recreate(&mut self) -> Result<(), KafkaSourceError> {
         let consumer: ReaderConsumer = consumer_config(&self.config)
-            .create_with_context(ReaderContext)
+            .create_with_context(ReaderContext::default())
             .map_err(|e| kafka("cannot create the consumer")(redact_error(&self.config, e)))?;
         let old = self.consumer.replace(consumer);
         close_in_background(old);

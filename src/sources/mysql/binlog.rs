@@ -198,6 +198,9 @@ impl Follower {
                     return;
                 }
                 failures += 1;
+                self.shared
+                    .reconnect_attempt
+                    .store(failures, Ordering::Relaxed);
                 // The retries are bounded here, by `failures`.
                 let delay = pauses.next().unwrap_or(RETRY.max);
                 tracing::warn!(
@@ -215,6 +218,7 @@ impl Follower {
                 match open_stream(&self.opts, self.server_id, &self.committed) {
                     Ok(stream) => {
                         self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.shared.reconnect_attempt.store(0, Ordering::Relaxed);
                         tracing::info!(
                             addr = %self.addr,
                             position = %self.committed,

@@ -35,4 +35,4 @@ pub(crate) use connection::connect;
 pub use error::MysqlError;
 pub(crate) use error::sql_error;
 pub use rows::{read_table, read_table_counting};
-pub use source::{BinlogPosition, ChangeFeed, DemographicsSource};
+pub use source::{BinlogPosition, ChangeFeed, DemographicsSource, Follower};

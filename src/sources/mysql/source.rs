@@ -12,7 +12,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder};
 
 use super::{
-    binlog::{Follower, STREAM_READ_TIMEOUT, open_stream},
+    binlog::{self, STREAM_READ_TIMEOUT, open_stream},
     connection::endpoint,
     connection::{connect, retryable, retrying},
     error::{MysqlError, sql_error},
@@ -359,9 +359,9 @@ impl DemographicsSource {
             .connection_id
             .store(first.connection_id, Ordering::Relaxed);
         let (sender, receiver) = mpsc::sync_channel(FEED_CAPACITY);
-        let follower = Follower {
+        let follower = binlog::Follower {
             opts,
-            addr,
+            addr: addr.clone(),
             server_id,
             retries: config.connect_retries,
             database,
@@ -388,6 +388,8 @@ impl DemographicsSource {
                 skipped_change: StdCell::new(skipped),
                 shared,
                 snapshot_position: position,
+                addr,
+                retries: config.connect_retries,
             },
         ))
     }
@@ -406,6 +408,8 @@ pub(super) struct Shared {
     pub(super) skipped: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) connection_id: AtomicU32,
+    /// The reconnection attempt under way (1 for the first), 0 while a stream is open.
+    pub(super) reconnect_attempt: AtomicU32,
     pub(super) position: Mutex<BinlogPosition>,
 }
 
@@ -436,6 +440,54 @@ pub struct ChangeFeed {
     skipped_change: StdCell<i64>,
     shared: Arc<Shared>,
     snapshot_position: BinlogPosition,
+    /// The server, as errors name it.
+    addr: String,
+    /// `mysql.connect-retries`.
+    retries: u32,
+}
+
+/// The binlog follower's connection as another thread sees it: connected, or not and why.
+#[derive(Clone)]
+pub struct Follower {
+    shared: Arc<Shared>,
+    addr: String,
+    retries: u32,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Follower")
+            .field("addr", &self.addr)
+            .field("connected", &self.connected())
+            .finish()
+    }
+}
+
+impl Follower {
+    /// Whether the follower has a binlog stream open: `Err` says why not (the connection was
+    /// lost and it is reconnecting, or it stopped).
+    pub fn connected(&self) -> Result<(), String> {
+        if self.shared.connection_id.load(Ordering::Relaxed) != 0 {
+            return Ok(());
+        }
+        if self.shared.stop.load(Ordering::Relaxed) {
+            return Err(format!(
+                "the MySQL binlog follower of {} stopped",
+                self.addr
+            ));
+        }
+        match self.shared.reconnect_attempt.load(Ordering::Relaxed) {
+            0 => Err(format!(
+                "the MySQL binlog follower lost its connection to {}",
+                self.addr
+            )),
+            attempt => Err(format!(
+                "the MySQL binlog follower is reconnecting to {} (attempt {attempt} of {}, \
+                 mysql.connect-retries)",
+                self.addr, self.retries
+            )),
+        }
+    }
 }
 
 impl ChangeFeed {
@@ -532,6 +584,16 @@ impl ChangeFeed {
     /// The server's id of the follower's current connection (`SHOW PROCESSLIST`), if connected.
     pub fn connection_id(&self) -> Option<u32> {
         Some(self.shared.connection_id.load(Ordering::Relaxed)).filter(|&id| id != 0)
+    }
+
+    /// A handle on the follower's connection for someone else to watch (the HTTP server's
+    /// `/ready`): it stays valid, and cheap to read, while the feed itself is owned elsewhere.
+    pub fn follower(&self) -> Follower {
+        Follower {
+            shared: self.shared.clone(),
+            addr: self.addr.clone(),
+            retries: self.retries,
+        }
     }
 
     /// The binlog position of the snapshot.

@@ -180,3 +180,67 @@ fn mysql_lost_mid_run_resumes_without_missing_a_change() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `/ready` of a run whose demographics come from MySQL, through a MariaDB stop and start: ready
+/// while the binlog follower follows; 503 with a one-line JSON reason naming MySQL while it is
+/// disconnected and reconnecting (the Kafka side and the sink stay fine, and `/health` stays
+/// 200: the workers step); ready again once the follower has reconnected.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn ready_follows_the_binlog_follower_through_a_mariadb_stop_and_start() {
+    let _services = exclusive();
+    let started = Instant::now();
+    let scenario = Scenario::new("faults_ready_mysql", 5, 200);
+    let env = scenario.pipeline_env(
+        timeless(),
+        &[
+            ("SHOPFLOW__ENGINE__TICK_MS", "250"),
+            ("SHOPFLOW__HTTP__LISTEN", "127.0.0.1:0"),
+            // Reconnection outlasts the restart: about a minute of backoff.
+            ("SHOPFLOW__MYSQL__CONNECT_RETRIES", "15"),
+            // Reconnections are logged at info.
+            ("RUST_LOG", "warn,shopflow::sources::mysql=info"),
+        ],
+    );
+    let mut pipeline = Pipeline::start(&env);
+    let url = server_url(&mut pipeline);
+    let ready = || http_get(&format!("{url}/ready"));
+    wait_for("ready", Duration::from_secs(60), || {
+        pipeline.assert_running();
+        ready().0 == 200
+    });
+
+    let mariadb = Stopped::stop("mariadb");
+    let mut reason = String::new();
+    wait_for("not ready, naming MySQL", Duration::from_secs(30), || {
+        let (status, body) = ready();
+        reason = body;
+        status == 503 && reason.contains("MySQL")
+    });
+    assert_eq!(reason.lines().count(), 1, "one line: {reason}");
+    let json: serde_json::Value = serde_json::from_str(&reason).expect("JSON");
+    assert_eq!(json["status"], "unavailable", "{reason}");
+    let (status, body) = http_get(&format!("{url}/health"));
+    assert_eq!(status, 200, "alive while MariaDB is down: {body}");
+    // Still not ready a while later: it says so for as long as the follower is away.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, later) = ready();
+    assert!(status == 503 && later.contains("MySQL"), "{status} {later}");
+    pipeline.assert_running();
+
+    mariadb.start();
+    wait_for("ready again", Duration::from_secs(90), || {
+        pipeline.assert_running();
+        ready().0 == 200
+    });
+    let log = pipeline.log();
+    assert!(
+        occurrences(&log, "binlog follower reconnected") >= 1,
+        "the follower came back:\n{log}"
+    );
+    pipeline.interrupt();
+    eprintln!(
+        "/ready through a MariaDB restart: {reason} then {later}; {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -139,3 +139,40 @@ fn settle_on_the_oracle(
     assert_eq!(got.counter(Counter::EventsIn), events as i64);
     got
 }
+
+/// The base URL of the running pipeline's HTTP server (it must listen: `http.listen`), from the
+/// line it prints first.
+fn server_url(pipeline: &mut Pipeline) -> String {
+    let mut url = String::new();
+    wait_for("the server's URL", Duration::from_secs(30), || {
+        pipeline.assert_running();
+        let log = pipeline.log();
+        let said = log
+            .lines()
+            .find(|l| l.starts_with("dashboard, metrics and API at "))
+            .unwrap_or("");
+        match said.split_whitespace().find(|w| w.starts_with("http://")) {
+            Some(found) => {
+                url = found.trim_end_matches('/').to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    url
+}
+
+/// A GET of `url`: the status and the body (status 0 when nothing answered).
+fn http_get(url: &str) -> (u16, String) {
+    match reqwest::blocking::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+    {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
