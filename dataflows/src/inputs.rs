@@ -100,6 +100,43 @@ impl Inputs {
     /// way its events come. [`event`](Self::event) is then not to be called, and the source's
     /// capability holds the output back as much as these inputs do: advance these to the
     /// source's time each time it moves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// use dataflows::Params;
+    /// use dataflows::inputs::Inputs;
+    /// use dataflows::model::{Counter, Event, OutputKey, OutputValue, Tick};
+    /// use dataflows::windows::WindowSpec;
+    /// use timely::dataflow::operators::generic::operator::empty;
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let rows_seen = Arc::clone(&seen);
+    /// timely::execute(timely::Config::thread(), move |worker| {
+    ///     let params = Params {
+    ///         windows: WindowSpec { size_ms: 1_000, allowed_lateness_ms: 0 },
+    ///         order_horizon_ms: 10_000,
+    ///     };
+    ///     let rows_seen = Arc::clone(&rows_seen);
+    ///     let (mut inputs, probe) = worker.dataflow::<Tick, _, _>(|scope| {
+    ///         // A source operator of the driver's own would stand here.
+    ///         let events = empty::<_, Vec<Event>>(scope);
+    ///         let (inputs, rows, _handles) = Inputs::analytics_of(scope, events, params);
+    ///         let rows = rows.inspect(move |(row, _, diff)| {
+    ///             rows_seen.lock().unwrap().push((row.clone(), *diff))
+    ///         });
+    ///         (inputs, rows.probe().0)
+    ///     });
+    ///     inputs.count(Counter::MalformedFraming, 2);
+    ///     inputs.advance_to(10);
+    ///     worker.step_while(|| probe.less_than(&10));
+    /// })
+    /// .expect("the example runs");
+    /// let counted = (OutputKey::Counter(Counter::MalformedFraming), OutputValue::Count(2));
+    /// assert_eq!(*seen.lock().unwrap(), vec![(counted, 1)]);
+    /// ```
     pub fn analytics_of<'scope>(
         scope: Scope<'scope, Tick>,
         events: StreamVec<'scope, Tick, Event>,
