@@ -28,12 +28,12 @@ use crate::sources::kafka::{KafkaSourceError, PartitionReader};
 
 /// Builds a worker's events source in a scope.
 pub(super) trait EventsSource<'scope> {
-    /// A source operator ("Events") sending `events`' records, the first tick starting at
-    /// `first` (what its capability is downgraded to at once), its ticks moving by `rule`; with
-    /// the handle through which the worker loop drives it. Worker `index` of `peers`.
+    /// A source operator ("Events"), the first tick starting at `first` (what its capability
+    /// is downgraded to at once), its ticks moving by `rule`; with the handle through which the
+    /// worker loop gives it its pump ([`SourceHandle::open`]) and drives it. Worker `index` of
+    /// `peers`.
     fn events_source(
         self,
-        events: WorkerEvents,
         rule: TickRule,
         first: Tick,
         status: Arc<Status>,
@@ -44,14 +44,13 @@ pub(super) trait EventsSource<'scope> {
 impl<'scope> EventsSource<'scope> for Scope<'scope, Tick> {
     fn events_source(
         self,
-        events: WorkerEvents,
         rule: TickRule,
         first: Tick,
         status: Arc<Status>,
         (index, peers): (usize, usize),
     ) -> (StreamVec<'scope, Tick, Event>, SourceHandle) {
         let state = Rc::new(RefCell::new(SourceState {
-            events: Some(events),
+            events: None,
             rule,
             tick: first,
             phase: Phase::Held,
@@ -162,7 +161,7 @@ enum Phase {
 
 /// What the source operator and its handle share.
 struct SourceState {
-    /// The pump; `None` once the handle is dropped.
+    /// The pump; `None` until the handle opens it, and once the handle is dropped.
     events: Option<WorkerEvents>,
     rule: TickRule,
     /// The current tick's start: the capability's time.
@@ -223,6 +222,11 @@ pub(super) struct SourceHandle {
 }
 
 impl SourceHandle {
+    /// Gives the source its pump, before its first tick starts.
+    pub(super) fn open(&self, events: WorkerEvents) {
+        self.state.borrow_mut().events = Some(events);
+    }
+
     /// The current tick's start: the source's capability is there, and the other inputs should
     /// be.
     pub(super) fn tick(&self) -> Tick {
@@ -302,5 +306,103 @@ impl Drop for SourceHandle {
         if let Ok(mut state) = self.state.try_borrow_mut() {
             state.events = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::generators::events::{EventGenerator, Pace};
+
+    const START_MS: u64 = 1_700_000_000_000;
+
+    /// Steps `worker` until the source reports.
+    fn report(worker: &mut timely::worker::Worker, source: &SourceHandle) -> Report {
+        for _ in 0..1_000 {
+            if let Some(report) = source.take().expect("a generator never fails") {
+                return report;
+            }
+            worker.step();
+        }
+        panic!("the source did not close its tick");
+    }
+
+    /// The generator's source sends exactly the events of each tick at the tick, moves its
+    /// capability by the rule, holds after each tick (reading nothing until started again), stops
+    /// at the boundary, and, dropped, lets the dataflow complete.
+    #[test]
+    fn the_source_sends_each_tick_at_its_time_and_holds_between_ticks() {
+        let mut knobs = Config::load(None).expect("the defaults load").generator;
+        knobs.pace = Pace::Unbounded;
+        knobs.events_per_second = 500.0;
+        let generator = EventGenerator::new(knobs, START_MS).expect("the defaults are valid");
+        timely::execute(timely::Config::thread(), move |worker| {
+            let first = START_MS + 3_000;
+            let boundary = START_MS + 10_000;
+            let rule = TickRule::new(1_000, first, 10_000, false);
+            assert_eq!(rule.boundary(), boundary);
+            let seen: Rc<RefCell<Vec<(Tick, Event)>>> = Rc::default();
+            let (probe, source) = worker.dataflow::<Tick, _, _>(|scope| {
+                let status = Arc::new(Status::default());
+                let (events, source) = scope.events_source(rule, first, status, (0, 1));
+                let seen = Rc::clone(&seen);
+                let events = events.inspect_core(move |event| {
+                    if let Ok((stamp, events)) = event {
+                        let time = *stamp.least().expect("sent at a time");
+                        seen.borrow_mut()
+                            .extend(events.iter().map(|e| (time, e.clone())));
+                    }
+                });
+                (events.probe().0, source)
+            });
+            source.open(WorkerEvents::Generator {
+                generator: generator.clone(),
+                pace: Pace::Unbounded,
+                last_event: u64::MAX,
+            });
+            let settle = |worker: &mut timely::worker::Worker| {
+                for _ in 0..20 {
+                    worker.step();
+                }
+            };
+            // Held until started: nothing sent, the capability at the first tick.
+            settle(worker);
+            assert!(seen.borrow().is_empty());
+            assert!(!probe.less_than(&first) && probe.less_equal(&first));
+            let mut tick = first;
+            while tick < boundary {
+                source.start(tick == START_MS + 8_000);
+                let Report::Closed(closed) = report(worker, &source) else {
+                    panic!("the generator has no last event here");
+                };
+                // The last tick stops: it jumps to the boundary, and no further.
+                let stopping = tick == START_MS + 8_000;
+                let end = if stopping { boundary } else { tick + 1_000 };
+                assert_eq!((closed.tick, closed.end, closed.next), (tick, end, end));
+                settle(worker);
+                assert!(!probe.less_than(&end) && probe.less_equal(&end));
+                // The generator's tick is its share of simulated time, however far it jumps.
+                let expected: Vec<(Tick, Event)> = (generator.first_at_or_after(tick)
+                    ..generator.first_at_or_after(tick + 1_000))
+                    .map(|n| (tick, generator.event(n)))
+                    .collect();
+                assert!(!expected.is_empty());
+                assert_eq!(closed.tally.sent, expected.len() as u64);
+                assert_eq!(*seen.borrow(), expected, "the tick at {tick}");
+                seen.borrow_mut().clear();
+                tick = end;
+            }
+            assert_eq!(tick, boundary);
+            drop(source);
+            settle(worker);
+            assert!(probe.done());
+        })
+        .expect("the test's worker runs");
     }
 }

@@ -110,8 +110,8 @@ struct WorkerLoop<'a> {
 }
 
 impl<'a> WorkerLoop<'a> {
-    /// Restores the worker's share of the checkpoint, opens its events source, and builds the
-    /// dataflow behind it and the other inputs.
+    /// Builds the dataflow behind the worker's events source and its other inputs, restores
+    /// its share of the checkpoint, and opens its sources.
     fn start(shared: &'a Shared, worker: &mut Worker) -> Result<WorkerLoop<'a>, WorkerError> {
         let (index, peers) = (worker.index(), worker.peers());
         let sender = shared
@@ -119,21 +119,14 @@ impl<'a> WorkerLoop<'a> {
             .lock()
             .expect("no worker panicked while cloning the sender")
             .clone();
-        let restored = match &shared.checkpoints {
-            Some(checkpoints) => checkpoints.load(index, peers)?,
-            None => None,
-        };
-        let (state, resume) = restored.unzip();
-        let events = WorkerEvents::open(shared, index, peers, resume.as_ref())?;
         let tick = shared.first_tick();
-        let interval = shared
-            .checkpoints
-            .as_ref()
-            .map_or(u64::MAX, |c| c.interval_ms);
-        let rule = TickRule::new(shared.tick_ms(), tick, interval, state.is_some());
+        let checkpoints = shared.checkpoints.as_ref();
+        let interval = checkpoints.map_or(u64::MAX, |c| c.interval_ms);
+        let restoring = checkpoints.and_then(Checkpoints::restored_at).is_some();
+        let rule = TickRule::new(shared.tick_ms(), tick, interval, restoring);
         let (mut inputs, probe, handles, source) = worker.dataflow::<Tick, _, _>(|scope| {
             let status = Arc::clone(&shared.status);
-            let (events, source) = scope.events_source(events, rule, tick, status, (index, peers));
+            let (events, source) = scope.events_source(rule, tick, status, (index, peers));
             let (inputs, rows, handles) = Inputs::analytics_of(scope, events, shared.params);
             let (probe, rows) = rows.probe();
             emit_batches(rows, move |progress| {
@@ -142,6 +135,12 @@ impl<'a> WorkerLoop<'a> {
             });
             (inputs, probe, handles, source)
         });
+        let restored = match checkpoints {
+            Some(checkpoints) => checkpoints.load(index, peers)?,
+            None => None,
+        };
+        let (state, resume) = restored.unzip();
+        source.open(WorkerEvents::open(shared, index, peers, resume.as_ref())?);
         let handles = shared.checkpoints.as_ref().map(|_| handles);
         // Before the restored state enters: it is the first timestamp's (an input session
         // starts at 0).
