@@ -6,11 +6,16 @@
 //! [`Inputs::analytics`] builds the graph of [`crate::analytics_with_state`] behind them, and
 //! [`Inputs::advance_to`] moves all six to a new time at once, so that no driver can leave one
 //! behind (which would hold the output's frontier back forever).
+//!
+//! A driver whose events come from an operator of its own (the runtime's source, which sends
+//! them at its capability's time) builds the same graph with [`Inputs::analytics_of`]: the
+//! events are then that stream, and the other five inputs stay here, advanced to the source's
+//! time each time it moves.
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input as _, InputSession};
 use timely::dataflow::operators::vec::Input as _;
-use timely::dataflow::{InputHandleVec, Scope};
+use timely::dataflow::{InputHandleVec, Scope, StreamVec};
 
 use crate::model::{
     Contribution, Counter, Demographic, Event, OrderId, OutputRow, Segment, Tick, Totals, UserId,
@@ -66,7 +71,8 @@ pub enum Input {
 /// assert_eq!(*seen.lock().unwrap(), vec![(counted, 1)]);
 /// ```
 pub struct Inputs {
-    events: InputHandleVec<Tick, Event>,
+    /// `None` when the events come from a stream given to [`Inputs::analytics_of`].
+    events: Option<InputHandleVec<Tick, Event>>,
     demographics: InputSession<Tick, Demographic, isize>,
     counters: InputSession<Tick, Counter, isize>,
     contributions: InputSession<Tick, Contribution, Totals>,
@@ -83,8 +89,60 @@ impl Inputs {
         params: Params,
     ) -> (Inputs, VecCollection<'scope, Tick, OutputRow>, Handles) {
         let mut events = InputHandleVec::new();
-        let mut orders = InputHandleVec::new();
         let event_stream = scope.input_from(&mut events);
+        let (mut inputs, rows, handles) = Inputs::analytics_of(scope, event_stream, params);
+        inputs.events = Some(events);
+        (inputs, rows, handles)
+    }
+
+    /// Like [`analytics`](Self::analytics), with the events coming from `events` (a source
+    /// operator's stream) instead of an input of these: the one wiring of the graph, whichever
+    /// way its events come. [`event`](Self::event) is then not to be called, and the source's
+    /// capability holds the output back as much as these inputs do: advance these to the
+    /// source's time each time it moves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// use dataflows::Params;
+    /// use dataflows::inputs::Inputs;
+    /// use dataflows::model::{Counter, Event, OutputKey, OutputValue, Tick};
+    /// use dataflows::windows::WindowSpec;
+    /// use timely::dataflow::operators::generic::operator::empty;
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let rows_seen = Arc::clone(&seen);
+    /// timely::execute(timely::Config::thread(), move |worker| {
+    ///     let params = Params {
+    ///         windows: WindowSpec { size_ms: 1_000, allowed_lateness_ms: 0 },
+    ///         order_horizon_ms: 10_000,
+    ///     };
+    ///     let rows_seen = Arc::clone(&rows_seen);
+    ///     let (mut inputs, probe) = worker.dataflow::<Tick, _, _>(|scope| {
+    ///         // A source operator of the driver's own would stand here.
+    ///         let events = empty::<_, Vec<Event>>(scope);
+    ///         let (inputs, rows, _handles) = Inputs::analytics_of(scope, events, params);
+    ///         let rows = rows.inspect(move |(row, _, diff)| {
+    ///             rows_seen.lock().unwrap().push((row.clone(), *diff))
+    ///         });
+    ///         (inputs, rows.probe().0)
+    ///     });
+    ///     inputs.count(Counter::MalformedFraming, 2);
+    ///     inputs.advance_to(10);
+    ///     worker.step_while(|| probe.less_than(&10));
+    /// })
+    /// .expect("the example runs");
+    /// let counted = (OutputKey::Counter(Counter::MalformedFraming), OutputValue::Count(2));
+    /// assert_eq!(*seen.lock().unwrap(), vec![(counted, 1)]);
+    /// ```
+    pub fn analytics_of<'scope>(
+        scope: Scope<'scope, Tick>,
+        events: StreamVec<'scope, Tick, Event>,
+        params: Params,
+    ) -> (Inputs, VecCollection<'scope, Tick, OutputRow>, Handles) {
+        let mut orders = InputHandleVec::new();
         let (demographics, demographic_rows) = scope.new_collection();
         let (counters, counter_increments) = scope.new_collection();
         let (contributions, restored_contributions) = scope.new_collection();
@@ -95,14 +153,14 @@ impl Inputs {
             orders: scope.input_from(&mut orders),
         };
         let (rows, handles) = analytics_with_state(
-            event_stream,
+            events,
             demographic_rows,
             counter_increments,
             restored,
             params,
         );
         let inputs = Inputs {
-            events,
+            events: None,
             demographics,
             counters,
             contributions,
@@ -114,13 +172,15 @@ impl Inputs {
 
     /// The time the inputs are at: what is sent now enters at it.
     pub fn time(&self) -> Tick {
-        *self.events.time()
+        *self.orders.time()
     }
 
     /// Moves every input to `tick` and tells timely (a differential input session announces its
     /// new time only when flushed): everything before `tick` is then complete at this worker.
     pub fn advance_to(&mut self, tick: Tick) {
-        self.events.advance_to(tick);
+        if let Some(events) = &mut self.events {
+            events.advance_to(tick);
+        }
         self.orders.advance_to(tick);
         self.contributions.advance_to(tick);
         self.contributions.flush();
@@ -133,9 +193,17 @@ impl Inputs {
     }
 
     /// Sends an event.
+    ///
+    /// # Panics
+    ///
+    /// When the inputs were built by [`analytics_of`](Self::analytics_of): their events come
+    /// from its stream.
     #[inline]
     pub fn event(&mut self, event: Event) {
-        self.events.send(event);
+        self.events
+            .as_mut()
+            .expect("events are sent only to the inputs of Inputs::analytics")
+            .send(event);
     }
 
     /// Changes the demographics: `+1` inserts `row`, `-1` deletes it.

@@ -55,7 +55,8 @@ impl Demographics {
     }
 
     /// Reads the table at worker 0 (`index`), and enters it now unless restoring (then it waits
-    /// for the end of the first tick).
+    /// for the end of the first tick, which ends before the first boundary: see
+    /// [`super::tick::TickRule::new`]).
     pub(super) fn start(
         &mut self,
         index: usize,
@@ -88,11 +89,6 @@ impl Demographics {
             }
         }
         Ok(())
-    }
-
-    /// Whether the demographics read at start still wait at `tick` (the first after a restore).
-    pub(super) fn waits_at(&self, tick: Tick) -> bool {
-        self.restored_at == Some(tick)
     }
 
     /// Sends the tick starting at `tick` and ending at `end` its demographics.

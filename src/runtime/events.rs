@@ -1,14 +1,13 @@
 //! A worker's event pump: its share of the generator, or its Kafka partitions, sent into the
-//! dataflow one tick at a time.
+//! dataflow one tick at a time by the events source ([`super::source`]), a go at a time: a
+//! pump never waits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dataflows::inputs::Inputs;
-use dataflows::model::Tick;
-use timely::worker::Worker;
+use dataflows::model::{Counter, Event, Tick};
 
 use super::EventSource;
 use super::now_ms;
@@ -33,26 +32,43 @@ pub(super) enum WorkerEvents {
 
 /// The tick a pump fills.
 pub(super) struct Turn {
-    /// Its start.
+    /// Its start: the time its events are sent at.
     pub(super) tick: Tick,
-    pub(super) tick_ms: u64,
+    /// When it is due to end, on the clock.
+    pub(super) due: Tick,
     /// This worker's index, and the number of workers.
     pub(super) index: usize,
     pub(super) peers: u64,
-    /// When stopping, the checkpoint boundary the tick must reach.
-    pub(super) stop_at: Option<Tick>,
 }
 
-/// What a pump sent in a tick.
-pub(super) struct Pumped {
-    /// The tick's end: later than its start plus the tick length when reading fell behind.
-    pub(super) end: Tick,
+/// What one go of a pump did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pumped {
+    /// The tick goes on: pump again after this long (at once if zero).
+    Again(Duration),
+    /// The tick is over. `clock` is the wall clock at its close when ticks follow it (Kafka),
+    /// `None` for simulated time; `finished` when the input is read to its end.
+    Closed { clock: Option<u64>, finished: bool },
+    /// The generator has sent its last event.
+    Ended,
+}
+
+/// What a tick sent, over the goes of its pump.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Tally {
     /// Events sent.
     pub(super) sent: u64,
     /// The newest event time sent.
     pub(super) newest: u64,
-    /// Whether the input is read to its end.
-    pub(super) finished: bool,
+}
+
+impl Tally {
+    /// Counts `event`, on its way out.
+    #[inline]
+    pub(super) fn count(&mut self, event: &Event) {
+        self.newest = self.newest.max(event.event_time.0);
+        self.sent += 1;
+    }
 }
 
 impl WorkerEvents {
@@ -100,143 +116,106 @@ impl WorkerEvents {
         }
     }
 
-    /// Sends the tick's events; `None` once the generator has sent its last event.
+    /// One go at the tick: sends what is there now through `emit` (and a poll's malformed
+    /// messages through `count`) without waiting, and says when to go on.
     pub(super) fn pump(
         &mut self,
-        worker: &mut Worker,
-        inputs: &mut Inputs,
         turn: &Turn,
         status: &Status,
-    ) -> Result<Option<Pumped>, KafkaSourceError> {
+        emit: impl FnMut(Event),
+        count: impl FnMut(Counter, isize),
+    ) -> Result<Pumped, KafkaSourceError> {
         match self {
             WorkerEvents::Generator {
                 generator,
                 pace,
                 last_event,
-            } => Ok(generate(
-                generator,
-                *pace,
-                *last_event,
-                worker,
-                inputs,
-                turn,
-                status,
-            )),
+            } => Ok(generate(generator, *pace, *last_event, turn, status, emit)),
             WorkerEvents::Kafka {
                 reader,
                 until_caught_up,
                 producer_done,
             } => {
                 let done = until_caught_up.then_some(producer_done.as_deref());
-                read(reader, done, worker, inputs, turn, status).map(Some)
+                read(reader, done, turn, status, emit, count)
             }
         }
     }
 }
 
 /// The generator's events of the tick that are this worker's: event `n` is worker
-/// `n mod peers`'s.
+/// `n mod peers`'s. Realtime, not before the tick's end on the clock.
 fn generate(
     generator: &EventGenerator,
     pace: Pace,
     last_event: u64,
-    worker: &mut Worker,
-    inputs: &mut Inputs,
     turn: &Turn,
     status: &Status,
-) -> Option<Pumped> {
-    let (tick, peers) = (turn.tick, turn.peers);
-    let end = tick + turn.tick_ms;
+    mut emit: impl FnMut(Event),
+) -> Pumped {
+    let (tick, end, peers) = (turn.tick, turn.due, turn.peers);
     let first = generator.first_at_or_after(tick);
     if first >= last_event {
-        return None;
+        return Pumped::Ended;
     }
     if pace == Pace::Realtime {
-        while now_ms() < end && !status.stop.load(Ordering::Relaxed) {
-            worker.step_or_park(Some(Duration::from_millis(
-                end.saturating_sub(now_ms()).min(50),
-            )));
+        let now = now_ms();
+        if now < end && !status.stop.load(Ordering::Relaxed) {
+            return Pumped::Again(Duration::from_millis((end - now).min(50)));
         }
     }
     let last = generator.first_at_or_after(end).min(last_event);
     let mut n = first + (turn.index as u64 + peers - first % peers) % peers;
-    let (mut sent, mut newest) = (0u64, 0u64);
     while n < last {
-        let event = generator.event(n);
-        newest = newest.max(event.event_time.0);
-        inputs.event(event);
-        sent += 1;
+        emit(generator.event(n));
         n += peers;
     }
-    Some(Pumped {
-        end,
-        sent,
-        newest,
+    Pumped::Closed {
+        clock: None,
         finished: false,
-    })
+    }
 }
 
-/// Reads the worker's partitions until the tick's end on the wall clock (processing time is the
-/// wall clock). With `until_caught_up` (`Some`, holding the producer's flag if there is one),
-/// the input is finished once every partition is read to its end and the producer is done.
+/// Polls the worker's partitions once, with a zero timeout; the tick closes at its end on the
+/// wall clock (processing time is the wall clock). With `until_caught_up` (`Some`, holding the
+/// producer's flag if there is one), the input is finished once every partition is read to its
+/// end and the producer is done.
 fn read(
     reader: &mut PartitionReader,
     until_caught_up: Option<Option<&AtomicBool>>,
-    worker: &mut Worker,
-    inputs: &mut Inputs,
     turn: &Turn,
     status: &Status,
+    emit: impl FnMut(Event),
+    mut count: impl FnMut(Counter, isize),
 ) -> Result<Pumped, KafkaSourceError> {
-    let mut end = turn.tick + turn.tick_ms;
-    let (mut sent, mut newest, mut finished) = (0u64, 0u64, false);
-    loop {
-        let polled = reader.poll(turn.tick, |event| {
-            newest = newest.max(event.event_time.0);
-            inputs.event(event);
-            sent += 1;
-        })?;
-        status
-            .consumed
-            .fetch_add(polled.messages as u64, Ordering::Relaxed);
-        for (counter, n) in polled.malformed {
-            inputs.count(counter, n);
-        }
-        if now_ms() >= end || status.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if polled.messages == 0 {
-            if until_caught_up.is_some_and(|producer_done| {
-                producer_done.is_none_or(|done| done.load(Ordering::Relaxed))
-            }) && reader.lag() == Some(0)
-                // The watermarks may predate the producer's last messages; its own count may
-                // not.
-                && status.consumed.load(Ordering::Relaxed)
-                    >= status.produced.load(Ordering::Relaxed)
-            {
-                finished = true;
-                break;
-            }
-            worker.step_or_park(Some(Duration::from_millis(
-                end.saturating_sub(now_ms()).min(5),
-            )));
-        } else {
-            worker.step();
-        }
+    let end = turn.due;
+    let polled = reader.poll(turn.tick, emit)?;
+    status
+        .consumed
+        .fetch_add(polled.messages as u64, Ordering::Relaxed);
+    for (counter, n) in polled.malformed {
+        count(counter, n);
     }
-    // A tick that fell behind the clock is followed by the current one.
     let now = now_ms();
-    end = end.max(now - now % turn.tick_ms);
-    if let Some(boundary) = turn.stop_at {
-        end = end.max(boundary);
+    let mut finished = false;
+    if now < end && !status.stop.load(Ordering::Relaxed) {
+        if polled.messages > 0 {
+            return Ok(Pumped::Again(Duration::ZERO));
+        }
+        let caught_up = until_caught_up.is_some_and(|producer_done| {
+            producer_done.is_none_or(|done| done.load(Ordering::Relaxed))
+        }) && reader.lag() == Some(0)
+            // The watermarks may predate the producer's last messages; its own count may not.
+            && status.consumed.load(Ordering::Relaxed) >= status.produced.load(Ordering::Relaxed);
+        if !caught_up {
+            return Ok(Pumped::Again(Duration::from_millis((end - now).min(5))));
+        }
+        finished = true;
     }
+    let clock = Some(now_ms());
     if let Some(lag) = reader.lag() {
         lock(&status.consumer_lags).insert(turn.index, lag as u64);
         status.observed.source_answered(turn.index);
     }
-    Ok(Pumped {
-        end,
-        sent,
-        newest,
-        finished,
-    })
+    Ok(Pumped::Closed { clock, finished })
 }

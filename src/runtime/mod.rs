@@ -1,13 +1,16 @@
 //! The runtime: builds timely's configuration, runs the workers, and wires
 //! sources → [`dataflows::analytics`] → the sink thread. It computes nothing itself.
 //!
-//! Each worker drives its own inputs tick by tick (timely's loop: send, `advance_to`, step while
-//! the probe is behind); the sink thread receives every worker's finished batches and frontier,
-//! and hands a timestamp to the sink only once every local worker has passed it.
+//! Each worker's events enter through a timely source operator that owns its event pump and
+//! moves its capability tick by tick; the worker's loop steps, and as each tick closes feeds
+//! the other inputs and `advance_to`s them where the source went; the sink thread receives every
+//! worker's finished batches and frontier, and hands a timestamp to the sink only once every
+//! local worker has passed it.
 //!
 //! - [`workers`]: how many workers, and where (timely's configuration);
-//! - `worker`: one worker's loop, tick by tick, with its event pump (`events`) and its
-//!   demographics (`demographics`);
+//! - `worker`: one worker's loop, tick by tick, with its demographics (`demographics`);
+//! - `source`: the events source operator and its handle, around the event pump (`events`),
+//!   its capability moved by one rule (`tick`);
 //! - `sink_thread`: the thread that hands completed timestamps to the sink;
 //! - `checkpoints`: capturing, writing and committing checkpoints, behind the sink;
 //! - [`status`]: the live figures the workers, the sink thread and the terminal view share;
@@ -19,7 +22,9 @@ mod events;
 mod failure;
 pub mod observed;
 mod sink_thread;
+mod source;
 pub mod status;
+mod tick;
 mod worker;
 pub mod workers;
 

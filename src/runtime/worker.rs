@@ -1,6 +1,8 @@
-//! One worker's loop, tick by tick, as timely's own: send the tick's inputs, `advance_to` its
-//! end, step the dataflow; with backpressure from the output and from the sink, a checkpoint at
-//! every boundary, and offsets committed behind the sink or behind a complete checkpoint.
+//! One worker's loop, tick by tick: its events source (`super::source`) sends a tick's events
+//! at its capability and moves it by the tick rule, while the loop steps the worker; once the
+//! tick closes, the loop feeds the other inputs, `advance_to`s them where the source went, and
+//! steps; with backpressure from the output and from the sink, a checkpoint at every boundary,
+//! and offsets committed behind the sink or behind a complete checkpoint.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +20,15 @@ use timely::worker::Worker;
 
 use super::checkpoints::{Checkpointer, Checkpoints};
 use super::demographics::Demographics;
-use super::events::{Pumped, Turn, WorkerEvents};
+use super::events::WorkerEvents;
 use super::failure::StopOthersOnFailure;
+use super::source::{EventsSource as _, Report, SourceHandle, TickEnd};
 use super::status::{Status, lock};
+use super::tick::TickRule;
 use super::{Plan, WorkerError};
 use crate::checkpoint::{self, WorkerCheckpoint};
 use crate::generators::events::EventGenerator;
 use crate::sinks::Acknowledged;
-use crate::sources::kafka::PartitionReader;
 
 /// What every worker of the run shares.
 pub(super) struct Shared {
@@ -68,6 +71,14 @@ impl Shared {
     fn tick_ms(&self) -> u64 {
         self.plan.config.engine.tick_ms
     }
+
+    /// The run's first tick: the one of its start, never before the checkpoint it restores (a
+    /// clock set back does not take the run there).
+    fn first_tick(&self) -> Tick {
+        let tick = self.start_ms - self.start_ms % self.tick_ms();
+        let restored_at = self.checkpoints.as_ref().and_then(Checkpoints::restored_at);
+        restored_at.map_or(tick, |at| tick.max(at))
+    }
 }
 
 /// What a checkpoint boundary ended with.
@@ -89,22 +100,18 @@ struct WorkerLoop<'a> {
     probe: ProbeHandle<Tick>,
     /// Held only to checkpoint: holding them constrains compaction.
     handles: Option<Handles>,
-    events: WorkerEvents,
+    /// The events source: the start of the next tick, and the next checkpoint boundary (every
+    /// worker stops its inputs exactly there).
+    source: SourceHandle,
     demographics: Demographics,
-    /// The start of the next tick.
-    tick: Tick,
-    /// The checkpoint interval (`u64::MAX` without checkpoints), and the next boundary: every
-    /// worker stops its inputs exactly there.
-    interval: Tick,
-    next_checkpoint: Tick,
     checkpointer: Checkpointer,
     /// A graceful stop checkpoints first: set, the run ends at the next boundary.
     stopping: bool,
 }
 
 impl<'a> WorkerLoop<'a> {
-    /// Builds the dataflow behind the worker's inputs, restores its share of the checkpoint,
-    /// and opens its sources.
+    /// Builds the dataflow behind the worker's events source and its other inputs, restores
+    /// its share of the checkpoint, and opens its sources.
     fn start(shared: &'a Shared, worker: &mut Worker) -> Result<WorkerLoop<'a>, WorkerError> {
         let (index, peers) = (worker.index(), worker.peers());
         let sender = shared
@@ -112,33 +119,29 @@ impl<'a> WorkerLoop<'a> {
             .lock()
             .expect("no worker panicked while cloning the sender")
             .clone();
-        let (mut inputs, probe, handles) = worker.dataflow::<Tick, _, _>(|scope| {
-            let (inputs, rows, handles) = Inputs::analytics(scope, shared.params);
+        let tick = shared.first_tick();
+        let checkpoints = shared.checkpoints.as_ref();
+        let interval = checkpoints.map_or(u64::MAX, |c| c.interval_ms);
+        let restoring = checkpoints.and_then(Checkpoints::restored_at).is_some();
+        let rule = TickRule::new(shared.tick_ms(), tick, interval, restoring);
+        let (mut inputs, probe, handles, source) = worker.dataflow::<Tick, _, _>(|scope| {
+            let status = Arc::clone(&shared.status);
+            let (events, source) = scope.events_source(rule, tick, status, (index, peers));
+            let (inputs, rows, handles) = Inputs::analytics_of(scope, events, shared.params);
             let (probe, rows) = rows.probe();
             emit_batches(rows, move |progress| {
                 // The sink thread only stops early on a sink error, which ends the run anyway.
                 let _ = sender.send((index, progress));
             });
-            (inputs, probe, handles)
+            (inputs, probe, handles, source)
         });
-        let handles = shared.checkpoints.as_ref().map(|_| handles);
-        let restored = match &shared.checkpoints {
+        let restored = match checkpoints {
             Some(checkpoints) => checkpoints.load(index, peers)?,
             None => None,
         };
         let (state, resume) = restored.unzip();
-        let events = WorkerEvents::open(shared, index, peers, resume.as_ref())?;
-
-        let tick_ms = shared.tick_ms();
-        let mut tick = shared.start_ms - shared.start_ms % tick_ms;
-        if let Some(at) = shared
-            .checkpoints
-            .as_ref()
-            .and_then(Checkpoints::restored_at)
-        {
-            // A clock set back does not take the run before its checkpoint.
-            tick = tick.max(at);
-        }
+        source.open(WorkerEvents::open(shared, index, peers, resume.as_ref())?);
+        let handles = shared.checkpoints.as_ref().map(|_| handles);
         // Before the restored state enters: it is the first timestamp's (an input session
         // starts at 0).
         inputs.advance_to(tick);
@@ -159,10 +162,6 @@ impl<'a> WorkerLoop<'a> {
             shared.start_ms,
             &mut inputs,
         )?;
-        let interval = shared
-            .checkpoints
-            .as_ref()
-            .map_or(u64::MAX, |c| c.interval_ms);
         Ok(WorkerLoop {
             shared,
             index,
@@ -170,11 +169,8 @@ impl<'a> WorkerLoop<'a> {
             inputs,
             probe,
             handles,
-            events,
+            source,
             demographics,
-            tick,
-            interval,
-            next_checkpoint: tick.saturating_add(interval) / interval * interval,
             checkpointer: Checkpointer::default(),
             stopping: false,
         })
@@ -196,50 +192,50 @@ impl<'a> WorkerLoop<'a> {
                 self.stopping = true;
             }
             self.hold_back(worker);
-            let turn = Turn {
-                tick: self.tick,
-                tick_ms: self.shared.tick_ms(),
-                index: self.index,
-                peers: self.peers as u64,
-                stop_at: self.stopping.then_some(self.next_checkpoint),
-            };
-            let Some(pumped) = self.events.pump(worker, &mut self.inputs, &turn, &status)? else {
+            self.source.start(self.stopping);
+            let Some(closed) = self.next_tick(worker)? else {
                 break;
             };
-            self.note(&pumped);
+            self.note(&closed);
+            // The tick's other inputs, at its time; then every input where the source went.
+            let inputs = &mut self.inputs;
+            self.source
+                .drain_malformed(|counter, n| inputs.count(counter, n));
             self.demographics
-                .feed(&mut self.inputs, self.tick, pumped.end)?;
-            // The first tick after a restore ends before the first boundary, whatever the clock
-            // or a stop says: the demographics read at start enter in the second, so they are in
-            // every worker's state at every boundary. Were the first tick to reach the boundary
-            // (a stop during it jumps there), the run would end there with the checkpoint's
-            // demographics as its last output and its last checkpoint.
-            let mut end = pumped.end;
-            if self.demographics.waits_at(self.tick) && self.next_checkpoint - 1 > self.tick {
-                end = end.min(self.next_checkpoint - 1);
-            }
-            // Every worker's inputs stop exactly at each checkpoint boundary.
-            self.tick = end.min(self.next_checkpoint);
-            self.inputs.advance_to(self.tick);
+                .feed(&mut self.inputs, closed.tick, closed.end)?;
+            self.inputs.advance_to(closed.next);
             status
                 .generated_until
-                .fetch_max(self.tick, Ordering::Relaxed);
-            status.observed.tick_closed(self.index, self.tick);
+                .fetch_max(closed.next, Ordering::Relaxed);
+            status.observed.tick_closed(self.index, closed.next);
             self.commit_behind_sink()?;
             worker.step();
             let finished = match self.handles.is_some() {
                 true => match self.checkpoint(worker)? {
-                    Boundary::Passed => pumped.finished,
+                    Boundary::Passed => closed.finished,
                     Boundary::Last => true,
                     Boundary::OthersFailed => break,
                 },
-                false => pumped.finished,
+                false => closed.finished,
             };
             if finished {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Steps the worker until the source closes the tick it was started on; `None` once the
+    /// generator has sent its last event.
+    fn next_tick(&mut self, worker: &mut Worker) -> Result<Option<TickEnd>, WorkerError> {
+        loop {
+            match self.source.take()? {
+                Some(Report::Closed(closed)) => return Ok(Some(closed)),
+                Some(Report::Ended) => return Ok(None),
+                // The source activates itself, at once or after a delay: parking ends there.
+                None => worker.step_or_park(Some(Duration::from_millis(50))),
+            };
+        }
     }
 
     fn duration_elapsed(&self) -> bool {
@@ -255,32 +251,36 @@ impl<'a> WorkerLoop<'a> {
         let engine = &self.shared.plan.config.engine;
         let status = &self.shared.status;
         let behind = self
-            .tick
+            .source
+            .tick()
             .saturating_sub(engine.max_ticks_in_flight * engine.tick_ms);
         while self.probe.less_than(&behind) && !status.stop.load(Ordering::Relaxed) {
             worker.step();
         }
-        wait_for_sink(worker, status, behind, self.events.reader());
+        wait_for_sink(worker, status, behind, &self.source);
     }
 
     /// Counts what the tick sent, for the view and the freshness metric.
-    fn note(&self, pumped: &Pumped) {
+    fn note(&self, closed: &TickEnd) {
         let status = &self.shared.status;
-        status.generated.fetch_add(pumped.sent, Ordering::Relaxed);
-        if pumped.sent > 0 {
-            lock(&status.event_times).push((pumped.end, pumped.newest));
+        let (sent, newest) = (closed.tally.sent, closed.tally.newest);
+        status.generated.fetch_add(sent, Ordering::Relaxed);
+        if sent > 0 {
+            lock(&status.event_times).push((closed.end, newest));
         }
-        tracing::debug!(tick = self.tick, sent = pumped.sent, "tick produced");
+        tracing::debug!(tick = closed.tick, sent, "tick produced");
     }
 
     /// Without checkpoints, commits the offsets the sink has acknowledged what they cover of.
     /// (With checkpoints, the checkpoint is what a restart resumes from: offsets are committed
     /// once one covering them is complete, in [`checkpoint`](Self::checkpoint).)
     fn commit_behind_sink(&mut self) -> Result<(), WorkerError> {
+        let tick = self.source.tick();
         if self.shared.checkpoints.is_none()
-            && let Some(reader) = self.events.reader()
+            && let Some(mut reader) = self.source.reader()
         {
-            reader.end_tick(self.tick);
+            // The source holds until the next tick starts: these are the tick's positions.
+            reader.end_tick(tick);
             reader.commit_through(self.shared.acknowledged.below())?;
         }
         Ok(())
@@ -298,14 +298,15 @@ impl<'a> WorkerLoop<'a> {
             .handles
             .as_mut()
             .expect("called only with handles kept");
-        let tick = self.tick;
+        let tick = self.source.tick();
+        let at_boundary = tick == self.source.boundary();
         let mut boundary = Boundary::Passed;
         // A checkpoint still waiting for the sink (an outage) is not joined by another copy of
         // the state: this worker skips the boundary, which leaves that checkpoint incomplete,
         // and ignored.
-        if tick == self.next_checkpoint && self.checkpointer.waiting() && !self.stopping {
-            self.next_checkpoint = self.next_checkpoint.saturating_add(self.interval);
-        } else if tick == self.next_checkpoint {
+        if at_boundary && self.checkpointer.waiting() && !self.stopping {
+            self.source.pass_boundary();
+        } else if at_boundary {
             // Once the dataflow has done everything before the boundary (which needs every
             // worker's inputs there), this worker's state is the boundary's.
             while self.probe.less_than(&tick) && !shared.others_failed() {
@@ -315,8 +316,10 @@ impl<'a> WorkerLoop<'a> {
                 return Ok(Boundary::OthersFailed);
             }
             let state = handles.capture(tick).ok_or(WorkerError::State(tick))?;
+            // The source holds at the boundary until the next tick starts: nothing of a later
+            // tick is read yet.
             let offsets = self
-                .events
+                .source
                 .reader()
                 .map_or_else(BTreeMap::new, |reader| reader.positions().clone());
             self.checkpointer.capture(WorkerCheckpoint {
@@ -328,7 +331,7 @@ impl<'a> WorkerLoop<'a> {
                 offsets,
                 state,
             });
-            self.next_checkpoint = self.next_checkpoint.saturating_add(self.interval);
+            self.source.pass_boundary();
             // A stop asked for meanwhile ends the run here, at the boundary all workers
             // reached: this checkpoint is then the last and complete one.
             if self.stopping || shared.status.stop.load(Ordering::Relaxed) {
@@ -339,12 +342,12 @@ impl<'a> WorkerLoop<'a> {
         let frontier = self
             .probe
             .with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
-        handles.allow_compaction(frontier.min(self.next_checkpoint - 1));
+        handles.allow_compaction(frontier.min(self.source.boundary() - 1));
         self.checkpointer
             .write_acknowledged(shared.acknowledged.below(), checkpoints);
-        if let Some(reader) = self.events.reader() {
+        if let Some(mut reader) = self.source.reader() {
             self.checkpointer
-                .commit_complete(reader, checkpoints, false)?;
+                .commit_complete(&mut reader, checkpoints, false)?;
         }
         Ok(boundary)
     }
@@ -356,16 +359,17 @@ impl<'a> WorkerLoop<'a> {
             shared,
             inputs,
             probe,
-            mut events,
+            source,
             mut checkpointer,
-            tick,
             ..
         } = self;
+        let tick = source.tick();
+        source.shut();
         drop(inputs);
         while !probe.done() && !shared.others_failed() {
             worker.step();
         }
-        if let Some(reader) = events.reader() {
+        if let Some(mut reader) = source.reader() {
             // Everything read has been through the dataflow; commit once the sink has
             // acknowledged it. The sink acknowledges `tick` unless it failed, which sets `stop`
             // and ends the wait.
@@ -383,7 +387,8 @@ impl<'a> WorkerLoop<'a> {
                         checkpointer.join_writers();
                         // The checkpoint, not the group's offsets, is what a restart resumes
                         // from: brokers that do not answer now do not fail the stop.
-                        if let Err(error) = checkpointer.commit_complete(reader, checkpoints, true)
+                        if let Err(error) =
+                            checkpointer.commit_complete(&mut reader, checkpoints, true)
                         {
                             tracing::warn!(%error, "the last checkpoint's offsets are not committed; a restart resumes from the checkpoint");
                         }
@@ -401,12 +406,7 @@ impl<'a> WorkerLoop<'a> {
 /// nothing is polled. A wait of over a second is logged, and the worker's Kafka partitions are
 /// paused until it ends, which also drops what librdkafka had pre-fetched: unread events wait in
 /// Kafka (where the consumer lag shows them), not in memory.
-fn wait_for_sink(
-    worker: &mut Worker,
-    status: &Status,
-    behind: Tick,
-    mut reader: Option<&mut PartitionReader>,
-) {
+fn wait_for_sink(worker: &mut Worker, status: &Status, behind: Tick, source: &SourceHandle) {
     let started = Instant::now();
     let mut paused = false;
     while status.completed_until.load(Ordering::Relaxed) < behind
@@ -414,7 +414,7 @@ fn wait_for_sink(
     {
         if !paused && started.elapsed() >= Duration::from_secs(1) {
             tracing::warn!("the sink is behind; the sources wait");
-            if let Some(Err(error)) = reader.as_mut().map(|r| r.pause()) {
+            if let Some(Err(error)) = source.reader().map(|mut r| r.pause()) {
                 tracing::warn!(%error, "cannot pause the partitions");
             }
             paused = true;
@@ -424,10 +424,10 @@ fn wait_for_sink(
         worker.step_or_park(Some(Duration::from_millis(if paused { 10 } else { 1 })));
     }
     if paused {
-        if let Some(Err(error)) = reader.as_mut().map(|r| r.resume()) {
+        if let Some(Err(error)) = source.reader().map(|mut r| r.resume()) {
             tracing::warn!(%error, "cannot resume the partitions");
         }
-        let consumer_lag = reader.and_then(|r| r.lag());
+        let consumer_lag = source.reader().and_then(|mut r| r.lag());
         let waited_ms = started.elapsed().as_millis() as u64;
         tracing::warn!(
             waited_ms,
