@@ -343,14 +343,19 @@ impl Fields {
 /// in the page's order).
 type Rows = BTreeMap<String, Fields>;
 
-/// The all-time rows of `measurement` from the API, with the time they are at.
-fn api_rows(base: &str, measurement: &str, key_tags: &[&str]) -> (u64, Rows) {
-    let url = format!("{base}api/rows?measurement={measurement}&window=all");
-    let text = reqwest::blocking::get(&url)
+/// The JSON body `url` answers with, failing the test on any error.
+fn get_json(url: &str) -> Value {
+    let text = reqwest::blocking::get(url)
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.text())
         .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// The all-time rows of `measurement` from the API, with the time they are at.
+fn api_rows(base: &str, measurement: &str, key_tags: &[&str]) -> (u64, Rows) {
+    let url = format!("{base}api/rows?measurement={measurement}&window=all");
+    let body = get_json(&url);
     let rows = body["rows"]
         .as_array()
         .unwrap()
@@ -421,11 +426,7 @@ type WindowRows = BTreeMap<BTreeMap<String, String>, Fields>;
 /// The rows of `measurement`'s window starting at `start` from the API, with the time they are at.
 fn api_window_rows(base: &str, measurement: &str, start: u64) -> (u64, WindowRows) {
     let url = format!("{base}api/rows?measurement={measurement}&window={start}");
-    let text = reqwest::blocking::get(&url)
-        .and_then(|r| r.error_for_status())
-        .and_then(|r| r.text())
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let body = get_json(&url);
     let rows = body["rows"]
         .as_array()
         .unwrap()
