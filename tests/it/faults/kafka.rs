@@ -195,35 +195,8 @@ fn http_ready_and_health_through_a_broker_stop_and_start() {
         ],
     );
     let mut pipeline = Pipeline::start(&env);
-    let mut url = String::new();
-    wait_for("the server's URL", Duration::from_secs(30), || {
-        pipeline.assert_running();
-        let log = pipeline.log();
-        let said = log
-            .lines()
-            .find(|l| l.starts_with("dashboard, metrics and API at "))
-            .unwrap_or("");
-        match said.split_whitespace().find(|w| w.starts_with("http://")) {
-            Some(found) => {
-                url = found.trim_end_matches('/').to_owned();
-                true
-            }
-            None => false,
-        }
-    });
-    let get = |path: &str| -> (u16, String) {
-        match reqwest::blocking::Client::new()
-            .get(format!("{url}{path}"))
-            .timeout(Duration::from_secs(5))
-            .send()
-        {
-            Ok(response) => (
-                response.status().as_u16(),
-                response.text().unwrap_or_default(),
-            ),
-            Err(e) => (0, e.to_string()),
-        }
-    };
+    let url = server_url(&mut pipeline);
+    let get = |path: &str| http_get(&format!("{url}{path}"));
     wait_for("ready", Duration::from_secs(60), || get("/ready").0 == 200);
 
     let events = 3_000u64;
