@@ -53,18 +53,7 @@ fn rows_written_after_the_restored_checkpoint_and_no_longer_supported_are_remove
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);
     let events = 6_000u64;
-    let generator = EventGenerator::new(
-        knobs(seed, users, 2_000.0),
-        shopflow::runtime::now_ms() + 500,
-    )
-    .expect("valid knobs");
-    produce_in_background(&scenario.kafka, &generator, events)
-        .join()
-        .expect("the producer");
-    wait_for("every event written", Duration::from_secs(60), || {
-        influx::state(&scenario.influx_url, &scenario.database)
-            .is_some_and(|s| s.counter(Counter::EventsIn) == events as i64)
-    });
+    let generator = produce_all_written(&scenario, (seed, users), 2_000.0, events);
     // Right after a checkpoint, the users of ids below 200 move to a country of their own.
     let boundary = {
         let started = Instant::now();
@@ -133,18 +122,7 @@ fn a_stop_during_the_first_tick_after_a_restore_writes_the_tables_demographics()
     let mut pipeline = Pipeline::start(&env);
     wait_until_running(&scenario, &mut pipeline);
     let events = 6_000u64;
-    let generator = EventGenerator::new(
-        knobs(seed, users, 3_000.0),
-        shopflow::runtime::now_ms() + 500,
-    )
-    .expect("valid knobs");
-    produce_in_background(&scenario.kafka, &generator, events)
-        .join()
-        .expect("the producer");
-    wait_for("every event written", Duration::from_secs(60), || {
-        influx::state(&scenario.influx_url, &scenario.database)
-            .is_some_and(|s| s.counter(Counter::EventsIn) == events as i64)
-    });
+    let generator = produce_all_written(&scenario, (seed, users), 3_000.0, events);
     // A graceful stop: its last checkpoint holds every event and the table as it was.
     pipeline.interrupt();
     scenario
@@ -175,4 +153,25 @@ fn a_stop_during_the_first_tick_after_a_restore_writes_the_tables_demographics()
         differences.len(),
         want.rows.len()
     );
+}
+
+/// Produces `events` of the shop of `(seed, users)` at `rate` events a second from now, and waits
+/// until the pipeline has written every one; returns their generator.
+fn produce_all_written(
+    scenario: &Scenario,
+    (seed, users): (u64, u32),
+    rate: f64,
+    events: u64,
+) -> EventGenerator {
+    let generator =
+        EventGenerator::new(knobs(seed, users, rate), shopflow::runtime::now_ms() + 500)
+            .expect("valid knobs");
+    produce_in_background(&scenario.kafka, &generator, events)
+        .join()
+        .expect("the producer");
+    wait_for("every event written", Duration::from_secs(60), || {
+        influx::state(&scenario.influx_url, &scenario.database)
+            .is_some_and(|s| s.counter(Counter::EventsIn) == events as i64)
+    });
+    generator
 }
