@@ -292,6 +292,22 @@ struct Fields {
 }
 
 impl Fields {
+    /// The fields the page shows as numbers: each name, value and text as the page writes it.
+    fn shown(&self) -> [(&'static str, i64, String); 4] {
+        [
+            (
+                "revenue_cents",
+                self.revenue_cents,
+                money(self.revenue_cents),
+            ),
+            ("purchases", self.purchases, count(self.purchases)),
+            ("units", self.units, count(self.units)),
+            ("clicks", self.clicks, count(self.clicks)),
+        ]
+    }
+}
+
+impl Fields {
     fn from_json(fields: &Value) -> Fields {
         let int = |name: &str| {
             fields[name]
@@ -487,16 +503,7 @@ fn check_cells(context: &str, cells: &Value, expected: &Fields) {
             c[1].as_str().unwrap_or_default().to_owned(),
         )
     };
-    for (field, value, text) in [
-        (
-            "revenue_cents",
-            expected.revenue_cents,
-            money(expected.revenue_cents),
-        ),
-        ("purchases", expected.purchases, count(expected.purchases)),
-        ("units", expected.units, count(expected.units)),
-        ("clicks", expected.clicks, count(expected.clicks)),
-    ] {
+    for (field, value, text) in expected.shown() {
         if cells.get(field).is_none() {
             continue;
         }
@@ -550,16 +557,7 @@ fn check_dashboard(dashboard: &str, page: &Value, oracle: &BTreeMap<&str, Rows>,
                 conversion: 0.0,
             });
             let stats = &page["stats"];
-            for (stat, value, text) in [
-                (
-                    "revenue_cents",
-                    total.revenue_cents,
-                    money(total.revenue_cents),
-                ),
-                ("purchases", total.purchases, count(total.purchases)),
-                ("units", total.units, count(total.units)),
-                ("clicks", total.clicks, count(total.clicks)),
-            ] {
+            for (stat, value, text) in total.shown() {
                 assert_eq!(
                     stats[stat],
                     json!([value.to_string(), text]),
