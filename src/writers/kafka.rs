@@ -11,8 +11,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 
 use crate::sources::avro;
 use crate::sources::kafka::{
-    KafkaSourceError, LogContext, PRODUCER_TUNING, create, error_librdkafka, kafka, log_librdkafka,
-    redact_error,
+    KafkaSourceError, LogContext, PRODUCER_TUNING, check_credentials, create, error_librdkafka,
+    kafka, log_librdkafka, redact_error,
 };
 use crate::sources::registry::{self, RegistryClient};
 
@@ -162,6 +162,8 @@ impl EventProducer {
 /// Creates the topic on a broker if it does not exist (best effort: an existing topic is fine).
 pub fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaSourceError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    // The admin client would report refused credentials only as its request's timeout.
+    check_credentials(config, Duration::from_secs(10))?;
     let admin: AdminClient<LogContext> = create(config, &config.client(), "admin client")?;
     let topics = [NewTopic::new(
         topic,

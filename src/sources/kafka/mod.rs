@@ -24,4 +24,5 @@ pub(crate) use client::{
 pub use dead_letter::DEAD_LETTER_MAX_PAYLOAD;
 pub use error::KafkaSourceError;
 pub(crate) use error::kafka;
+pub(crate) use reader::check_credentials;
 pub use reader::{PartitionReader, Polled, counter_of};

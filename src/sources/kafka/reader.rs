@@ -114,6 +114,39 @@ impl ConsumerContext for ReaderContext {}
 
 type ReaderConsumer = BaseConsumer<ReaderContext>;
 
+/// Asks the brokers for their metadata through a consumer, whose error events are served (an
+/// admin client's wait in a queue nothing polls), for up to `bound`: refused credentials are
+/// named as such within a second or two, rather than left to time out the request that follows.
+/// The writers call it before they create a topic.
+pub(crate) fn check_credentials(
+    config: &KafkaConfig,
+    bound: Duration,
+) -> Result<(), KafkaSourceError> {
+    let consumer: ReaderConsumer = consumer_config(config)
+        .create_with_context(ReaderContext::default())
+        .map_err(|e| kafka("cannot create the consumer")(redact_error(config, e)))?;
+    let deadline = Instant::now() + bound;
+    loop {
+        // librdkafka retries a refused login until the request times out: ask in short attempts,
+        // looking for the refusal between them.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match consumer.fetch_metadata(None, left.min(Duration::from_secs(1))) {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        if let Some(reason) = ReaderContext::authentication_failure(&consumer) {
+            return Err(KafkaSourceError::Authentication {
+                brokers: config.brokers.clone(),
+                reason,
+            });
+        }
+        if Instant::now() >= deadline {
+            let context = format!("cannot read the metadata of the brokers {}", config.brokers);
+            return Err(kafka(context)(error));
+        }
+    }
+}
+
 /// The partitions' high watermarks, read on a thread of their own so that the worker never waits
 /// for brokers that do not answer: [`PartitionReader::lag`] only looks at the latest answer.
 struct Watermarks {
