@@ -83,7 +83,8 @@ pub fn analytics_with_state<'scope>(
         .map(|row| (row.id, row.segment()))
         .concat(restored.segments);
 
-    // Joined with the users' segments, and summed per aggregate key of every family.
+    // Joined with the users' segments, and summed per aggregate key of every family (the
+    // families are data: `crate::families::FAMILIES`).
     let (sums, attribution) = contributions
         .concat(restored.contributions)
         .attribute(segments, params.windows);

@@ -115,6 +115,17 @@ pub enum AgeBand {
 }
 
 impl AgeBand {
+    /// Every age band, in the order of their variants.
+    pub const ALL: [AgeBand; 7] = [
+        AgeBand::Under18,
+        AgeBand::From18To24,
+        AgeBand::From25To34,
+        AgeBand::From35To44,
+        AgeBand::From45To54,
+        AgeBand::From55To64,
+        AgeBand::From65,
+    ];
+
     /// The band an age falls in.
     pub fn of(age: u8) -> AgeBand {
         match age {

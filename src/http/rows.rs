@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use dataflows::families::{self, FAMILIES};
 use dataflows::model::{CampaignId, Dimension, Totals};
 use serde::Serialize;
 
@@ -17,29 +18,9 @@ pub const FIELDS: [&str; 5] = [
     "conversion",
 ];
 
-/// One dimension of each kind: the measurements, in the order the API lists them.
-fn samples() -> [Dimension; 6] {
-    [
-        Dimension::Campaign(CampaignId(0)),
-        Dimension::AgeGender(None),
-        Dimension::State(None),
-        Dimension::Country(None),
-        Dimension::CampaignCountry(CampaignId(0), None),
-        Dimension::CampaignAgeGender(CampaignId(0), None),
-    ]
-}
-
-/// Which kind of dimension a measurement holds: listed one by one, so that a new dimension
-/// needs a decision here (and in [`samples`]).
-fn kind(dimension: &Dimension) -> usize {
-    match dimension {
-        Dimension::Campaign(_) => 0,
-        Dimension::AgeGender(_) => 1,
-        Dimension::State(_) => 2,
-        Dimension::Country(_) => 3,
-        Dimension::CampaignCountry(..) => 4,
-        Dimension::CampaignAgeGender(..) => 5,
-    }
+/// One dimension of each family's: the measurements, in the order the API lists them.
+fn samples() -> [Dimension; FAMILIES.len()] {
+    families::dimensions(CampaignId(0), None)
 }
 
 /// An aggregate measurement: its name and tag names.
@@ -51,15 +32,15 @@ pub struct Measurement {
     pub tags: Vec<&'static str>,
     /// Its fields.
     pub fields: Vec<&'static str>,
-    /// Which kind of dimension it holds.
+    /// The place of its family in [`FAMILIES`].
     #[serde(skip)]
-    kind: usize,
+    family: usize,
 }
 
 impl Measurement {
     /// Whether `dimension` is one of this measurement's rows.
     pub fn holds(&self, dimension: &Dimension) -> bool {
-        kind(dimension) == self.kind
+        families::family_of(dimension) == self.family
     }
 }
 
@@ -73,7 +54,7 @@ pub fn measurements() -> Vec<Measurement> {
                 measurement,
                 tags: tags.into_iter().map(|(name, _)| name).collect(),
                 fields: FIELDS.to_vec(),
-                kind: kind(dimension),
+                family: families::family_of(dimension),
             }
         })
         .collect()
@@ -243,8 +224,8 @@ mod tests {
                 .collect();
             assert_eq!(fields, FIELDS, "{line}");
         }
-        let kinds: Vec<usize> = samples().iter().map(kind).collect();
-        assert_eq!(kinds, (0..samples().len()).collect::<Vec<_>>());
+        let places: Vec<usize> = samples().iter().map(families::family_of).collect();
+        assert_eq!(places, (0..samples().len()).collect::<Vec<_>>());
     }
 
     /// Tag values read back from InfluxDB: separators unescaped, every other escape kept.

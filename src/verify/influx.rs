@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::VerifyError;
 use super::compare::{Found, FoundRow};
-use super::series::{COUNTERS_MEASUREMENT, MEASUREMENTS, SeriesKey};
+use super::series::{COUNTERS_MEASUREMENT, SeriesKey, measurements};
 use crate::sinks::influx::service::quote_identifier;
 use crate::sinks::influx::{InfluxClient, InfluxConfig};
 
@@ -35,7 +35,7 @@ pub fn read(
         None => quote_identifier(measurement),
     };
     let mut found = Found::default();
-    for measurement in MEASUREMENTS {
+    for measurement in measurements() {
         let last: Vec<String> = FIELDS.iter().map(|f| format!("LAST({f}) AS {f}")).collect();
         let statement = format!(
             "SELECT {} FROM {} WHERE \"window\" = 'all' GROUP BY *",

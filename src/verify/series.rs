@@ -3,19 +3,15 @@
 
 use std::fmt;
 
-use dataflows::model::AggregateKey;
+use dataflows::families::{FAMILIES, dimensions};
+use dataflows::model::{AggregateKey, CampaignId};
 
 use crate::sinks::line_protocol::{escape_tag_value, measurement_and_tags};
 
-/// The aggregate measurements, in the order the report lists them.
-pub const MEASUREMENTS: [&str; 6] = [
-    "campaign",
-    "age_gender",
-    "state",
-    "country",
-    "campaign_country",
-    "campaign_age_gender",
-];
+/// The aggregate measurements, one per family, in the order the report lists them.
+pub fn measurements() -> [&'static str; FAMILIES.len()] {
+    dimensions(CampaignId(0), None).map(|dimension| measurement_and_tags(&dimension).0)
+}
 
 /// The measurement of the engine's counters.
 pub const COUNTERS_MEASUREMENT: &str = "pipeline";
@@ -23,7 +19,7 @@ pub const COUNTERS_MEASUREMENT: &str = "pipeline";
 /// An aggregate row as InfluxDB keeps it: measurement, tags as stored, and the window.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesKey {
-    /// The measurement, one of [`MEASUREMENTS`].
+    /// The measurement, one of [`measurements`].
     pub measurement: &'static str,
     /// The tags other than `window`, with their values as InfluxDB stores them (see
     /// [`stored_tag_value`]), sorted by name.
@@ -98,7 +94,7 @@ impl Family {
     /// Every family, in report order.
     pub fn all() -> Vec<Family> {
         let mut families = Vec::new();
-        for measurement in MEASUREMENTS {
+        for measurement in measurements() {
             for windowed in [false, true] {
                 families.push(Family::Aggregate {
                     measurement,

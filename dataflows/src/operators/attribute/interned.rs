@@ -34,6 +34,30 @@ pub(super) struct CountryId(u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct StateId(u32);
 
+impl CountryId {
+    /// Its number, as [`super::pre_sums`] packs it in a key.
+    pub(super) fn number(self) -> u32 {
+        self.0
+    }
+
+    /// The country numbered `n` (see [`CountryId::number`]).
+    pub(super) fn numbered(n: u32) -> CountryId {
+        CountryId(n)
+    }
+}
+
+impl StateId {
+    /// Its number, as [`super::pre_sums`] packs it in a key.
+    pub(super) fn number(self) -> u32 {
+        self.0
+    }
+
+    /// The state numbered `n` (see [`StateId::number`]).
+    pub(super) fn numbered(n: u32) -> StateId {
+        StateId(n)
+    }
+}
+
 /// A segment as the table holds it.
 #[derive(Clone, Debug)]
 pub(super) struct Interned {

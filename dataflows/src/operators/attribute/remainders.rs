@@ -132,11 +132,10 @@ impl Remainders {
 
     /// Appends an entry.
     ///
-    /// The list grows to the size class of the allocator (mimalloc's, see [`size_class`]) that
-    /// holds it with the entry, so the list takes what its entries need and a few percent, where
-    /// growth by doubling left a third of it unused. (Growing it by exactly each entry took the
-    /// same memory, the allocator growing it in place within the class, but called the allocator
-    /// at every entry: 2% of the engine's time, `perf`, `shopflow bench -w 2`.)
+    /// The list grows as a vector does, by doubling. (It once grew to the allocator's next size
+    /// class, copied from mimalloc's table, to leave less room unused; but the lists are a few
+    /// bytes per (user, campaign) pair, megabytes in all, and the pure crate should not know
+    /// which allocator the binary links. docs/benchmarks.md has what dropping it measured.)
     fn push(&mut self, campaign: CampaignId, totals: Totals) {
         let clicks_only = totals.purchases == 0 && totals.units == 0 && totals.revenue_cents == 0;
         let step = zigzag(i64::from(campaign.0) - i64::from(self.last));
@@ -147,11 +146,6 @@ impl Remainders {
             entry.put(totals.purchases);
             entry.put_wide(totals.units);
             entry.put_wide(totals.revenue_cents);
-        }
-        let needed = self.bytes.len() + entry.len;
-        if needed > self.bytes.capacity() {
-            self.bytes
-                .reserve_exact(size_class(needed) - self.bytes.len());
         }
         // A byte at a time: a copy of a few bytes was a call to `memcpy`.
         for &byte in &entry.bytes[..entry.len] {
@@ -164,24 +158,6 @@ impl Remainders {
     fn len_u32(&self) -> u32 {
         u32::try_from(self.bytes.len()).expect("a user's remainders fit in 4 GiB")
     }
-}
-
-/// The size of mimalloc's smallest size class of at least `bytes` (`mi_bin` in its
-/// `page-queue.c`, on 64-bit x86 and ARM): one word, then pairs of words up to eight words, then
-/// four classes for each doubling (10, 12, 14, 16, 20, 24, … words). Another allocator rounds
-/// otherwise; the list then has at most a quarter of room to spare.
-fn size_class(bytes: usize) -> usize {
-    const WORD: usize = std::mem::size_of::<usize>();
-    let words = bytes.div_ceil(WORD);
-    if words <= 1 {
-        return WORD;
-    }
-    if words <= 8 {
-        return words.next_multiple_of(2) * WORD;
-    }
-    let w = words - 1;
-    let step = 1 << (w.ilog2() - 2);
-    (w / step + 1) * step * WORD
 }
 
 /// Maps small differences of either sign to small numbers, as varints of signed integers do:
@@ -312,28 +288,6 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-
-    /// The classes are mimalloc's bin sizes (`mi_bin` in its `page-queue.c`), and each is the
-    /// smallest that holds the size, with less than a quarter to spare beyond two words.
-    #[test]
-    fn size_classes_are_the_allocators() {
-        let sizes = [
-            1, 8, 9, 17, 40, 41, 64, 65, 80, 81, 128, 129, 160, 161, 256, 257, 1_000,
-        ];
-        assert_eq!(
-            sizes.map(size_class),
-            [
-                8, 8, 16, 32, 48, 48, 64, 80, 80, 96, 128, 160, 160, 192, 256, 320, 1_024
-            ]
-        );
-        for bytes in 1..100_000 {
-            let class = size_class(bytes);
-            assert!(class >= bytes, "{bytes}: {class}");
-            assert!(class < bytes + 16 + bytes / 4, "{bytes}: {class}");
-            assert!(size_class(bytes - 1) <= class, "{bytes}");
-            assert_eq!(size_class(class), class, "{bytes}: {class} is a class");
-        }
-    }
 
     /// Random totals, of every size: zero fields, small counts, large and negative amounts, and
     /// units and revenue beyond 64 bits.
