@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use dataflows::Params;
 use dataflows::aggregates::dimensions;
+use dataflows::families::FAMILIES;
 use dataflows::model::{
     AggregateKey, CampaignId, Counter, CounterOrigin, Demographic, Dimension, Event, EventTimeMs,
     Segment, Slot, Tag, Tick, Totals, UserId,
@@ -463,10 +464,12 @@ pub fn recompute(
         }
     }
     for ((campaign, window), totals) in &campaign_windows {
-        add(Dimension::Campaign(*campaign), Some(*window), totals);
+        for dimension in windowed_dimensions(*campaign, None, false) {
+            add(dimension, Some(*window), totals);
+        }
     }
     for ((user, campaign, window), totals) in &open_windows {
-        for dimension in dimensions(*campaign, segment(user)).into_iter().skip(1) {
+        for dimension in windowed_dimensions(*campaign, segment(user), true) {
             add(dimension, Some(*window), totals);
         }
     }
@@ -482,10 +485,12 @@ pub fn recompute(
         }
     }
     for ((campaign, window), skip) in &campaign_windows_undetermined {
-        mark(Dimension::Campaign(*campaign), Some(*window), *skip);
+        for dimension in windowed_dimensions(*campaign, None, false) {
+            mark(dimension, Some(*window), *skip);
+        }
     }
     for ((user, campaign, window), skip) in &open_windows_undetermined {
-        for dimension in dimensions(*campaign, segment(user)).into_iter().skip(1) {
+        for dimension in windowed_dimensions(*campaign, segment(user), true) {
             mark(dimension, Some(*window), *skip);
         }
     }
@@ -541,6 +546,21 @@ pub fn recompute(
         counters,
         stats,
     }
+}
+
+/// The dimensions a window of `campaign`'s contributions by a user of `segment` counts in, in
+/// the families that keep part of the segment (`keeps_segment`) or in those that keep none: the
+/// first are windowed per user while the window is open, the others per campaign until it closes.
+fn windowed_dimensions(
+    campaign: CampaignId,
+    segment: Option<&Segment>,
+    keeps_segment: bool,
+) -> impl Iterator<Item = Dimension> {
+    dimensions(campaign, segment)
+        .into_iter()
+        .zip(FAMILIES)
+        .filter(move |(_, family)| family.keeps.segment() == keeps_segment)
+        .map(|(dimension, _)| dimension)
 }
 
 /// Places every event in processing time: the tick of its message's timestamp, made monotone
