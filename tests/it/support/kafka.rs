@@ -5,9 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use shopflow::generators::events::EventGenerator;
-use shopflow::sources::kafka::KafkaConfig;
+use shopflow::sources::kafka::{KafkaConfig, KafkaSourceError};
 use shopflow::writers;
 use shopflow::writers::kafka::EventProducer;
 
@@ -80,11 +81,30 @@ pub fn produce_in_background(
 
 /// Sends generated events `0..events` through `producer`, each at its arrival time (at once when
 /// the generator's pace is unbounded); how many it sent.
+///
+/// A broker restarted by a fault test can take over a minute to come back on a loaded machine,
+/// longer than `produce_generated`'s final flush waits (30 s): then what is still queued is
+/// waited for as long again, up to [`BROKER_RESTART`]. A message refused or lost still fails.
 pub fn produce(producer: &mut EventProducer, generator: &EventGenerator, events: u64) -> u64 {
     let never = AtomicBool::new(false);
-    writers::kafka::produce_generated(producer, generator, Some(events), None, &never, |_| {})
-        .expect("produced")
+    match writers::kafka::produce_generated(producer, generator, Some(events), None, &never, |_| {})
+    {
+        Ok(sent) => sent,
+        Err(KafkaSourceError::Kafka {
+            source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            ..
+        }) => {
+            producer
+                .flush(BROKER_RESTART)
+                .expect("every event delivered");
+            producer.sent()
+        }
+        Err(error) => panic!("produced: {error:?}"),
+    }
 }
+
+/// How long a producer waits for a broker to come back after its final flush timed out.
+const BROKER_RESTART: Duration = Duration::from_secs(180);
 
 /// The group's committed offsets, summed over the topic's partitions (0 where none).
 pub fn committed_total(config: &KafkaConfig) -> i64 {
