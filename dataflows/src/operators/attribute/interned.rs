@@ -1,8 +1,9 @@
 //! A worker's segments, each held once and named by a small number.
 //!
 //! The join hands every contribution it finds to the pre-sums with each of its user's segments;
-//! the pre-sums key two of their four families by the segment or its country, and then sum every
-//! family into its dimensions, states and countries among them. As text, each of those keys was
+//! the pre-sums key the families by the segment or the part of it each keeps (its country, its
+//! age band and gender), and then sum every family into its dimensions, states and countries
+//! among them. As text, each of those keys was
 //! hashed and compared name by name, several times per contribution. The join holds its users'
 //! segments by number instead, and the pre-sums key segments, countries and states by numbers;
 //! the names come back only when a tick's sums leave as aggregate keys.
