@@ -7,6 +7,9 @@
 //! dimensions. Adding a family is a line in [`FAMILIES`], with the [`Dimension`] variant it
 //! makes (which the output orders and the sink writes).
 
+use std::mem::{Discriminant, discriminant};
+use std::sync::LazyLock;
+
 use crate::model::{AgeBand, CampaignId, Dimension, Gender, Name, Segment};
 
 /// Which of a contribution's columns a family keeps.
@@ -107,10 +110,16 @@ pub fn dimensions(campaign: CampaignId, segment: Option<&Segment>) -> [Dimension
 /// }
 /// ```
 pub fn family_of(dimension: &Dimension) -> usize {
-    let kind = std::mem::discriminant(dimension);
-    dimensions(CampaignId::default(), None)
+    // The kind each family makes, found once: the API asks for every row it serves.
+    static KINDS: LazyLock<[Discriminant<Dimension>; FAMILIES.len()]> = LazyLock::new(|| {
+        dimensions(CampaignId::default(), None)
+            .each_ref()
+            .map(discriminant)
+    });
+    let kind = discriminant(dimension);
+    KINDS
         .iter()
-        .position(|made| std::mem::discriminant(made) == kind)
+        .position(|made| *made == kind)
         .expect("every kind of dimension is a family's (a test checks it)")
 }
 
