@@ -28,6 +28,8 @@
 #   SHOPFLOW_KAFKA_CONTROLLER_PORT 9094  SHOPFLOW_KAFKA_VERSION          4.1.0
 #   SHOPFLOW_KAFKA_SASL_PORT    9095     SHOPFLOW_KAFKA_SASL_SSL_PORT    9096
 #   SHOPFLOW_KAFKA_HEAP         512m     SHOPFLOW_SERVICES_TIMEOUT       90 (s, per service)
+#   SHOPFLOW_INFLUX_WRITE_TRACING  false (true: InfluxDB logs every write's body, to replay a
+#                                  fault campaign's writes from logs/influxdb.log)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -413,6 +415,7 @@ bind-address = "127.0.0.1:$INFLUX_RPC_PORT"
   bind-address = "127.0.0.1:$INFLUX_PORT"
   auth-enabled = false
   log-enabled = false
+  write-tracing = ${SHOPFLOW_INFLUX_WRITE_TRACING:-false}
 
 [logging]
   level = "info"

@@ -275,11 +275,38 @@ pub fn bench_dataflow(
     Ok(())
 }
 
-/// Installs the Ctrl-C handler that stops a run cleanly.
-fn stop_on_interrupt(status: &Arc<Status>) -> anyhow::Result<()> {
+/// What a stop signal does to a command: said when the first arrives (`graceful`), and when a
+/// second ends the process at once (`forced`, what that leaves).
+struct OnStop {
+    graceful: &'static str,
+    forced: &'static str,
+}
+
+/// Installs the Ctrl-C and SIGTERM handler. The first signal stops `status` cleanly and says so;
+/// a graceful stop may wait for a service that is down, so a second signal ends the process at
+/// once, exit status 1 (as Vector's second SIGINT does).
+fn stop_on_interrupt(status: &Arc<Status>, on_stop: OnStop) -> anyhow::Result<()> {
     let on_interrupt = Arc::clone(status);
-    ctrlc::set_handler(move || on_interrupt.stop.store(true, Ordering::Relaxed))
-        .context("cannot install the Ctrl-C handler")
+    let mut signalled = false;
+    ctrlc::set_handler(move || {
+        // Said whatever the log filter, as the server's address and the summary are.
+        if std::mem::replace(&mut signalled, true) {
+            logging::report(
+                tracing::Level::WARN,
+                &format!("a second stop signal: ending at once; {}", on_stop.forced),
+            );
+            std::process::exit(1);
+        }
+        on_interrupt.stop.store(true, Ordering::Relaxed);
+        logging::report(
+            tracing::Level::INFO,
+            &format!(
+                "stopping: {}; a second Ctrl-C or SIGTERM ends the process at once",
+                on_stop.graceful
+            ),
+        );
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// A progress bar on standard error when it is a terminal, hidden otherwise.
@@ -318,7 +345,19 @@ pub fn run(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     workers.timely_config()?;
     // Before anything waits for a service, so that Ctrl-C or SIGTERM stops the run cleanly.
     let status = Arc::new(Status::default());
-    stop_on_interrupt(&status)?;
+    let on_stop = if checkpoints_off(&config) {
+        OnStop {
+            graceful: "what was read is written and its offsets committed, then the run ends",
+            forced: "a restart reads again from the last committed offsets",
+        }
+    } else {
+        OnStop {
+            graceful: "the sources stop at the next checkpoint boundary; the run ends once \
+                       InfluxDB has every row before it and its checkpoint is written",
+            forced: "a restart resumes from the last checkpoint written",
+        }
+    };
+    stop_on_interrupt(&status, on_stop)?;
     // Before waiting for InfluxDB, so that /health and /ready answer (not ready) meanwhile; said
     // once InfluxDB answered, so that a start that fails says only why.
     let server = crate::http::start(args.http.listen(&config), &status, &config.http, false)?;
@@ -419,7 +458,13 @@ pub fn produce(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     let mut producer = EventProducer::new(&config.kafka)?;
     let stop = AtomicBool::new(false);
     let status = Arc::new(Status::default());
-    stop_on_interrupt(&status)?;
+    stop_on_interrupt(
+        &status,
+        OnStop {
+            graceful: "the events sent wait for the brokers' acknowledgements (at most 30 s)",
+            forced: "events the brokers had not acknowledged may not have been sent",
+        },
+    )?;
     let bar = progress_bar(args.events, "events");
     let sent = kafka::produce_generated(
         &mut producer,
@@ -508,9 +553,15 @@ pub fn change_demographics(config: Config, args: ChangeArgs) -> anyhow::Result<(
 
 /// The pipeline's checkpoint directory under `engine.checkpoint-dir`, or `None` when it is
 /// `off` (or empty), which is said once: a restart then counts the topic again.
+/// Whether `engine.checkpoint-dir` turns checkpoints off.
+fn checkpoints_off(config: &Config) -> bool {
+    let root = config.engine.checkpoint_dir.as_os_str();
+    root.is_empty() || root == "off"
+}
+
 fn checkpoint_dir(config: &Config) -> Option<PathBuf> {
     let root = &config.engine.checkpoint_dir;
-    if root.as_os_str().is_empty() || root.as_os_str() == "off" {
+    if checkpoints_off(config) {
         tracing::warn!(
             start = ?config.kafka.start,
             "checkpoints are off (engine.checkpoint-dir): a restart starts from empty state and counts the topic again from kafka.start"

@@ -94,7 +94,8 @@ impl Demographics {
     /// Sends the tick starting at `tick` and ending at `end` its demographics.
     ///
     /// Restoring: the first timestamp's output is the checkpoint's rows alone, whole, so that
-    /// the sink rewrites every one of them; from the next one, the demographics as their source
+    /// the sink rewrites every one of them (its tick reads no event either, see
+    /// [`super::tick::TickRule::reads_nothing`]); from the next one, the demographics as their source
     /// holds them now replace the segments the checkpoint held, moving whoever changed meanwhile
     /// with retractions (written as removals). Were both at the first timestamp, a row the
     /// checkpoint held that no longer has a user would cancel out there and never be written,

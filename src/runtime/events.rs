@@ -116,6 +116,18 @@ impl WorkerEvents {
         }
     }
 
+    /// Closes a tick without reading anything.
+    pub(super) fn unread(&self) -> Pumped {
+        let clock = match self {
+            WorkerEvents::Generator { .. } => None,
+            WorkerEvents::Kafka { .. } => Some(now_ms()),
+        };
+        Pumped::Closed {
+            clock,
+            finished: false,
+        }
+    }
+
     /// One go at the tick: sends what is there now through `emit` (and a poll's malformed
     /// messages through `count`) without waiting, and says when to go on.
     pub(super) fn pump(

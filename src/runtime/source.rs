@@ -95,6 +95,9 @@ impl<'scope> EventsSource<'scope> for Scope<'scope, Tick> {
                     let mut session = output.session(held);
                     let malformed = &mut state.malformed;
                     let pumped = match state.events.as_mut() {
+                        // The first tick after a restore reads nothing: its output is the
+                        // checkpoint's rows alone (see `TickRule::reads_nothing`).
+                        Some(events) if state.rule.reads_nothing(state.tick) => Ok(events.unread()),
                         Some(events) => events.pump(
                             &turn,
                             &status,

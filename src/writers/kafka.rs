@@ -187,8 +187,33 @@ pub fn ensure_topic(config: &KafkaConfig, topic: &str) -> Result<(), KafkaSource
             }
         }
     }
-    Ok(())
+    // The controller has made the topic; for a moment the brokers may not list its partitions
+    // yet, and a reader started then finds none (seen in the fault campaign on a loaded machine).
+    let started = Instant::now();
+    loop {
+        let listed = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|metadata| {
+                metadata.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            });
+        if listed {
+            return Ok(());
+        }
+        if started.elapsed() >= TOPIC_LISTED_WITHIN {
+            return Err(KafkaSourceError::NoPartitions(topic.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
+
+/// How long [`ensure_topic`] waits for the brokers to list a topic's partitions with leaders.
+const TOPIC_LISTED_WITHIN: Duration = Duration::from_secs(15);
 
 /// How far an in-process producer may run ahead of the consumer that reads its events: a
 /// broker whose retention is small (the embedded mock cluster's) would otherwise delete what the

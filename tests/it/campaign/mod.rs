@@ -223,6 +223,8 @@ fn randomized_fault_campaign_ends_exact() {
     let mut failed = Vec::new();
     let mut harness = Vec::new();
     let mut printed = String::new();
+    // What failed, repeated in the panic message: CI keeps a log's end, not its middle.
+    let mut failures = String::new();
     for index in 0..rounds {
         let plan = plan(first + index, &allowed);
         let logs = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -250,6 +252,17 @@ fn randomized_fault_campaign_ends_exact() {
         } else if !outcome.passed() {
             failed.push(outcome.seed);
         }
+        if !outcome.passed() {
+            failures.push_str(text.lines().next().unwrap_or(""));
+            failures.push('\n');
+            let firsts = outcome.anomalies.iter().filter_map(|a| a.lines().next());
+            for line in firsts
+                .chain(outcome.differences.iter().map(String::as_str))
+                .take(8)
+            {
+                let _ = writeln!(failures, "    {line}");
+            }
+        }
     }
     let totals = format!(
         "campaign totals: {rounds} rounds (seeds {first}..={}) in {:.0}s: {} exact, {} failed \
@@ -269,7 +282,7 @@ fn randomized_fault_campaign_ends_exact() {
     }
     assert!(
         failed.is_empty() && harness.is_empty(),
-        "{totals}replay a round with {replay} <seed>"
+        "{failures}{totals}replay a round with {replay} <seed>"
     );
 }
 

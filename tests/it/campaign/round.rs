@@ -552,6 +552,21 @@ pub(super) fn run_round(plan: Plan) -> Outcome {
         outcome.harness_error = Some(panic_message(&*panic));
     }
     outcome.seconds = round.started.elapsed().as_secs_f64();
+    if !outcome.passed() {
+        // The checkpoints and the journal of rows written, kept with the logs to look at.
+        let kept = round.logs.join("checkpoints");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&round.checkpoint_dir)
+            .arg(&kept)
+            .status();
+        if !copied.is_ok_and(|status| status.success()) {
+            eprintln!(
+                "campaign: could not keep the checkpoints in {}",
+                kept.display()
+            );
+        }
+    }
     // The pipeline first, then the services, then the databases (InfluxDB's needs it up).
     round.pipeline = None;
     drop(std::mem::take(&mut round.outages));

@@ -1,5 +1,6 @@
 //! InfluxDB stopped mid-run: the sources held back and nothing lost; the pipeline killed during
-//! the outage commits and checkpoints nothing InfluxDB has not acknowledged.
+//! the outage commits and checkpoints nothing InfluxDB has not acknowledged; stopped during the
+//! outage, it says what it waits for, and a second signal ends it at once.
 
 use super::*;
 
@@ -210,6 +211,63 @@ fn an_influxdb_outage_then_a_kill_never_commits_or_checkpoints_ahead_of_influxdb
         "a checkpoint covers {checkpointed} events, InfluxDB acknowledged {acknowledged}"
     );
 
+    let mut pipeline = Pipeline::start(&env);
+    let sent = producer.join().expect("the producer");
+    assert_eq!(sent, events);
+    settle_on_the_oracle(&scenario, &mut pipeline, &generator, events);
+}
+
+/// SIGTERM during an InfluxDB outage: a graceful stop waits for InfluxDB to take the rows before
+/// the last checkpoint, which it cannot, so the pipeline says at once what it waits for and that a
+/// second signal ends it; the second ends it within a second, exit status 1, naming what a restart
+/// resumes from. It used to say nothing and ignore the second signal, then exit 1 only when the
+/// sink's retries ran out, minutes later. Restarted once InfluxDB is back, it ends exactly equal
+/// to the oracle.
+#[test]
+#[ignore = "needs MariaDB, Kafka and InfluxDB: run scripts/test-all"]
+fn a_stop_during_an_influxdb_outage_says_so_and_a_second_signal_ends_it_at_once() {
+    let _services = exclusive();
+    let (seed, users) = (79, 2_000);
+    let scenario = Scenario::new("faults_second_signal", seed, users);
+    let (_checkpoints, env) = scenario.checkpointed_env(timeless(), "1000", &[]);
+    let mut pipeline = Pipeline::start(&env);
+    wait_until_running(&scenario, &mut pipeline);
+    let (rate, events) = (1_000.0, 12_000u64);
+    let generator =
+        EventGenerator::new(knobs(seed, users, rate), shopflow::runtime::now_ms() + 500)
+            .expect("valid knobs");
+    let producer = produce_in_background(&scenario.kafka, &generator, events);
+    wait_for("2,000 events written", Duration::from_secs(60), || {
+        influx::state(&scenario.influx_url, &scenario.database)
+            .is_some_and(|s| s.counter(Counter::EventsIn) >= 2_000)
+    });
+    let influxdb = Stopped::stop("influxdb");
+    pipeline.signal("TERM");
+    wait_for("the stop said", Duration::from_secs(5), || {
+        pipeline.assert_running();
+        pipeline
+            .log()
+            .contains("a second Ctrl-C or SIGTERM ends the process at once")
+    });
+    // The graceful stop cannot end while InfluxDB is down.
+    std::thread::sleep(Duration::from_secs(3));
+    pipeline.assert_running();
+    let second = Instant::now();
+    pipeline.signal("TERM");
+    let status = pipeline.wait(Duration::from_secs(5));
+    let took = second.elapsed();
+    let log = pipeline.log();
+    assert_eq!(status.code(), Some(1), "forced: exit status 1:\n{log}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the second signal ended it in {took:?}:\n{log}"
+    );
+    assert!(
+        log.contains("a second stop signal: ending at once")
+            && log.contains("a restart resumes from the last checkpoint"),
+        "the forced end is said, with what a restart resumes from:\n{log}"
+    );
+    influxdb.start();
     let mut pipeline = Pipeline::start(&env);
     let sent = producer.join().expect("the producer");
     assert_eq!(sent, events);

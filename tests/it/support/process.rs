@@ -254,13 +254,18 @@ impl Pipeline {
         let _ = self.child.wait();
     }
 
-    /// Ctrl-C, as a user stops it, then waits: it writes everything it read, and exits 0.
-    pub fn interrupt(&mut self) {
+    /// Sends `signal` (`INT`, `TERM`, ...) and returns at once.
+    pub fn signal(&mut self, signal: &str) {
         let sent = Command::new("kill")
-            .args(["-INT", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("kill runs");
-        assert!(sent.success(), "SIGINT delivered");
+        assert!(sent.success(), "SIG{signal} delivered");
+    }
+
+    /// Ctrl-C, as a user stops it, then waits: it writes everything it read, and exits 0.
+    pub fn interrupt(&mut self) {
+        self.signal("INT");
         let status = self.wait(Duration::from_secs(60));
         assert!(
             status.success(),
