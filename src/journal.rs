@@ -8,7 +8,7 @@
 //! without more InfluxDB would keep its value forever. So the sink thread records every row key
 //! it is about to write with a value (write-ahead: appended and synced before the batch goes to
 //! the sink) in a segment file per checkpoint interval, under the checkpoint directory:
-//! `<dir>/journal/<segment start>-<process>-<run start>`. On start, [`Journal::written_since`]
+//! `<dir>/journal/<segment start>-<process>-<run start>`. On start, [`written_since`]
 //! reads every process's segments from the restored checkpoint's boundary on (everything, with
 //! no checkpoint), and the runtime writes a removal, in its first output, for each key its own
 //! workers keep, that is not in that output, and whose window (if it has one) is still open.

@@ -551,14 +551,14 @@ pub fn change_demographics(config: Config, args: ChangeArgs) -> anyhow::Result<(
     Ok(())
 }
 
-/// The pipeline's checkpoint directory under `engine.checkpoint-dir`, or `None` when it is
-/// `off` (or empty), which is said once: a restart then counts the topic again.
-/// Whether `engine.checkpoint-dir` turns checkpoints off.
+/// Whether `engine.checkpoint-dir` turns checkpoints off (`off`, or empty).
 fn checkpoints_off(config: &Config) -> bool {
     let root = config.engine.checkpoint_dir.as_os_str();
     root.is_empty() || root == "off"
 }
 
+/// The pipeline's checkpoint directory under `engine.checkpoint-dir`, or `None` when it is
+/// `off` (or empty), which is said once: a restart then counts the topic again.
 fn checkpoint_dir(config: &Config) -> Option<PathBuf> {
     let root = &config.engine.checkpoint_dir;
     if checkpoints_off(config) {

@@ -84,7 +84,8 @@ impl TickRule {
     /// every row the checkpoint holds. Had the tick's events entered with them, a row that an
     /// event emptied there (a refund of the only purchase in it) would cancel out at that
     /// timestamp and never be written: the sink would keep the value a run before wrote (found by
-    /// the fault campaign, seed 2, as one stale window row after a restore).
+    /// the fault campaign as one stale window row after a restore). `dataflows::harness`'s
+    /// restarted run has always entered the state alone.
     pub(super) fn reads_nothing(&self, tick: Tick) -> bool {
         self.restored_at == Some(tick)
     }
