@@ -238,10 +238,7 @@ fn a_row_a_refund_empties_right_after_a_restore_is_removed() {
 
     let mut pipeline = Pipeline::start(&env);
     let table = source::read_table(&scenario.mysql).expect("the table");
-    let mut inputs: Vec<(Tick, Input)> = table
-        .iter()
-        .map(|row| (0, Input::Demographic(row.clone(), 1)))
-        .collect();
+    let mut inputs = table_inputs(&table);
     inputs.extend([click, purchase, refund].map(|e| (now - now % 1_000, Input::Event(e))));
     let want = oracle(&inputs, timeless());
     assert!(

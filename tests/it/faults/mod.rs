@@ -51,7 +51,7 @@ use crate::support::kafka::{
     committed_lag, committed_total, produce_in_background, topic_messages,
 };
 use crate::support::process::{Pipeline, RssSampler, rss_kib, wait_for};
-use crate::support::scenario::{Scenario, knobs, oracle, timeless, timeless_inputs};
+use crate::support::scenario::{Scenario, knobs, oracle, table_inputs, timeless, timeless_inputs};
 use crate::support::services::{Cleanup, Stopped, env, exclusive, unique};
 
 /// Waits until InfluxDB holds exactly the oracle's values (the pipeline has read and written

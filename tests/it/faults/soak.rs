@@ -102,10 +102,7 @@ fn steady_run_keeps_memory_flat_and_equals_the_oracle() {
 
     // Demographic churn, ten changes every 10 s, 5 s after each moment windows close.
     let mut table = source::read_table(&scenario.mysql).expect("the table");
-    let mut inputs: Vec<(Tick, Input)> = table
-        .iter()
-        .map(|row| (0, Input::Demographic(row.clone(), 1)))
-        .collect();
+    let mut inputs = table_inputs(&table);
     let mut changes = demographics::Changes::new(seed, users, 300);
     let mut report_at = Instant::now();
     loop {

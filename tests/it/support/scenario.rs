@@ -217,6 +217,14 @@ pub fn oracle(inputs: &[(Tick, Input)], params: Params) -> State {
     state
 }
 
+/// The oracle's inputs of a demographics table: each row, at time 0.
+pub fn table_inputs(table: &[Demographic]) -> Vec<(Tick, Input)> {
+    table
+        .iter()
+        .map(|row| (0, Input::Demographic(row.clone(), 1)))
+        .collect()
+}
+
 /// The oracle's inputs for a timeless scenario: the final table, the generator's events `0..n` at
 /// their arrival times, and source-side counters.
 pub fn timeless_inputs(
@@ -225,10 +233,7 @@ pub fn timeless_inputs(
     events: u64,
     counters: &BTreeMap<Counter, isize>,
 ) -> Vec<(Tick, Input)> {
-    let mut inputs: Vec<(Tick, Input)> = table
-        .iter()
-        .map(|row| (0, Input::Demographic(row.clone(), 1)))
-        .collect();
+    let mut inputs = table_inputs(table);
     inputs.extend(
         counters
             .iter()
